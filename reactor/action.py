@@ -33,6 +33,7 @@ from .errors import PluginError
 
 if TYPE_CHECKING:
     from .event import Event
+    from .journal import Journal
 
 __all__ = [
     "ActionContext",
@@ -96,8 +97,25 @@ class DaemonContext(Protocol):
         """The raw value of a top-level config section (None when absent)."""
         ...
 
+    @property
+    def host(self) -> str:
+        """This reactor's host name (config ``host:``, default the machine's name)."""
+        ...
+
+    @property
+    def journal(self) -> Journal:
+        """The journal (for outboxes and records that must survive a restart)."""
+        ...
+
     def emit(self, event: Event) -> None:
         """Put an event on the bus (from a source or a resource)."""
+        ...
+
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback`` synchronously for every event on the bus.
+
+        It runs on the event path: it must only queue work, never block.
+        """
         ...
 
     def start_task(self, coro: Awaitable[None], name: str) -> None:
