@@ -275,10 +275,7 @@ def action(
         if shorthand is not None and shorthand not in arg_hints:
             raise PluginError(f"action {name!r}: shorthand {shorthand!r} is not an argument")
         mut: Callable[[Any], bool]
-        if callable(mutating):
-            mut = mutating
-        else:
-            mut = _always if mutating else _never
+        mut = mutating if callable(mutating) else _always if mutating else _never
         return ActionSpec(
             name=name,
             args=args_type,

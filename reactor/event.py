@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 __all__ = ["Event"]
 
-_UTC = _dt.timezone.utc
+_UTC = _dt.UTC
 
 
 class Event:
@@ -106,7 +106,7 @@ class Event:
         obj: dict[str, Any] = {
             "event": self.name,
             "data": dict(self.data),
-            "timestamp": {"seconds": secs, "microseconds": int(round((self.timestamp - secs) * 1e6))},
+            "timestamp": {"seconds": secs, "microseconds": round((self.timestamp - secs) * 1e6)},
             "vm": self.vm,
         }
         if self.host is not None:
