@@ -1,0 +1,1 @@
+"""Test helpers that are part of reactor's public API (real QEMU launchers, fakes)."""
