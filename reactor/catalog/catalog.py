@@ -231,9 +231,8 @@ class Catalog:
         if obj.__class__ is not dict and not isinstance(obj, Mapping):
             raise EventError(f"a QMP event must be an object, not {type(obj).__name__}")
         name = obj.get("event")
-        if name.__class__ is not str or not name:
-            if not isinstance(name, str) or not name:
-                raise EventError(f"a QMP event needs a string 'event' member, got {name!r}")
+        if (name.__class__ is not str or not name) and (not isinstance(name, str) or not name):
+            raise EventError(f"a QMP event needs a string 'event' member, got {name!r}")
         data = obj.get("data")
         if data is None:
             if "data" in obj:
@@ -244,10 +243,7 @@ class Catalog:
         ts = obj.get("timestamp")
         if ts.__class__ is dict and (secs := ts.get("seconds")).__class__ is int:
             usecs = ts.get("microseconds")
-            if usecs.__class__ is int:
-                timestamp = secs + usecs / 1e6
-            else:
-                timestamp = _timestamp(name, ts)
+            timestamp = secs + usecs / 1e6 if usecs.__class__ is int else _timestamp(name, ts)
         elif ts is None and "timestamp" not in obj:
             timestamp = time.time()
         else:

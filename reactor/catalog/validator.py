@@ -145,7 +145,7 @@ def _type_problem(t: TypeSpec, value: Any, where: str, lookup: TypeLookup, out: 
         ok = True
     elif k == "enum":
         if isinstance(value, str) and value not in t.values:
-            out.append(f"{where}: {value!r} is not one of {', '.join(t.values)}")
+            out.append(f"field '{where}': {value!r} is not one of {', '.join(t.values)}")
             return
         ok = isinstance(value, str)
     elif k == "array":
@@ -167,7 +167,7 @@ def _type_problem(t: TypeSpec, value: Any, where: str, lookup: TypeLookup, out: 
             return
         ok = False
     if not ok:
-        out.append(f"{where}: expected {t}, got {type(value).__name__} {_show(value)}")
+        out.append(f"field '{where}': expected {t}, got {type(value).__name__} {_show(value)}")
 
 
 def _problems_of(t: TypeSpec, value: Any, lookup: TypeLookup) -> list[str]:
@@ -181,7 +181,7 @@ def _fields_problems(
 ) -> None:
     for name, f in fields.items():
         if name in data:
-            _type_problem(f.type, data[name], f"field '{prefix}{name}'", lookup, out)
+            _type_problem(f.type, data[name], f"{prefix}{name}", lookup, out)
         elif not f.optional:
             out.append(f"missing required field '{prefix}{name}'")
     for name in data:
