@@ -433,7 +433,7 @@ class QemuVM:
         await self.aclose()
 
     async def start(self) -> None:
-        """Start QEMU; in server mode, return once the QMP socket exists.
+        """Start QEMU; in server mode, return once QMP answers (QEMU is fully up).
 
         Raises :class:`QemuExitedError` if QEMU exits during start-up (bad
         arguments...), :class:`QemuError` if the socket does not appear in time.
@@ -475,19 +475,44 @@ class QemuVM:
         assert self._proc is not None
         try:
             async with asyncio.timeout(self.start_timeout):
-                while True:
-                    if self._proc.returncode is not None:
-                        break
-                    if self.qmp_mode == "connect" or self.qmp_path.exists():
+                while self._proc.returncode is None:
+                    if self.qmp_mode == "connect" or await self._greeted():
                         return
                     await asyncio.sleep(0.02)
         except TimeoutError as err:
             raise QemuError(
-                f"qemu {self.name!r}: no QMP socket at {self.qmp_path} after {self.start_timeout:g}s; "
+                f"qemu {self.name!r}: no QMP greeting on {self.qmp_path} after {self.start_timeout:g}s; "
                 f"stderr: {self.stderr_text().strip()[-2000:]}"
             ) from err
         await self._proc.wait()
+        self._reaped()
         raise QemuExitedError(self.name, self._proc.returncode, self.stderr_text())
+
+    async def _greeted(self) -> bool:
+        """Whether QEMU answers a QMP command: every device exists and the main loop runs.
+
+        (The greeting alone proves nothing: QMP's I/O runs in its own thread.)  The
+        probe connection is closed at once; QEMU then serves the next client.
+        """
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.qmp_path))
+        except OSError:
+            return False
+        answers = 0
+        try:
+            writer.write(b'{"execute": "qmp_capabilities"}\n{"execute": "query-status"}\n')
+            while answers < 2:
+                line = await reader.readline()
+                if not line:
+                    break
+                answers += b'"return"' in line
+        except OSError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return answers == 2
 
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for the process to exit (e.g. after QMP ``quit``); return its exit status."""
