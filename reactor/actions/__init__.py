@@ -1,0 +1,13 @@
+"""Built-in actions, each in its own module, written against the public plugin API."""
+
+from __future__ import annotations
+
+from ..action import ActionSpec
+from .emit import EMIT
+from .exec import EXEC
+from .log import LOG
+from .sleep import SLEEP
+
+__all__ = ["BUILTINS"]
+
+BUILTINS: list[ActionSpec] = [EMIT, EXEC, LOG, SLEEP]

@@ -1,0 +1,113 @@
+"""``exec``: run a program, never through a shell.
+
+``argv`` is a list; each entry, rendered from templates, stays exactly one
+argument (no word splitting, no globbing, no shell).  The environment is
+minimal and explicit: ``PATH`` plus what ``env`` gives.  The event as JSON is
+the program's stdin unless ``stdin`` says otherwise.  On timeout the whole
+process group is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..action import ActionContext, Duration, action
+from ..errors import ActionError
+from ..template import to_jsonable
+
+__all__ = ["EXEC", "ExecArgs"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+OUTPUT_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ExecArgs:
+    argv: list[str]
+    stdin: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: Duration = Duration(30.0)
+    cwd: str | None = None
+    check: bool = True
+
+
+def _check(args: ExecArgs) -> None:
+    if not args.argv:
+        raise ValueError("argv must name a program")
+
+
+async def _read_bounded(stream: asyncio.StreamReader | None) -> bytes:
+    if stream is None:
+        return b""
+    data = bytearray()
+    while chunk := await stream.read(65536):
+        if len(data) < OUTPUT_LIMIT:
+            data += chunk[: OUTPUT_LIMIT - len(data)]
+    return bytes(data)
+
+
+@action("exec", shorthand="argv", check=_check)
+async def EXEC(ctx: ActionContext, args: ExecArgs) -> dict[str, Any]:
+    """Run ``argv`` without a shell; result ``{returncode, stdout, stderr}``; fails on non-zero exit
+    unless ``check: false``."""
+    if args.stdin is None:
+        stdin = orjson.dumps(ctx.event, default=to_jsonable)
+    else:
+        stdin = args.stdin.encode()
+    env = {"PATH": DEFAULT_PATH, "REACTOR_VM": ctx.vm.name, "REACTOR_RULE": ctx.rule,
+           "REACTOR_EVENT": ctx.event.name, **args.env}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=args.cwd,
+            start_new_session=True,
+        )
+    except OSError as err:
+        raise ActionError(f"exec {args.argv[0]!r}: {err.strerror or err}") from err
+    try:
+        async with asyncio.timeout(args.timeout):
+            out, err_out, _ = await asyncio.gather(
+                _read_bounded(proc.stdout), _read_bounded(proc.stderr), _feed(proc, stdin)
+            )
+            code = await proc.wait()
+    except BaseException:
+        _kill_group(proc)
+        with contextlib.suppress(ProcessLookupError):
+            await asyncio.shield(proc.wait())
+        raise
+    result = {
+        "returncode": code,
+        "stdout": out.decode(errors="replace"),
+        "stderr": err_out.decode(errors="replace"),
+    }
+    if code != 0 and args.check:
+        tail = result["stderr"].strip().splitlines()[-1:] or [""]
+        raise ActionError(f"exec {args.argv[0]!r} exited with {code}" + (f": {tail[0]}" if tail[0] else ""))
+    return result
+
+
+async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        proc.stdin.close()
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

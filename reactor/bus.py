@@ -1,0 +1,94 @@
+"""The event bus: bounded per-VM queues, served round-robin.
+
+Sources put events on the bus synchronously; the engine takes them in
+batches.  Events of one VM stay in arrival order.  Overflow policy
+(stated, counted, never silent): each VM's queue holds at most ``per_vm``
+events and the whole bus at most ``total``; when either is full, the oldest
+queued event *of the VM that is putting* is dropped (a flooding VM loses its
+own backlog, never another VM's events); if that VM has nothing queued, the
+new event is dropped.  Drops are counted per VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+
+from .event import Event
+
+__all__ = ["Bus"]
+
+
+class Bus:
+    def __init__(self, *, per_vm: int = 10_000, total: int = 200_000, batch: int = 256) -> None:
+        self.per_vm = per_vm
+        self.total = total
+        self.batch = batch
+        self._queues: dict[str, deque[Event]] = {}
+        self._ready: deque[str] = deque()
+        self._size = 0
+        self._wakeup = asyncio.Event()
+        self.dropped: Counter[str] = Counter()
+        self.put_count = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def depth(self, vm: str) -> int:
+        q = self._queues.get(vm)
+        return len(q) if q else 0
+
+    def put(self, event: Event) -> bool:
+        """Queue an event; False when the event (or an older one of its VM) was dropped."""
+        self.put_count += 1
+        vm = event.vm
+        q = self._queues.get(vm)
+        if q is None:
+            q = self._queues[vm] = deque()
+        ok = True
+        if len(q) >= self.per_vm or self._size >= self.total:
+            self.dropped[vm] += 1
+            ok = False
+            if q:
+                q.popleft()
+                self._size -= 1
+            else:
+                return False
+        if not q:
+            self._ready.append(vm)
+        q.append(event)
+        self._size += 1
+        self._wakeup.set()
+        return ok
+
+    def take(self) -> list[Event]:
+        """Up to ``batch`` events, a fair share from each VM with events queued."""
+        out: list[Event] = []
+        ready = self._ready
+        n_ready = len(ready)
+        if not n_ready:
+            return out
+        share = max(1, self.batch // n_ready)
+        for _ in range(n_ready):
+            vm = ready.popleft()
+            q = self._queues[vm]
+            n = min(share, len(q))
+            for _ in range(n):
+                out.append(q.popleft())
+            self._size -= n
+            if q:
+                ready.append(vm)
+            else:
+                del self._queues[vm]
+            if len(out) >= self.batch:
+                break
+        if not self._size:
+            self._wakeup.clear()
+        return out
+
+    async def get(self) -> list[Event]:
+        """Wait for events, then take a batch."""
+        while not self._size:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self.take()

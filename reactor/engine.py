@@ -1,0 +1,628 @@
+"""The engine: events in, rules matched, runs started and driven step by step.
+
+Events → :class:`~reactor.bus.Bus` → :meth:`Engine.dispatch` (matcher, ``if``,
+mode, throttle) → a :class:`Run` per match, a task in the engine's TaskGroup
+→ its steps in order.  A failing step, template or action fails that run
+(recorded in the journal), never the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .action import Resource, VMHandle
+from .arguments import redact
+from .bus import Bus
+from .catalog import Catalog, default_catalog
+from .clock import Clock, RealClock
+from .errors import ActionError, QMPConnectionError, ReactorError, TemplateError
+from .event import Event
+from .matcher import Matcher
+from .rule import Rule, RuleSet, Step
+from .throttle import Throttles
+from .view import names_for
+
+__all__ = ["Engine", "Run", "StaticVM", "status_after"]
+
+log = logging.getLogger("reactor.engine")
+
+Output = Callable[[dict[str, Any]], None]
+
+#: How QEMU's run state changes with events (for VMs whose state reactor tracks from events).
+_HOLD = frozenset(["io-error", "watchdog", "guest-panicked", "internal-error", "shutdown"])
+
+
+def status_after(event: Event, current: str) -> str:
+    """The VM run state after ``event`` (QEMU's RunState names)."""
+    name = event.name
+    d = event.data
+    if name == "STOP":
+        return current if current in _HOLD else "paused"
+    if name == "RESUME":
+        return "running"
+    if name == "BLOCK_IO_ERROR" and d.get("action") == "stop":
+        return "io-error"
+    if name == "WATCHDOG" and d.get("action") == "pause":
+        return "watchdog"
+    if name == "GUEST_PANICKED" and d.get("action") == "pause":
+        return "guest-panicked"
+    if name == "SHUTDOWN":
+        return "shutdown"
+    if name == "SUSPEND":
+        return "suspended"
+    if name == "WAKEUP":
+        return "running"
+    if name == "REACTOR_VM_CONNECTED":
+        return str(d.get("status", current))
+    if name == "REACTOR_VM_DISCONNECTED":
+        return "disconnected"
+    return current
+
+
+class StaticVM:
+    """A VM known only by name (replay, tests): status from events, no QMP connection."""
+
+    def __init__(self, name: str, labels: Mapping[str, str] | None = None, status: str = "running") -> None:
+        self._name = name
+        self._labels = dict(labels or {})
+        self.status = status
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self._labels
+
+    @property
+    def connected(self) -> bool:
+        return False
+
+    async def execute(
+        self, command: str, arguments: Mapping[str, Any] | None = None, *, timeout: float = 10.0
+    ) -> Any:
+        self.commands.append((command, dict(arguments or {})))
+        raise QMPConnectionError(f"{self._name}: no QMP connection (replay)")
+
+
+class _Waiter:
+    __slots__ = ("fut", "match", "names", "vm")
+
+    def __init__(self, names: frozenset[str], vm: str, match: Callable[[Event], bool] | None,
+                 fut: asyncio.Future[Event]) -> None:
+        self.names = names
+        self.vm = vm
+        self.match = match
+        self.fut = fut
+
+    def offer(self, event: Event) -> bool:
+        if self.fut.done() or event.vm != self.vm or event.name not in self.names:
+            return False
+        try:
+            ok = self.match is None or self.match(event)
+        except Exception:
+            ok = False
+        if ok:
+            self.fut.set_result(event)
+        return ok
+
+
+class Run:
+    """One run of a rule for one event; also the :class:`ActionContext` its steps receive."""
+
+    def __init__(self, engine: Engine, rule: Rule, event: Event, vm: VMHandle, run_id: int,
+                 event_id: int | None, seq: int) -> None:
+        self.engine = engine
+        self._rule = rule
+        self._event = event
+        self._vm = vm
+        self.id = run_id
+        self.event_id = event_id
+        self.seq = seq                 # bus sequence of the triggering event
+        self.step_seq = seq            # bus sequence when the previous step began
+        self._step = 0
+        self._vars: dict[str, Any] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.status = "pending"
+        self._log = logging.LoggerAdapter(
+            logging.getLogger(f"reactor.run.{rule.name}"), {"rule": rule.name, "vm": vm.name, "run": run_id}
+        )
+
+    # -- ActionContext ----------------------------------------------------------------------
+    @property
+    def event(self) -> Event:
+        return self._event
+
+    @property
+    def vm(self) -> VMHandle:
+        return self._vm
+
+    @property
+    def rule(self) -> str:
+        return self._rule.name
+
+    @property
+    def run_id(self) -> int:
+        return self.id
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @property
+    def vars(self) -> Mapping[str, Any]:
+        return self._vars
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        return self._log
+
+    @property
+    def dry_run(self) -> bool:
+        return self.engine.dry_run
+
+    def now(self) -> float:
+        return self.engine.clock.now()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.engine.clock.sleep(seconds)
+
+    def vm_named(self, name: str) -> VMHandle:
+        vm = self.engine.lookup_vm(name)
+        if vm is None:
+            raise ActionError(f"unknown VM {name!r}")
+        return vm
+
+    def emit(self, name: str, data: Mapping[str, Any] | None = None, *, vm: str | None = None) -> None:
+        self.engine.emit(name, data, vm=vm or self._vm.name, host=self._event.host)
+
+    async def wait_for(self, name: str | list[str], *, match: Callable[[Event], bool] | None = None,
+                       vm: str | None = None, timeout: float) -> Event:
+        return await self.engine.wait_for(name, match=match, vm=vm or self._vm.name, timeout=timeout,
+                                          since=self.step_seq)
+
+    def resource(self, cls: type[Any]) -> Any:
+        return self.engine.resource(cls)
+
+    # -- execution --------------------------------------------------------------------------
+    async def execute(self) -> None:
+        eng = self.engine
+        rule = self._rule
+        self.status = "running"
+        started = eng.clock.now()
+        t0 = time.perf_counter()
+        error: str | None = None
+        try:
+            for step in rule.steps:
+                self._step = step.index
+                ok = await self._run_step(step)
+                self.step_seq = eng.seq
+                if not ok and step.on_error == "stop":
+                    self.status = "failed"
+                    break
+            else:
+                self.status = "dry-run" if eng.dry_run and self.status == "dry-run" else "ok"
+        except asyncio.CancelledError:
+            self.status = "cancelled"
+            raise
+        except Exception as err:  # a bug in reactor itself: record, never crash the engine
+            self.status = "failed"
+            error = f"internal error: {type(err).__name__}: {err}"
+            log.exception("run %s of %s failed unexpectedly", self.id, rule.name)
+        finally:
+            eng.journal_end_run(self, error)
+            eng.stats_run(rule.name, self.status, time.perf_counter() - t0)
+            eng.run_finished(self)
+            _ = started
+
+    async def _run_step(self, step: Step) -> bool:
+        eng = self.engine
+        spec = step.action
+        names = names_for(self._event, self._vm, self._rule.name, eng.clock.now(), self._vars)
+        started = eng.clock.now()
+        t0 = time.perf_counter()
+        if step.when is not None:
+            try:
+                if not step.when.test(names):
+                    eng.record_step(self, step, None, "skipped", None, None, started, 0.0)
+                    return True
+            except TemplateError as err:
+                return self._failed(step, None, f"when: {err}", started, t0)
+        try:
+            args = step.args.build(names)
+        except TemplateError as err:
+            return self._failed(step, None, str(err), started, t0)
+        shown = redact(spec, args)
+        if eng.dry_run and spec.mutating(args):
+            eng.record_step(self, step, shown, "dry-run", None, None, started, 0.0)
+            self._log.info("dry run: would run %s %s", spec.name, shown)
+            return True
+        attempts = step.retry.attempts if step.retry else 1
+        timeout = step.timeout if step.timeout is not None else spec.timeout
+        for attempt in range(1, attempts + 1):
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await spec.run(self, args)
+            except asyncio.CancelledError:
+                eng.record_step(self, step, shown, "cancelled", None, "cancelled", started,
+                                time.perf_counter() - t0)
+                raise
+            except Exception as err:
+                msg = _describe(err, timeout)
+                if attempt < attempts and step.retry is not None:
+                    self._log.warning("%s failed (attempt %d/%d): %s", spec.name, attempt, attempts, msg)
+                    await eng.clock.sleep(step.retry.delay(attempt))
+                    continue
+                return self._failed(step, shown, msg, started, t0, timed_out=isinstance(err, TimeoutError))
+            if step.register:
+                self._vars[step.register] = result
+            eng.record_step(self, step, shown, "ok", result, None, started, time.perf_counter() - t0)
+            return True
+        raise AssertionError("unreachable")
+
+    def _failed(self, step: Step, shown: Any, msg: str, started: float, t0: float, *,
+                timed_out: bool = False) -> bool:
+        eng = self.engine
+        self._log.error("step %d (%s) failed: %s", step.index, step.name, msg)
+        eng.record_step(self, step, shown, "timeout" if timed_out else "failed", None, msg, started,
+                        time.perf_counter() - t0)
+        eng.emit("REACTOR_ACTION_FAILED", {"rule": self._rule.name, "step": step.index, "action": step.name,
+                                           "error": msg}, vm=self._vm.name, host=self._event.host)
+        return False
+
+
+def _describe(err: BaseException, timeout: float | None) -> str:
+    if isinstance(err, TimeoutError):
+        return f"timed out after {timeout:g}s" if timeout is not None else "timed out"
+    if isinstance(err, ReactorError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+class Engine:
+    """Matches events against a rule set and drives the runs."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        *,
+        catalog: Catalog | None = None,
+        clock: Clock | None = None,
+        journal: Any = None,
+        dry_run: bool = False,
+        vms: Callable[[str], VMHandle | None] | None = None,
+        labels: Callable[[str], Mapping[str, str]] | None = None,
+        output: Output | None = None,
+        bus: Bus | None = None,
+        resources: Mapping[type[Resource], Resource] | None = None,
+    ) -> None:
+        self.catalog = catalog or default_catalog()
+        self.clock = clock or RealClock()
+        self.journal = journal
+        self.dry_run = dry_run
+        self.output = output
+        self.bus = bus or Bus()
+        self._vms = vms
+        self._static: dict[str, StaticVM] = {}
+        self._labels = labels
+        self._resources = dict(resources or {})
+        self.throttles = Throttles(journal.record_throttle if journal is not None else None)
+        self.set_rules(rules)
+        self._tg: asyncio.TaskGroup | None = None
+        self._active: dict[tuple[str, str], list[Run]] = {}
+        self._queued: dict[tuple[str, str], deque[tuple[Event, int | None, int]]] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._recent: dict[str, deque[tuple[int, Event]]] = {}
+        self._subscribers: list[Callable[[Event], None]] = []
+        self._run_ids = itertools.count(1)
+        self.seq = 0
+        self.runs_in_flight = 0
+        self.stats: Counter[str] = Counter()
+        self.run_outcomes: Counter[tuple[str, str]] = Counter()
+        self.step_durations: dict[str, list[float]] = {}
+        self._cond_errors = 0
+
+    # -- setup ------------------------------------------------------------------------------
+    def set_rules(self, rules: RuleSet) -> None:
+        """Swap the rule set atomically; runs in flight keep the rules they started with."""
+        self.rules = rules
+        self.matcher = Matcher(rules.rules)
+        self.throttles.keep_only({r.name for r in rules.rules})
+
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
+        self._subscribers.append(callback)
+
+    def resource(self, cls: type[Any]) -> Any:
+        res = self._resources.get(cls)
+        if res is None:
+            raise ActionError(f"resource {cls.__name__} is not available (is it configured?)")
+        return res
+
+    def lookup_vm(self, name: str) -> VMHandle | None:
+        if self._vms is not None:
+            vm = self._vms(name)
+            if vm is not None:
+                return vm
+        return self._static.get(name)
+
+    def vm_for(self, name: str) -> VMHandle:
+        vm = self.lookup_vm(name)
+        if vm is None:
+            labels = self._labels(name) if self._labels else {}
+            vm = self._static[name] = StaticVM(name, labels)
+        return vm
+
+    # -- input ------------------------------------------------------------------------------
+    def submit(self, event: Event) -> bool:
+        """Put an event on the bus (sources call this); False if something was dropped."""
+        return self.bus.put(event)
+
+    def emit(self, name: str, data: Mapping[str, Any] | None, *, vm: str, host: str | None = None) -> None:
+        obj = {"event": name, "data": dict(data or {}), "timestamp": _qmp_time(self.clock.now())}
+        self.submit(self.catalog.make_event(obj, vm=vm, host=host))
+
+    async def run(self) -> None:
+        """Consume the bus until cancelled; runs live in this task group."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                while True:
+                    for event in await self.bus.get():
+                        self.dispatch(event)
+            finally:
+                self._tg = None
+
+    # -- dispatch ---------------------------------------------------------------------------
+    def dispatch(self, event: Event) -> None:
+        """Match one event and start its runs (synchronously; runs continue as tasks)."""
+        self.seq += 1
+        seq = self.seq
+        self.stats["events"] += 1
+        if event.problems:
+            self.stats["events_invalid"] += 1
+        vm = self.vm_for(event.vm)
+        if isinstance(vm, StaticVM):
+            vm.status = status_after(event, vm.status)
+        recent = self._recent.get(event.vm)
+        if recent is None:
+            recent = self._recent[event.vm] = deque(maxlen=64)
+        recent.append((seq, event))
+        waiters = self._waiters.get(event.vm)
+        if waiters:
+            for w in list(waiters):
+                w.offer(event)
+        for cb in self._subscribers:
+            try:
+                cb(event)
+            except Exception:
+                log.exception("event subscriber %r failed", cb)
+        journal = self.journal
+        event_id: int | None = None
+        if journal is not None and journal.record_events == "all":
+            event_id = self._journal_event(event)
+        names: dict[str, Any] | None = None
+        for rule in self.matcher.candidates(event):
+            if rule.vms is not None and not rule.vms.matches(event.vm, vm.labels):
+                continue
+            if rule.match is not None and not rule.match(event.data):
+                continue
+            if rule.condition is not None:
+                if names is None:
+                    names = names_for(event, vm, rule.name, self.clock.now(), {})
+                else:
+                    names["rule"] = names_for(event, vm, rule.name, 0, {})["rule"]
+                try:
+                    if not rule.condition.test(names):
+                        continue
+                except TemplateError as err:
+                    self._cond_errors += 1
+                    if self._cond_errors <= 20 or self._cond_errors % 1000 == 0:
+                        log.warning("%s: 'if' failed for %s from %s: %s (counts as no match)",
+                                    rule.name, event.name, event.vm, err)
+                    self.stats["condition_errors"] += 1
+                    continue
+            self.stats["matches"] += 1
+            if event_id is None and journal is not None and journal.record_events == "matched":
+                event_id = self._journal_event(event)
+            self._fire(rule, event, vm, event_id, seq)
+
+    def _journal_event(self, event: Event) -> int | None:
+        try:
+            return int(self.journal.record_event(event.name, event.vm, event.host, event.timestamp,
+                                                 event.data, event.problems))
+        except Exception:
+            log.exception("journal: cannot record event")
+            return None
+
+    def _fire(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int) -> None:
+        key = (rule.name, event.vm)
+        active = self._active.get(key)
+        if active:
+            mode = rule.mode
+            if mode == "single" or (mode == "parallel" and len(active) >= rule.max_parallel):
+                self._not_run(rule, event, event_id, "dropped", f"mode {mode}: a run is in progress")
+                return
+            if mode == "queued":
+                q = self._queued.setdefault(key, deque())
+                if len(q) >= rule.max_queued:
+                    self._not_run(rule, event, event_id, "dropped", f"mode queued: {len(q)} runs queued already")
+                    return
+                if not self._throttle_ok(rule, event, event_id):
+                    return
+                q.append((event, event_id, seq))
+                self._output({"type": "queued", "rule": rule.name, "vm": event.vm, "event": event.name,
+                              "time": self.clock.now()})
+                return
+            if mode == "restart":
+                if not self._throttle_ok(rule, event, event_id):
+                    return
+                for r in active:
+                    if r.task is not None:
+                        r.task.cancel()
+                self._start(rule, event, vm, event_id, seq)
+                return
+        if not self._throttle_ok(rule, event, event_id):
+            return
+        self._start(rule, event, vm, event_id, seq)
+
+    def _throttle_ok(self, rule: Rule, event: Event, event_id: int | None) -> bool:
+        t = rule.throttle
+        if t is None:
+            return True
+        if self.throttles.allow(rule.name, t, t.key(event.vm, event.data), self.clock.now()):
+            return True
+        self._not_run(rule, event, event_id, "throttled", f"throttle: {t.max} per {t.within:g}s")
+        return False
+
+    def _not_run(self, rule: Rule, event: Event, event_id: int | None, outcome: str, why: str) -> None:
+        self.run_outcomes[(rule.name, outcome)] += 1
+        now = self.clock.now()
+        if self.journal is not None:
+            try:
+                rid = self.journal.start_run(rule=rule.name, vm=event.vm, event_id=event_id,
+                                             event_name=event.name, started=now, outcome=outcome)
+                self.journal.end_run(rid, status=outcome, ended=now, error=why)
+            except Exception:
+                log.exception("journal: cannot record %s run", outcome)
+        log.info("%s: %s for %s from %s (%s)", rule.name, outcome, event.name, event.vm, why)
+        self._output({"type": outcome, "rule": rule.name, "vm": event.vm, "event": event.name, "reason": why,
+                      "time": now})
+
+    def _start(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int) -> None:
+        now = self.clock.now()
+        run_id: int
+        if self.journal is not None:
+            try:
+                run_id = int(self.journal.start_run(rule=rule.name, vm=event.vm, event_id=event_id,
+                                                    event_name=event.name, started=now))
+            except Exception:
+                log.exception("journal: cannot record run start")
+                run_id = next(self._run_ids)
+        else:
+            run_id = next(self._run_ids)
+        run = Run(self, rule, event, vm, run_id, event_id, seq)
+        self._active.setdefault((rule.name, event.vm), []).append(run)
+        self.runs_in_flight += 1
+        self._output({"type": "match", "rule": rule.name, "vm": event.vm, "event": event.name,
+                      "run": run_id, "time": now, "data": dict(event.data)})
+        if self._tg is None:
+            raise RuntimeError("Engine.dispatch needs Engine.run() or Engine.session() to be active")
+        run.task = self._tg.create_task(run.execute(), name=f"reactor[{event.vm}].run[{rule.name}]#{run_id}")
+
+    def run_finished(self, run: Run) -> None:
+        self.runs_in_flight -= 1
+        key = (run.rule, run.vm.name)
+        active = self._active.get(key)
+        if active is not None:
+            with contextlib.suppress(ValueError):
+                active.remove(run)
+            if not active:
+                del self._active[key]
+        q = self._queued.get(key)
+        if q:
+            event, event_id, seq = q.popleft()
+            if not q:
+                del self._queued[key]
+            rule = self.rules.get(run.rule) or run._rule
+            if self._tg is not None:
+                self._start(rule, event, run.vm, event_id, seq)
+
+    # -- waiting ----------------------------------------------------------------------------
+    async def wait_for(self, name: str | list[str], *, match: Callable[[Event], bool] | None, vm: str,
+                       timeout: float, since: int = 0) -> Event:
+        names = frozenset([name] if isinstance(name, str) else name)
+        for seq, ev in self._recent.get(vm, ()):
+            if seq > since and ev.name in names:
+                try:
+                    if match is None or match(ev):
+                        return ev
+                except Exception:
+                    continue
+        fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(names, vm, match, fut)
+        self._waiters.setdefault(vm, []).append(waiter)
+        sleeper = asyncio.ensure_future(self.clock.sleep(timeout))
+        try:
+            done, _ = await asyncio.wait({fut, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            if fut in done:
+                return fut.result()
+            raise TimeoutError(f"no {'/'.join(sorted(names))} from {vm} within {timeout:g}s")
+        finally:
+            sleeper.cancel()
+            fut.cancel()
+            lst = self._waiters.get(vm)
+            if lst is not None:
+                with contextlib.suppress(ValueError):
+                    lst.remove(waiter)
+                if not lst:
+                    del self._waiters[vm]
+
+    # -- records ----------------------------------------------------------------------------
+    def record_step(self, run: Run, step: Step, args: Any, status: str, result: Any, error: str | None,
+                    started: float, duration: float) -> None:
+        self.step_durations.setdefault(step.name, []).append(duration)
+        if len(self.step_durations[step.name]) > 4096:
+            del self.step_durations[step.name][:2048]
+        if status == "dry-run":
+            run.status = "dry-run"
+        if self.journal is not None:
+            try:
+                self.journal.record_step(run.id, index=step.index, action=step.name, args=args, status=status,
+                                         result=result, error=error, started=started, duration=duration)
+            except Exception:
+                log.exception("journal: cannot record step")
+        self._output({"type": "step", "rule": run.rule, "vm": run.vm.name, "event": run.event.name, "run": run.id,
+                      "step": step.index, "action": step.name, "args": args, "status": status,
+                      "result": result, "error": error, "time": started})
+
+    def journal_end_run(self, run: Run, error: str | None) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.end_run(run.id, status=run.status, ended=self.clock.now(), error=error)
+        except Exception:
+            log.exception("journal: cannot record run end")
+
+    def stats_run(self, rule: str, status: str, seconds: float) -> None:
+        self.run_outcomes[(rule, status)] += 1
+
+    def _output(self, record: dict[str, Any]) -> None:
+        if self.output is not None:
+            try:
+                self.output(record)
+            except Exception:
+                log.exception("output callback failed")
+
+    # -- sessions (replay, tests) -----------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def session(self) -> Any:
+        """Own a task group for runs without consuming the bus (replay drives dispatch itself)."""
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                yield self
+            finally:
+                self._tg = None
+
+    def drain_bus(self) -> int:
+        """Dispatch whatever is queued on the bus now; the number dispatched."""
+        n = 0
+        while len(self.bus):
+            for event in self.bus.take():
+                self.dispatch(event)
+                n += 1
+        return n
+
+
+def _qmp_time(now: float) -> dict[str, int]:
+    secs = int(now)
+    return {"seconds": secs, "microseconds": int((now - secs) * 1_000_000)}

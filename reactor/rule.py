@@ -1,0 +1,133 @@
+"""The rule model: frozen, slotted dataclasses that keep their source positions.
+
+Produced only by :mod:`reactor.loader`; the engine reads them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .action import ActionSpec
+from .arguments import Arguments
+from .errors import Position
+from .template import Expression
+
+__all__ = ["Mode", "Retry", "Rule", "RuleSet", "Step", "Throttle", "VMSelector"]
+
+Mode = Literal["single", "queued", "parallel", "restart"]
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    attempts: int
+    backoff: float
+    max_backoff: float
+
+    def delay(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1`` (attempt counts from 1)."""
+        return float(min(self.backoff * (2 ** (attempt - 1)), self.max_backoff))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    index: int
+    action: ActionSpec
+    args: Arguments
+    pos: Position
+    timeout: float | None = None
+    retry: Retry | None = None
+    on_error: Literal["stop", "continue"] = "stop"
+    register: str | None = None
+    when: Expression | None = None
+
+    @property
+    def name(self) -> str:
+        return self.action.name
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    max: int
+    within: float
+    per: tuple[str, ...]   # "vm" or "data.<path>"
+
+    def key(self, vm: str, data: Mapping[str, Any]) -> str:
+        parts = []
+        for p in self.per:
+            if p == "vm":
+                parts.append(vm)
+            else:
+                value: Any = data
+                for seg in p[5:].split("."):
+                    value = value.get(seg) if isinstance(value, Mapping) else None
+                parts.append("" if value is None else str(value))
+        return "|".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class VMSelector:
+    names: tuple[str, ...] = ()                 # globs; empty: any name
+    labels: Mapping[str, str] = None  # type: ignore[assignment]
+
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        if self.names and not any(fnmatch.fnmatchcase(name, g) for g in self.names):
+            return False
+        if self.labels:
+            for k, v in self.labels.items():
+                got = labels.get(k)
+                if got is None or not fnmatch.fnmatchcase(str(got), v):
+                    return False
+        return True
+
+    def literal_names(self) -> tuple[str, ...] | None:
+        """The names when every one is a plain name (no glob characters) and no labels."""
+        if not self.names or self.labels or any(set(g) & set("*?[") for g in self.names):
+            return None
+        return self.names
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    pos: Position
+    on: frozenset[str] | None          # None: "*"
+    steps: tuple[Step, ...]
+    description: str = ""
+    vms: VMSelector | None = None
+    match: Predicate | None = None
+    #: top-level `field: literal` equalities of `match`, for the matcher's index
+    literals: Mapping[str, tuple[Any, ...]] = None  # type: ignore[assignment]
+    #: the `match` mapping as written, for `explain` and the traces page
+    match_source: Any = None
+    condition: Expression | None = None
+    throttle: Throttle | None = None
+    mode: Mode = "single"
+    max_queued: int = 10
+    max_parallel: int = 10
+    enabled: bool = True
+    index: int = 0                      # order of definition across files
+
+    def __repr__(self) -> str:
+        return f"<Rule {self.name} @ {self.pos}>"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Rules as loaded, in definition order, plus the names rules emit."""
+
+    rules: tuple[Rule, ...]
+    sources: tuple[str, ...] = ()       # files read
+    emitted: frozenset[str] = frozenset()
+
+    def get(self, name: str) -> Rule | None:
+        for r in self.rules:
+            if r.name == name:
+                return r
+        return None
+
+    def __len__(self) -> int:
+        return len(self.rules)
