@@ -115,12 +115,13 @@ log "extracting $(basename "$DEB")"
 dpkg-deb -x "$DEB" "$WORK/root"
 rm -f "$DEB"
 VERSION=$(ls "$WORK/root/lib/modules")
-[ -n "$VERSION" ] && [ -f "$WORK/root/boot/vmlinuz-$VERSION" ] || die "no kernel in $PKG"
+if [ -z "$VERSION" ] || [ ! -f "$WORK/root/boot/vmlinuz-$VERSION" ]; then die "no kernel in $PKG"; fi
 
 # --- vmlinux: the xz stream inside the bzImage (as the kernel's extract-vmlinux) --
 log "extracting vmlinux $VERSION"
 BZ="$WORK/root/boot/vmlinuz-$VERSION"
 found=""
+# shellcheck disable=SC2013  # one offset per word
 for off in $(LC_ALL=C grep -obUaP '\xfd\x37\x7a\x58\x5a\x00' "$BZ" | cut -d: -f1); do
     tail -c "+$((off + 1))" "$BZ" | xz -dcq --single-stream >"$WORK/vmlinux" 2>/dev/null || true
     if [ "$(head -c 4 "$WORK/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ]; then found=1; break; fi
