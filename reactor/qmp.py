@@ -262,13 +262,32 @@ class _Protocol(QMPClient):
             msg["arguments"] = dict(arguments)
         data = orjson.dumps(msg, default=_jsonable)
         self._cb_outbound(_Raw(data))
-        self._pending[exec_id] = asyncio.Queue(maxsize=1)
+        self._pending[exec_id] = cast(Any, _Slot())
         try:
             self._writer.write(data)
         except BaseException:
             del self._pending[exec_id]
             raise
         return cast(dict[str, Any], await self._reply(exec_id))
+
+
+class _Slot:
+    """Where one reply lands: the part of ``asyncio.Queue(maxsize=1)`` qemu.qmp uses, on one future."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def put_nowait(self, item: Any) -> None:
+        if not self._future.done():
+            self._future.set_result(item)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    async def get(self) -> Any:
+        return await self._future
 
 
 class _Raw:

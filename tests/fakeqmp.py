@@ -434,5 +434,9 @@ async def serve_fleet(directory: str | Path, count: int) -> None:
 
 
 if __name__ == "__main__":
+    import resource
+
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_fleet(sys.argv[1], int(sys.argv[2])))
