@@ -92,7 +92,13 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
         if not isinstance(value, list):
             raise ValueError(f"expected a list, got {_kind(value)}")
         (item,) = get_args(hint)[:1] or (Any,)
-        return [convert(item, v, rendered=rendered) for v in value]
+        items = []
+        for i, v in enumerate(value):
+            try:
+                items.append(convert(item, v, rendered=rendered))
+            except ValueError as err:
+                raise ValueError(f"[{i}]: {err}") from err
+        return items
     if origin in (dict, Mapping, typing.Mapping):
         if not isinstance(value, Mapping):
             raise ValueError(f"expected a mapping, got {_kind(value)}")
@@ -195,15 +201,20 @@ def _compile_tree(node: Node) -> tuple[Any, bool]:
     return {k: v for k, (v, _) in entries.items()}, any(t for _, t in entries.values())
 
 
-def _node_at(node: Node, err: ValueError) -> Position:
-    """Best position for a conversion error: the first list item or key it names."""
-    msg = str(err)
+_ITEM = re.compile(r"^\[(\d+)\]: ")
+
+
+def _node_at(node: Node, msg: str) -> Position:
+    """Best position for a conversion error: the (nested) list item or key it names."""
     if isinstance(node, MapNode):
-        key = msg.split(":", 1)[0]
-        if key in node:
-            sub = node.get(key)
-            assert sub is not None
-            return sub.pos
+        key, sep, rest = msg.partition(": ")
+        sub = node.get(key) if sep else None
+        if sub is not None:
+            return _node_at(sub, rest)
+    elif isinstance(node, SeqNode):
+        m = _ITEM.match(msg)
+        if m and int(m.group(1)) < len(node.items):
+            return _node_at(node.items[int(m.group(1))], msg[m.end():])
     return node.pos
 
 
@@ -259,9 +270,12 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
         errors.append(RuleError(node.pos, f"{spec.name}: expected a mapping of arguments, got {node.kind}"))
         return None
     out: dict[str, Any] = {}
+    hinted: set[str] = set()
     for key, sub in mapping.items():
         if key not in fields:
             hint = close_match(key, list(fields))
+            if hint is not None:
+                hinted.add(hint)
             where = node.key_pos(key) if isinstance(node, MapNode) else sub.pos
             errors.append(RuleError(
                 where,
@@ -280,8 +294,10 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
         try:
             out[key] = convert(spec.hints[key], sub.plain())
         except ValueError as err:
-            errors.append(RuleError(_node_at(sub, err), f"{spec.name}: argument {key!r}: {err}"))
+            errors.append(RuleError(_node_at(sub, str(err)), f"{spec.name}: argument {key!r}: {err}"))
     for name, f in fields.items():
+        if name in hinted:
+            continue  # already reported as "unknown argument ... (did you mean NAME?)"
         if name not in mapping and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             errors.append(RuleError(key_pos, f"{spec.name}: missing required argument {name!r}"))
     if len(errors) > n_before:
