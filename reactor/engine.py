@@ -318,6 +318,7 @@ class Engine:
         self.throttles = Throttles(journal.record_throttle if journal is not None else None)
         self.set_rules(rules)
         self._tg: asyncio.TaskGroup | None = None
+        self._stopping: asyncio.Event | None = None
         self._active: dict[tuple[str, str], list[Run]] = {}
         self._queued: dict[tuple[str, str], deque[tuple[Event, int | None, int]]] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
@@ -370,16 +371,47 @@ class Engine:
         obj = {"event": name, "data": dict(data or {}), "timestamp": _qmp_time(self.clock.now())}
         self.submit(self.catalog.make_event(obj, vm=vm, host=host))
 
-    async def run(self) -> None:
-        """Consume the bus until cancelled; runs live in this task group."""
+    async def run(self, *, grace: float = 30.0) -> None:
+        """Consume the bus until :meth:`stop` (or cancellation); runs live in this task group.
+
+        After :meth:`stop`, queued events are not taken any more; runs in flight
+        get ``grace`` seconds to finish, then the rest are cancelled (recorded).
+        """
+        self._stopping = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
-                while True:
-                    for event in await self.bus.get():
-                        self.dispatch(event)
+                while not self._stopping.is_set():
+                    get = asyncio.ensure_future(self.bus.get())
+                    stop = asyncio.ensure_future(self._stopping.wait())
+                    try:
+                        await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        stop.cancel()
+                        if not get.done():
+                            get.cancel()
+                    if get.done() and not get.cancelled():
+                        for event in get.result():
+                            self.dispatch(event)
+                await self._drain(grace)
             finally:
                 self._tg = None
+
+    def stop(self) -> None:
+        """Stop taking events; :meth:`run` returns once runs finished (or were cancelled)."""
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def _drain(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while self.runs_in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.runs_in_flight:
+            log.warning("stopping: cancelling %d run(s) still in flight", self.runs_in_flight)
+            for runs in list(self._active.values()):
+                for r in runs:
+                    if r.task is not None:
+                        r.task.cancel()
 
     # -- dispatch ---------------------------------------------------------------------------
     def dispatch(self, event: Event) -> None:

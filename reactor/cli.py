@@ -1,0 +1,345 @@
+"""The ``reactor`` command line (see the product contract in DAEMON.md).
+
+Exit codes: 0 success; 1 invalid input (rules, config, events); 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .catalog import default_catalog
+from .clock import VirtualClock
+from .config import Config, load_config
+from .duration import parse_duration
+from .engine import Engine
+from .errors import LoadError, ReactorError
+from .loader import load_rules
+from .registry import Registry
+from .replay import replay
+from .rule import RuleSet
+from .template import to_jsonable
+
+__all__ = ["main"]
+
+
+def _json(obj: Any) -> str:
+    return orjson.dumps(obj, default=to_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _setup_logging(verbosity: int, fmt: str = "text") -> None:
+    level = logging.WARNING - 10 * verbosity
+    from .logformat import configure
+
+    configure(max(logging.DEBUG, min(logging.ERROR, level)), fmt)
+
+
+def _registry(config: Config | None) -> Registry:
+    from .plugins import load_registry
+
+    return load_registry(config.plugins if config else ())
+
+
+def _load(args: argparse.Namespace, rule_dirs: Sequence[str]) -> tuple[Config | None, RuleSet]:
+    config = load_config(args.config) if getattr(args, "config", None) else None
+    dirs: list[str | Path] = list(rule_dirs)
+    if not dirs and config is not None:
+        dirs = list(config.rules)
+    if not dirs:
+        dirs = ["rules"]
+    rules = load_rules(dirs, registry=_registry(config))
+    return config, rules
+
+
+def _print_errors(err: LoadError) -> None:
+    for e in err.errors:
+        print(str(e), file=sys.stderr)
+    n = len(err.errors)
+    print(f"{n} error{'s' if n != 1 else ''}", file=sys.stderr)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config, rules = _load(args, args.rules_dirs)
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    files = len(rules.sources)
+    if args.json:
+        print(_json({"ok": True, "rules": [r.name for r in rules.rules], "files": list(rules.sources)}))
+    elif not args.quiet:
+        cfg = f", config {args.config}" if config is not None else ""
+        print(f"ok: {len(rules)} rule{'s' if len(rules) != 1 else ''} in {files} file{'s' if files != 1 else ''}{cfg}")
+    return 0
+
+
+def _fmt_time(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _print_record(rec: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        out = {k: v for k, v in rec.items() if v is not None}
+        print(_json(out), flush=True)
+        return
+    t = _fmt_time(rec["time"]) if isinstance(rec.get("time"), (int, float)) and rec["time"] > 0 else ""
+    typ = rec["type"]
+    if typ == "match":
+        print(f"{t} MATCH {rec['rule']} vm={rec['vm']} event={rec['event']} run={rec.get('run')}")
+    elif typ == "step":
+        status = rec["status"]
+        what = _json(rec.get("args"))
+        tail = f" -> {_json(rec['result'])}" if rec.get("result") is not None else ""
+        if rec.get("error"):
+            tail = f" !! {rec['error']}"
+        label = "would run" if status == "dry-run" else status
+        print(f"{t}   step {rec['step']} {rec['action']} {what} [{label}]{tail}")
+    else:
+        print(f"{t} {typ.upper()} {rec['rule']} vm={rec['vm']} event={rec['event']}: {rec.get('reason', '')}")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        config, rules = _load(args, [args.rules] if args.rules else [])
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    as_json = args.json
+
+    def output(rec: dict[str, Any]) -> None:
+        _print_record(rec, as_json)
+
+    async def go() -> Any:
+        clock = VirtualClock()
+        journal = None
+        if args.journal:
+            from .journal import Journal
+
+            journal = Journal(Path(args.journal), record_events="matched")
+            await journal.__aenter__()
+        try:
+            engine = Engine(rules, clock=clock, dry_run=args.dry_run, output=output, journal=journal,
+                            labels=_labels_from(config))
+            if args.events == "-":
+                return await replay(sys.stdin, engine, clock, source="<stdin>")
+            with open(args.events, "rb") as f:
+                return await replay(f, engine, clock, source=args.events)
+        finally:
+            if journal is not None:
+                await journal.aclose()
+
+    try:
+        result = asyncio.run(go())
+    except OSError as err:
+        print(f"{args.events}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    for e in result.errors:
+        print(e, file=sys.stderr)
+    if not as_json:
+        print(f"replayed {result.events} events, {len(result.errors)} bad lines", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
+def _labels_from(config: Config | None) -> Any:
+    if config is None:
+        return None
+    labels = {vm.name: dict(vm.labels) for vm in config.vms}
+    return lambda name: labels.get(name, {})
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    cat = default_catalog()
+    if args.name:
+        if args.name not in cat:
+            hint = cat.suggest(args.name)
+            print(f"unknown event {args.name!r}" + (f" (did you mean {hint!r}?)" if hint else ""), file=sys.stderr)
+            return 1
+        if args.json:
+            print(_json(cat.to_json(args.name)))
+        else:
+            print(cat.describe(args.name))
+        return 0
+    if args.json:
+        print(_json(cat.to_json()))
+        return 0
+    for name in cat.names():
+        schema = cat.get(name)
+        assert schema is not None
+        doc = (schema.doc.strip().splitlines() or [""])[0]
+        vers = "reactor" if schema.builtin else ",".join(schema.versions)
+        print(f"{name:<32} {vers:<10} {doc[:80]}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from .journal import Journal
+
+    if args.journal:
+        path = Path(args.journal)
+    else:
+        try:
+            config = load_config(args.config) if args.config else None
+        except LoadError as err:
+            _print_errors(err)
+            return 1
+        state = config.state_dir if config else Path("state")
+        path = state / "journal.db"
+    if not path.exists():
+        print(f"no journal at {path}", file=sys.stderr)
+        return 1
+    since = None
+    if args.since:
+        try:
+            since = time.time() - parse_duration(args.since)
+        except ValueError as err:
+            print(f"--since: {err}", file=sys.stderr)
+            return 2
+    j = Journal(path)
+    j.open_sync()
+    try:
+        runs = j.runs(vm=args.vm, rule=args.rule, since=since, limit=args.limit)
+        full = [j.run(r.id) or r for r in runs]
+    finally:
+        j.close_sync()
+    if args.json:
+        for r in full:
+            print(_json(r))
+        return 0
+    if not full:
+        print("no runs recorded" + (" for that filter" if args.vm or args.rule or args.since else ""))
+    for r in reversed(full):
+        dur = f" {r.ended - r.started:.3f}s" if r.ended else ""
+        err = f" error: {r.error}" if r.error else ""
+        print(f"{_fmt_time(r.started)} run {r.id} {r.rule} vm={r.vm} event={r.event_name} {r.status}{dur}{err}")
+        for s in r.steps:
+            tail = f" !! {s.error}" if s.error else ""
+            print(f"    step {s.index} {s.action} {_json(s.args)} {s.status} {s.duration * 1000:.1f}ms{tail}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import run_daemon
+
+    try:
+        config = load_config(args.config)
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    _setup_logging(max(args.verbose, {"debug": 2, "info": 1, "warning": 0, "error": -1}[config.log.level]),
+                   config.log.format)
+    try:
+        return run_daemon(config, dry_run=args.dry_run)
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    except ReactorError as err:
+        print(f"reactor: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .arguments import describe_type
+
+    try:
+        config = load_config(args.config) if args.config else None
+        reg = _registry(config)
+    except (LoadError, ReactorError) as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    import dataclasses
+
+    rows = []
+    for spec in reg:
+        fields = []
+        for f in dataclasses.fields(spec.args):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            fields.append({"name": f.name, "type": describe_type(spec.hints.get(f.name)), "required": required})
+        rows.append({"action": spec.name, "origin": spec.origin, "shorthand": spec.shorthand, "arguments": fields,
+                     "doc": spec.doc.splitlines()[0] if spec.doc else ""})
+    if args.json:
+        print(_json(rows))
+        return 0
+    for r in rows:
+        args_s = ", ".join(f"{a['name']}{'' if a['required'] else '?'}: {a['type']}" for a in r["arguments"])
+        print(f"{r['action']:<12} {r['origin']}\n    {r['doc']}\n    arguments: {args_s}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reactor", description="React to QEMU QMP events with YAML rules.")
+    p.add_argument("--version", action="version", version=f"reactor {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("run", help="run the daemon in the foreground")
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--dry-run", action="store_true", help="connect and match, but send no mutating command")
+    s.add_argument("-v", "--verbose", action="count", default=0)
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("check", help="load and validate rules (and the config)")
+    s.add_argument("rules_dirs", nargs="*", metavar="RULES_DIR")
+    s.add_argument("-c", "--config")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("replay", help="feed recorded events through the rules on a virtual clock")
+    s.add_argument("events", metavar="EVENTS.jsonl", help="JSON lines of QMP events ('-' for stdin)")
+    s.add_argument("--rules", metavar="DIR")
+    s.add_argument("-c", "--config")
+    s.add_argument("--dry-run", action="store_true", help="execute no action; print what would run")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.add_argument("--journal", metavar="PATH", help="record into this journal file")
+    s.set_defaults(fn=cmd_replay)
+
+    s = sub.add_parser("events", help="the typed QMP event catalog")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_events)
+
+    s = sub.add_parser("history", help="what the journal recorded")
+    s.add_argument("--vm")
+    s.add_argument("--rule")
+    s.add_argument("--since", metavar="DURATION")
+    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-c", "--config")
+    s.add_argument("--journal", metavar="PATH", help="the journal file (default: STATE_DIR/journal.db)")
+    s.set_defaults(fn=cmd_history)
+
+    s = sub.add_parser("plugins", help="the actions available, where they come from, their arguments")
+    s.add_argument("-c", "--config")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_plugins)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        _setup_logging(args.verbose)
+    try:
+        code: int = args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
