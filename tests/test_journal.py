@@ -521,7 +521,7 @@ async def test_opening_an_unwritable_journal_fails_clearly(db: Path, chattr: lis
 
 
 async def test_the_hot_path_does_no_io(db: Path) -> None:
-    """Recording 20k rows takes well under a second even with the file unwritable."""
+    """Recording 20k rows takes well under a second and writes nothing by itself."""
     async with Journal(db, flush_interval=60, batch_rows=10**9) as j:
         t0 = time.perf_counter()
         for i in range(20_000):
