@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import random
@@ -147,6 +148,10 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_broker ON outbox (broker, id);
 """
+
+
+class _InUseError(JournalError):
+    """Another process has the journal open for writing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,7 +334,7 @@ class Journal:
     # ------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> Journal:
-        await asyncio.to_thread(self.open_sync)
+        await asyncio.to_thread(functools.partial(self.open_sync, readonly=False))
         self._wake = asyncio.Event()
         tg = asyncio.TaskGroup()
         await tg.__aenter__()
@@ -356,25 +361,36 @@ class Journal:
         self._wake = None
         await asyncio.to_thread(self.close_sync)
 
-    def open_sync(self, *, readonly: bool = False) -> None:
-        """Open the database (creating it unless ``readonly``); no flusher runs.
+    def open_sync(self, *, readonly: bool | None = None) -> None:
+        """Open the database without a flusher (for the CLI; the daemon uses ``async with``).
 
-        Raises :class:`JournalError` when it cannot be opened, when another
-        process has it open for writing, or when its schema is newer than ours.
+        ``readonly=False`` opens for writing (creating the file) and raises
+        :class:`JournalError` when another process has it open for writing;
+        ``True`` only reads an existing journal; ``None`` (the default) writes
+        when it can and only reads while a daemon has the journal open.  Also
+        raises :class:`JournalError` when the file cannot be opened or its
+        schema is newer than ours.
         """
         if self._opened:
             raise JournalError(f"{self.path}: journal is already open")
-        self.readonly = readonly
         try:
             if readonly:
+                self.readonly = True
                 self._open_readonly()
             else:
-                self._open_writable()
+                try:
+                    self._open_writable()
+                except _InUseError:
+                    if readonly is not None:
+                        raise
+                    self._close_connections()
+                    self.readonly = True
+                    self._open_readonly()
         except BaseException:
             self._close_connections()
             raise
         self._opened = True
-        if not readonly:
+        if not self.readonly:
             self._limit = self.max_pending
             self._limit_ctl = self.max_pending + max(self.max_pending // 10, 1)
 
@@ -438,7 +454,7 @@ class Journal:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            raise JournalError(f"{self.path}: journal is in use by another process") from err
+            raise _InUseError(f"{self.path}: journal is in use by another process") from err
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:

@@ -214,15 +214,31 @@ async def test_readers_see_the_journal_while_the_daemon_writes(db: Path) -> None
     async with Journal(db) as j:
         _fill(j)
         await j.flush()
-        reader = Journal(db)
-        reader.open_sync(readonly=True)
-        try:
-            assert len(reader.runs()) == 4
-            assert len(reader.events()) == 2
-            with pytest.raises(JournalError):
-                reader.record_event("X", "vm1", None, 1.0, {})
-        finally:
-            reader.close_sync()
+        for readonly in (True, None):  # None: reads only, since the daemon writes
+            reader = Journal(db)
+            reader.open_sync(readonly=readonly)
+            try:
+                assert reader.readonly
+                assert len(reader.runs()) == 4
+                assert len(reader.events()) == 2
+                with pytest.raises(JournalError):
+                    reader.record_event("X", "vm1", None, 1.0, {})
+            finally:
+                reader.close_sync()
+        with pytest.raises(JournalError, match="in use"):
+            Journal(db).open_sync(readonly=False)
+
+
+def test_the_cli_opens_a_journal_nobody_writes_for_writing(db: Path) -> None:
+    j = Journal(db)
+    j.open_sync()
+    try:
+        assert not j.readonly
+        j.record_event("X", "vm1", None, 1.0, {})
+        assert [e.name for e in j.events()] == ["X"]
+    finally:
+        j.close_sync()
+    assert _count(db, "events") == 1
 
 
 def test_readonly_open_of_a_missing_journal_fails(tmp_path: Path) -> None:
