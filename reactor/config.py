@@ -368,8 +368,14 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
                 extra[name] = fn(sn)
             except SourceError as err:
                 p.errors.append(err)
-    if "sources" in root and "sources" not in extra:
-        extra["sources"] = root.get("sources")
+    sn = root.get("sources")
+    if sn is not None and "sources" not in extra and not (isinstance(sn, ScalarNode) and sn.value is None):
+        from .sources import parse_sources
+
+        try:
+            extra["sources"] = parse_sources(sn)
+        except SourceError as err:
+            p.errors.append(err)
     cfg = Config(
         path=path, rules=rules, plugins=plugins, state_dir=state_dir, host=host,
         vms=p.vms(root.get("vms")), discover=p.discover(root.get("discover")), listen=p.listen(root.get("listen")),

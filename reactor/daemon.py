@@ -132,6 +132,19 @@ class Daemon:
                 classes.append(MqttHub)
         return classes
 
+    def _services(self) -> list[Resource]:
+        """Daemon-level services configured by sections: event sources, the HTTP listener."""
+        out: list[Resource] = []
+        if self._config.section("sources"):
+            from .sources import SourceRunner
+
+            out.append(SourceRunner(self))
+        if self._config.http is not None:
+            from .http import HttpServer
+
+            out.append(HttpServer(self))
+        return out
+
     async def run(self) -> None:
         cfg = self._config
         state = cfg.state_dir
@@ -159,6 +172,9 @@ class Daemon:
                     await res.start()
                     self.resources[cls] = res
                 engine._resources.update(self.resources)
+                for service in self._services():
+                    started.append(service)
+                    await service.start()
                 fleet = Fleet(
                     make_event=self.catalog.make_event, on_event=engine.submit, on_state=self._on_state,
                     on_problem=self._on_problem,

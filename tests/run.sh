@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a Debian machine, then run the whole suite.
+#   ./tests/run.sh            all tests (real QEMU, the tiny guest, mosquitto, HTTP, a browser)
+#   ./tests/run.sh -k mqtt    extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=$PWD
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages the tests talk to (installed only when missing).
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null || need+=(mosquitto-clients)
+command -v openssl >/dev/null || need+=(openssl)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v cpio >/dev/null || need+=(cpio)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx insmod || need+=(busybox-static)
+command -v chromium >/dev/null || need+=(chromium)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv python3-pip)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing Debian packages: ${need[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# A virtualenv with reactor, its test tools and the example plugins.
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$py" -m venv .venv
+fi
+say "installing reactor and test dependencies into .venv"
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+for p in plugins/*/; do
+  [ -f "$p/pyproject.toml" ] && .venv/bin/pip install -q --disable-pip-version-check -e "$p" 2>&1 \
+    | grep -v '^WARNING: Location' || true
+done
+
+say "building the tiny test guest (cached)"
+./examples/guest/build-guest.sh >&2
+
+say "running the tests"
+set +e
+.venv/bin/python -m pytest -q -rs "$@"
+rc=$?
+set -e
+if [ $rc -eq 5 ]; then
+  echo "no tests were collected" >&2
+  exit 1
+fi
+exit $rc
