@@ -1,3 +1,59 @@
-"""reactor: react to QEMU QMP events with declarative YAML rules and pluggable actions."""
+"""reactor: react to QEMU QMP events with declarative YAML rules and pluggable actions.
+
+The public API for embedding reactor; plugin authors use :mod:`reactor.plugin`
+and tests use :mod:`reactor.testing`.
+"""
+
+from .catalog import Catalog, default_catalog
+from .config import Config, load_config, parse_config
+from .engine import Engine
+from .errors import (
+    ActionError,
+    CatalogError,
+    ConfigError,
+    EventError,
+    JournalError,
+    LoadError,
+    PluginError,
+    Position,
+    QMPCommandError,
+    QMPConnectionError,
+    ReactorError,
+    RuleError,
+    SourceError,
+    TemplateError,
+)
+from .event import Event
+from .loader import load_rules, load_rules_text
+from .rule import Rule, RuleSet
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ActionError",
+    "Catalog",
+    "CatalogError",
+    "Config",
+    "ConfigError",
+    "Engine",
+    "Event",
+    "EventError",
+    "JournalError",
+    "LoadError",
+    "PluginError",
+    "Position",
+    "QMPCommandError",
+    "QMPConnectionError",
+    "ReactorError",
+    "Rule",
+    "RuleError",
+    "RuleSet",
+    "SourceError",
+    "TemplateError",
+    "__version__",
+    "default_catalog",
+    "load_config",
+    "load_rules",
+    "load_rules_text",
+    "parse_config",
+]

@@ -11,12 +11,12 @@ from reactor.catalog.schema import EventSchema, FieldSpec, TypeSpec
 
 __all__ = [
     "BUILTIN_EVENTS",
-    "EVENTS_JSON",
-    "RUN_STATES",
     "Catalog",
     "CatalogStats",
+    "EVENTS_JSON",
     "EventSchema",
     "FieldSpec",
+    "RUN_STATES",
     "TypeSpec",
     "default_catalog",
 ]
