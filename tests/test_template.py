@@ -95,7 +95,7 @@ def test_sandbox_blocks_internals_and_mutation(text: str) -> None:
     "{{ 10 ** 1000000 }}",
 ])
 def test_rendering_is_bounded(text: str) -> None:
-    with pytest.raises(TemplateError, match="limit|budget"):
+    with pytest.raises(TemplateError, match=r"limit|budget"):
         render(text)
 
 
