@@ -35,6 +35,8 @@ def describe_type(hint: Any) -> str:
         return "duration"
     if hint in (Any, object):
         return "any"
+    if hint is type(None):
+        return "null"
     if isinstance(hint, type):
         return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(hint, hint.__name__)
     origin = get_origin(hint)
@@ -74,6 +76,9 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
         options = get_args(hint)
         if value is None and type(None) in options:
             return None
+        present = [opt for opt in options if opt is not type(None)]
+        if len(present) == 1:  # `T | None` with a value: T's own, more precise, error
+            return convert(present[0], value, rendered=rendered)
         errors = []
         for opt in options:
             if opt is type(None):
@@ -104,7 +109,13 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
             raise ValueError(f"expected a mapping, got {_kind(value)}")
         args = get_args(hint)
         vt = args[1] if len(args) == 2 else Any
-        return {str(k): convert(vt, v, rendered=rendered) for k, v in value.items()}
+        entries = {}
+        for k, v in value.items():
+            try:
+                entries[str(k)] = convert(vt, v, rendered=rendered)
+            except ValueError as err:
+                raise ValueError(f"{k}: {err}") from err
+        return entries
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, Mapping):
             raise ValueError(f"expected a mapping, got {_kind(value)}")
