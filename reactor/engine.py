@@ -275,6 +275,10 @@ class Run:
         self._log.error("step %d (%s) failed: %s", step.index, step.name, msg)
         eng.record_step(self, step, shown, "timeout" if timed_out else "failed", None, msg, started,
                         time.perf_counter() - t0)
+        if self._event.name == "REACTOR_ACTION_FAILED":
+            # a failure while handling a failure: reporting it again would loop forever
+            self._log.warning("not emitting REACTOR_ACTION_FAILED for a run started by one")
+            return False
         eng.emit("REACTOR_ACTION_FAILED", {"rule": self._rule.name, "step": step.index, "action": step.name,
                                            "error": msg}, vm=self._vm.name, host=self._event.host)
         return False
