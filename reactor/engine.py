@@ -272,7 +272,10 @@ class Run:
     def _failed(self, step: Step, shown: Any, msg: str, started: float, t0: float, *,
                 timed_out: bool = False) -> bool:
         eng = self.engine
-        self._log.error("step %d (%s) failed: %s", step.index, step.name, msg)
+        if shown is None:
+            self._log.error("step %d (%s) failed: %s", step.index, step.name, msg)
+        else:
+            self._log.error("step %d (%s) failed: %s; arguments: %s", step.index, step.name, msg, shown)
         eng.record_step(self, step, shown, "timeout" if timed_out else "failed", None, msg, started,
                         time.perf_counter() - t0)
         if self._event.name == "REACTOR_ACTION_FAILED":
