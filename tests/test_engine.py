@@ -570,3 +570,65 @@ async def test_dispatch_outside_a_session_is_an_error() -> None:
     event = default_catalog().make_event({"event": "STOP"}, vm="vm0")
     with pytest.raises(RuntimeError, match="session"):
         engine.dispatch(event)
+
+
+async def test_a_failing_failure_handler_does_not_loop(caplog: pytest.LogCaptureFixture) -> None:
+    rules = """
+        rules:
+          - name: t
+            on: STOP
+            actions: [{log: "{{ vars.x }}"}]
+          - name: handler
+            on: REACTOR_ACTION_FAILED
+            actions: [{log: "{{ vars.y }}"}]
+        """
+    async with asyncio.timeout(5):
+        r = await play(rules, stops(1000))
+    assert [m["rule"] for m in r.of("match")] == ["t", "handler"]
+    assert r.engine.stats["events"] == 2
+    assert "not emitting REACTOR_ACTION_FAILED" in caplog.text
+
+
+async def test_failure_is_logged_with_the_rendered_arguments(caplog: pytest.LogCaptureFixture) -> None:
+    rules = """
+        rules:
+          - name: t
+            on: STOP
+            actions:
+              - exec: {argv: [/bin/false, "{{ vm.name }}-arg"], env: {TOKEN: s3cret}}
+        """
+    r = await play(rules, stops(1000, vm="web-9"))
+    (step,) = r.of("step")
+    assert step["args"]["argv"] == ["/bin/false", "web-9-arg"]
+    failed = [rec.getMessage() for rec in caplog.records if "failed:" in rec.getMessage()]
+    assert len(failed) == 1 and "web-9-arg" in failed[0] and "exited with 1" in failed[0]
+    assert "s3cret" not in caplog.text
+
+
+async def test_throttle_windows_survive_a_restart_through_the_journal(tmp_path: Path) -> None:
+    from reactor.journal import Journal
+
+    rules = """
+        rules:
+          - name: t
+            on: STOP
+            throttle: {max: 2, within: 1h}
+            actions: [{log: x}]
+        """
+    rs = load_rules_text([("e.yaml", textwrap.dedent(rules))])
+
+    async def session(times: list[float]) -> tuple[list[dict[str, Any]], list[Any]]:
+        async with Journal(tmp_path / "journal.db") as journal:
+            clock = VirtualClock()
+            out: list[dict[str, Any]] = []
+            engine = Engine(rs, clock=clock, journal=journal, output=out.append)
+            engine.throttles.load(journal.load_throttle(min(times) - 3600))
+            await replay(stops(*times), engine, clock)
+            await journal.flush()
+            return out, journal.runs(rule="t", status="throttled")
+
+    out, throttled = await session([1000, 1001])
+    assert [o["type"] for o in out] == ["match", "step", "match", "step"] and throttled == []
+    out, throttled = await session([1002, 4601])     # a restart: 1002 is the third within the hour
+    assert [(o["type"], o["time"]) for o in out if o["type"] != "step"] == [("throttled", 1002), ("match", 4601)]
+    assert len(throttled) == 1
