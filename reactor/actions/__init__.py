@@ -11,3 +11,9 @@ from .sleep import SLEEP
 __all__ = ["BUILTINS"]
 
 BUILTINS: list[ActionSpec] = [EMIT, EXEC, LOG, SLEEP]
+
+from .qmp import QMP  # noqa: E402
+from .snapshot import SNAPSHOT  # noqa: E402
+from .wait_for import WAIT_FOR  # noqa: E402
+
+BUILTINS += [QMP, SNAPSHOT, WAIT_FOR]

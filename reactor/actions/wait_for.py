@@ -1,0 +1,89 @@
+"""``wait_for``: wait for a later event from the same VM (or ``vm``).
+
+Events that arrived after the previous step began count too, so
+``qmp: cont`` then ``wait_for: RESUME`` cannot miss a fast ``RESUME``.
+``match`` uses the rule language's ``match`` syntax on the event's data
+(scalars, lists as one-of, one-operator mappings, ``any``/``all``/``not``).
+The result is the event as plain data (``event``, ``data``, ``timestamp``,
+``vm``); the step fails after ``timeout`` (default 30 s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..action import ActionContext, Duration, action
+from ..errors import ActionError
+from ..event import Event
+from ..matcher import OPERATORS, explain_match
+from .emit import EVENT_NAME
+
+__all__ = ["DEFAULT_TIMEOUT", "WAIT_FOR", "WaitForArgs"]
+
+_COMBINATORS = ("any", "all", "not")
+
+
+#: The default of ``timeout``.
+DEFAULT_TIMEOUT = Duration(30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForArgs:
+    event: list[str] | str
+    match: dict[str, Any] = field(default_factory=dict)
+    vm: str | None = None
+    timeout: Duration = DEFAULT_TIMEOUT
+
+
+def _names(args: WaitForArgs) -> list[str]:
+    return [args.event] if isinstance(args.event, str) else list(args.event)
+
+
+def _check_match(m: Any, where: str) -> None:
+    if not isinstance(m, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(m).__name__}")
+    for key, want in m.items():
+        if key in _COMBINATORS:
+            for sub in want if isinstance(want, list) else [want]:
+                _check_match(sub, f"{where}.{key}")
+        elif isinstance(want, Mapping) and (len(want) != 1 or next(iter(want)) not in OPERATORS):
+            raise ValueError(f"{where}.{key}: a test is one of {', '.join(OPERATORS)}, got {dict(want)!r}")
+
+
+def _check(args: WaitForArgs) -> None:
+    names = _names(args)
+    if not names:
+        raise ValueError("event must name at least one event")
+    for name in names:
+        if "{{" not in name and not EVENT_NAME.match(name):
+            raise ValueError(f"event name {name!r} must be upper case letters, digits and _")
+    _check_match(args.match, "match")
+    if args.timeout <= 0:
+        raise ValueError("timeout must be positive")
+
+
+def _as_data(event: Event) -> dict[str, Any]:
+    return {"event": event.name, "data": dict(event.data), "timestamp": event.timestamp, "vm": event.vm}
+
+
+@action("wait_for", shorthand="event", mutating=False, check=_check)
+async def WAIT_FOR(ctx: ActionContext, args: WaitForArgs) -> dict[str, Any]:
+    """Wait up to ``timeout`` (default 30s) for ``event`` (a name or a list) from this run's VM (or ``vm``)
+    whose data satisfies ``match``; the result is that event."""
+    match = None
+    if args.match:
+        spec = args.match
+
+        def match(event: Event) -> bool:
+            return not explain_match(spec, event.data)
+
+    names = _names(args)
+    try:
+        event = await ctx.wait_for(names, match=match, vm=args.vm, timeout=args.timeout)
+    except TimeoutError as err:
+        vm = args.vm or ctx.vm.name
+        raise ActionError(f"no {'/'.join(names)} from {vm} within {args.timeout:g}s") from err
+    ctx.log.info("got %s from %s", event.name, event.vm)
+    return _as_data(event)
