@@ -263,6 +263,9 @@ class _Loader:
         if node is None:
             return ()
         items = list(node.items) if isinstance(node, SeqNode) else [node]
+        if not items:
+            self.err(node.pos, "vms: an empty list matches no VM; list VM name globs, or leave 'vms' out")
+            return ()
         out = []
         for i in items:
             if isinstance(i, ScalarNode) and isinstance(i.value, (str, int)) and not isinstance(i.value, bool):
