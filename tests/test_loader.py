@@ -425,6 +425,20 @@ INVALID: list[tuple[str, str, list[tuple[int, int, str]]]] = [
             vms: {nmes: [web-*]}
             actions: [{log: x}]
         """, [(4, 11, "vms: unknown key 'nmes' (did you mean 'names'?)")]),
+    ("vms-empty-list", """
+        rules:
+          - name: a
+            on: STOP
+            vms: []
+            actions: [{log: x}]
+        """, [(4, 10, "vms: an empty list matches no VM")]),
+    ("vms-names-empty-list", """
+        rules:
+          - name: a
+            on: STOP
+            vms: {names: [], labels: {env: prod}}
+            actions: [{log: x}]
+        """, [(4, 18, "vms: an empty list matches no VM")]),
     ("invalid-rule-name", """
         rules:
           - name: Resume VM
