@@ -204,8 +204,9 @@ class Run:
         try:
             for step in rule.steps:
                 self._step = step.index
+                began = eng.seq
                 ok = await self._run_step(step)
-                self.step_seq = eng.seq
+                self.step_seq = began   # the next step's wait_for sees events from here on
                 if not ok and step.on_error == "stop":
                     self.status = "failed"
                     break
