@@ -290,6 +290,8 @@ class Run:
 
 def _describe(err: BaseException, timeout: float | None) -> str:
     if isinstance(err, TimeoutError):
+        if str(err):          # the action said what it waited for (wait_for, exec...)
+            return str(err)
         return f"timed out after {timeout:g}s" if timeout is not None else "timed out"
     if isinstance(err, ReactorError):
         return str(err)
