@@ -97,6 +97,17 @@ class FlakyArgs:
     key: str = "k"
 
 
+@dataclass(frozen=True)
+class AwaitArgs:
+    event: str
+    timeout: float = 5.0
+
+
+async def _await_event(ctx: ActionContext, args: AwaitArgs) -> str:
+    got = await ctx.wait_for(args.event, timeout=args.timeout)
+    return f"{got.name}@{got.timestamp:g}"
+
+
 def flaky_registry() -> tuple[Registry, Counter[str]]:
     """A copy of the built-in registry plus ``flaky``, which counts its attempts."""
     calls: Counter[str] = Counter()
@@ -109,6 +120,7 @@ def flaky_registry() -> tuple[Registry, Counter[str]]:
 
     reg = builtin_registry().copy()
     reg.add(action("flaky", mutating=False)(flaky))
+    reg.add(action("await_event", mutating=False)(_await_event))
     return reg, calls
 
 
@@ -632,3 +644,22 @@ async def test_throttle_windows_survive_a_restart_through_the_journal(tmp_path: 
     out, throttled = await session([1002, 4601])     # a restart: 1002 is the third within the hour
     assert [(o["type"], o["time"]) for o in out if o["type"] != "step"] == [("throttled", 1002), ("match", 4601)]
     assert len(throttled) == 1
+
+
+async def test_wait_for_counts_events_since_the_previous_step_began() -> None:
+    reg, _ = flaky_registry()
+    rules = """
+        rules:
+          - name: t
+            on: STOP
+            actions:
+              - sleep: 2s
+              - await_event: {event: RESUME, timeout: 5}
+        """
+    # RESUME at 1001 came while the sleep ran: it counts; vm1's RESUME before its STOP does not
+    evs = [line("RESUME", t=999, vm="vm1"), line("STOP", t=1000), line("STOP", t=1000, vm="vm1"),
+           line("RESUME", t=1001), line("RESUME", t=1001, vm="other")]
+    r = await play(rules, evs, registry=reg)
+    by_vm = {s["vm"]: (s["status"], s["result"], s["error"]) for s in r.of("step") if s["action"] == "await_event"}
+    assert by_vm == {"vm0": ("ok", "RESUME@1001", None),
+                     "vm1": ("timeout", None, "no RESUME from vm1 within 5s")}
