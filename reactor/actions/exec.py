@@ -81,10 +81,12 @@ async def EXEC(ctx: ActionContext, args: ExecArgs) -> dict[str, Any]:
                 _read_bounded(proc.stdout), _read_bounded(proc.stderr), _feed(proc, stdin)
             )
             code = await proc.wait()
-    except BaseException:
+    except BaseException as err:
         _kill_group(proc)
         with contextlib.suppress(ProcessLookupError):
             await asyncio.shield(proc.wait())
+        if isinstance(err, TimeoutError):
+            raise TimeoutError(f"exec {args.argv[0]!r} did not finish within {args.timeout:g}s (killed)") from err
         raise
     result = {
         "returncode": code,
