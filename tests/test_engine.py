@@ -260,7 +260,8 @@ async def test_exec_own_timeout_argument() -> None:
     t0 = time.monotonic()
     r = await live(rules, [("STOP", {})])
     assert time.monotonic() - t0 < 2
-    assert [s["status"] for s in r.of("step")] == ["timeout"]
+    assert [(s["status"], s["error"]) for s in r.of("step")] == [
+        ("timeout", f"exec '{PY}' did not finish within 0.2s (killed)")]
 
 
 async def test_retry_with_backoff_until_success() -> None:
