@@ -594,7 +594,8 @@ class Engine:
         self._waiters.setdefault(vm, []).append(waiter)
         sleeper = asyncio.ensure_future(self.clock.sleep(timeout))
         try:
-            done, _ = await asyncio.wait({fut, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            pending: set[asyncio.Future[Any]] = {fut, sleeper}
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if fut in done:
                 return fut.result()
             raise TimeoutError(f"no {'/'.join(sorted(names))} from {vm} within {timeout:g}s")

@@ -22,7 +22,7 @@ from .duration import parse_duration
 from .errors import LoadError, Position, RuleError, SourceError
 from .matcher import compile_match
 from .registry import Registry, builtin_registry
-from .rule import Retry, Rule, RuleSet, Step, Throttle, VMSelector
+from .rule import Predicate, Retry, Rule, RuleSet, Step, Throttle, VMSelector
 from .source import MapNode, Node, ScalarNode, SeqNode, close_match, parse
 from .template import Expression, compile_expression
 
@@ -155,18 +155,19 @@ class _Loader:
         n_errors = len(self.errors)
         for key in node.entries:
             if key not in RULE_KEYS:
-                hint = close_match(key, RULE_KEYS)
+                hint = close_match(key, list(RULE_KEYS))
                 self.err(node.key_pos(key), f"unknown rule key {key!r}"
                          + (f" (did you mean {hint!r}?)" if hint else f"; rule keys: {', '.join(RULE_KEYS)}"))
         name = self.rule_name(node)
         on_names, schemas = self.on(node)
         vms = self.vms(node.get("vms")) if "vms" in node else None
-        match, literals = None, {}
+        match: Predicate | None = None
+        literals: dict[str, tuple[Any, ...]] = {}
         mnode = node.get("match")
-        if mnode is not None and not (isinstance(mnode, ScalarNode) and mnode.value is None):
-            if on_names is None or schemas is not None:
-                match, literals = compile_match(mnode, schemas, self.catalog.resolve, self.catalog.suggest_field,
-                                                self.errors)
+        written = mnode is not None and not (isinstance(mnode, ScalarNode) and mnode.value is None)
+        if mnode is not None and written and (on_names is None or schemas is not None):
+            match, literals = compile_match(mnode, schemas, self.catalog.resolve, self.catalog.suggest_field,
+                                            self.errors)
         cond = self.expression(node, "if")
         throttle = self.throttle(node.get("throttle"), schemas) if "throttle" in node else None
         mode = self.choice(node, "mode", MODES, "single")
@@ -356,7 +357,7 @@ class _Loader:
             return default
         v = sub.plain()
         if v not in choices:
-            hint = close_match(str(v), choices)
+            hint = close_match(str(v), list(choices))
             self.err(sub.pos, f"{key}: {v!r} is not one of {', '.join(choices)}"
                      + (f" (did you mean {hint!r}?)" if hint else ""))
             return default
@@ -477,7 +478,7 @@ class _Loader:
         keys = ("attempts", "backoff", "max_backoff")
         for key in node.entries:
             if key not in keys:
-                hint = close_match(key, keys)
+                hint = close_match(key, list(keys))
                 self.err(node.key_pos(key), f"retry: unknown key {key!r}"
                          + (f" (did you mean {hint!r}?)" if hint else "; keys: attempts, backoff, max_backoff"))
         att = node.get("attempts")

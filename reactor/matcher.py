@@ -95,7 +95,9 @@ def _op(op: str, get: Callable[[Mapping[str, Any]], Any], lit: Any) -> Predicate
             return lambda d: (v := get(d)) is not m and one_of(v)
         return lambda d: (v := get(d)) is m or not one_of(v)
     if op in ("lt", "le", "gt", "ge"):
-        cmp = {"lt": lambda a: a < lit, "le": lambda a: a <= lit, "gt": lambda a: a > lit, "ge": lambda a: a >= lit}[op]
+        cmps: dict[str, Callable[[Any], bool]] = {
+            "lt": lambda a: a < lit, "le": lambda a: a <= lit, "gt": lambda a: a > lit, "ge": lambda a: a >= lit}
+        cmp = cmps[op]
         if isinstance(lit, str):
             return lambda d: isinstance(v := get(d), str) and cmp(v)
         return lambda d: _num(v := get(d)) and cmp(v)
@@ -153,7 +155,7 @@ def _literal_problem(ts: TypeSpec, value: Any) -> str | None:
         if ts.values and value not in ts.values:
             return f"{value!r} is not one of {', '.join(ts.values)}"
         return None
-    ok = {
+    checks: dict[str, Callable[[Any], bool]] = {
         "str": lambda v: isinstance(v, str),
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "number": _num,
@@ -161,7 +163,8 @@ def _literal_problem(ts: TypeSpec, value: Any) -> str | None:
         "null": lambda v: v is None,
         "object": lambda v: isinstance(v, Mapping),
         "array": lambda v: isinstance(v, list),
-    }[k](value)
+    }
+    ok = checks[k](value)
     if ok:
         return None
     want = {"str": "a string", "int": "an integer", "number": "a number", "bool": "a boolean (true/false)",
@@ -216,10 +219,7 @@ class _Compiler:
         preds = []
         for key, sub in node.items():
             kpos = node.key_pos(key)
-            if key in COMBINATORS:
-                p = self.combinator(key, sub)
-            else:
-                p = self.field(key, kpos, sub)
+            p = self.combinator(key, sub) if key in COMBINATORS else self.field(key, kpos, sub)
             if p is not None:
                 preds.append(p)
         return _all(preds)
@@ -270,7 +270,7 @@ class _Compiler:
         ((op, arg),) = node.items()
         opos = node.key_pos(op)
         if op not in OPERATORS:
-            hint = close_match(op, OPERATORS)
+            hint = close_match(op, list(OPERATORS))
             self.err(opos, f"{path}: unknown operator {op!r}" + (f" (did you mean {hint!r}?)" if hint else
                                                                  f"; operators: {', '.join(OPERATORS)}"))
             return None
@@ -288,7 +288,7 @@ class _Compiler:
             if not (_num(value) or isinstance(value, str)):
                 self.err(arg.pos, f"{path}: {op} takes a number, got {_kind_of(value)} {value!r}")
                 return None
-            for ev, ts in types or []:
+            for _ev, ts in types or []:
                 if ts.kind not in ("int", "number", "str", "any", "alternate") or (
                     ts.kind == "str" and not isinstance(value, str)) or (
                     ts.kind in ("int", "number") and not _num(value)):
@@ -320,10 +320,9 @@ class _Compiler:
                 elif ts.kind not in ("any", "object", "alternate"):
                     self.err(arg.pos, f"{path}: contains needs a string, list or mapping field, but it is {ts}")
                     return None
-        elif op == "exists":
-            if not isinstance(value, bool):
-                self.err(arg.pos, f"{path}: exists takes true or false, got {_kind_of(value)} {value!r}")
-                return None
+        elif op == "exists" and not isinstance(value, bool):
+            self.err(arg.pos, f"{path}: exists takes true or false, got {_kind_of(value)} {value!r}")
+            return None
         return _op(op, get, value)
 
 
@@ -465,13 +464,13 @@ class _Bucket:
         self.by_value: dict[Any, list[Rule]] = {}
         self.rest = rest
         if counts:
-            field, n = counts.most_common(1)[0]
-            if n >= 4 and "." not in field:
-                self.field = field
-                self.get = _getter(field)
+            top, uses = counts.most_common(1)[0]
+            if uses >= 4 and "." not in top:
+                self.field = top
+                self.get = _getter(top)
                 rest2 = []
                 for r in rest:
-                    lits = (r.literals or {}).get(field)
+                    lits = (r.literals or {}).get(top)
                     if lits is None:
                         rest2.append(r)
                     else:

@@ -82,9 +82,9 @@ class _Env(ImmutableSandboxedEnvironment):
                     _spend(max(n, 0))
             return operator.mul(left, right)
         if operator_ == "**":
-            if isinstance(left, int) and isinstance(right, int) and right > 0 and left not in (0, 1, -1):
-                if right * math.log10(abs(left)) > MAX_POWER_DIGITS:
-                    raise TemplateError("template tried to compute a number over the size limit")
+            if (isinstance(left, int) and isinstance(right, int) and right > 0 and left not in (0, 1, -1)
+                    and right * math.log10(abs(left)) > MAX_POWER_DIGITS):
+                raise TemplateError("template tried to compute a number over the size limit")
             return operator.pow(left, right)
         result = operator.add(left, right)
         if isinstance(result, (str, list)) and len(result) > MAX_OUTPUT:

@@ -33,7 +33,7 @@ class ExecArgs:
     argv: list[str]
     stdin: str | None = None
     env: dict[str, str] = field(default_factory=dict)
-    timeout: Duration = Duration(30.0)
+    timeout: Duration = Duration(30.0)  # noqa: RUF009 (NewType: no call at run time)
     cwd: str | None = None
     check: bool = True
 
@@ -57,10 +57,7 @@ async def _read_bounded(stream: asyncio.StreamReader | None) -> bytes:
 async def EXEC(ctx: ActionContext, args: ExecArgs) -> dict[str, Any]:
     """Run ``argv`` without a shell; result ``{returncode, stdout, stderr}``; fails on non-zero exit
     unless ``check: false``."""
-    if args.stdin is None:
-        stdin = orjson.dumps(ctx.event, default=to_jsonable)
-    else:
-        stdin = args.stdin.encode()
+    stdin = orjson.dumps(ctx.event, default=to_jsonable) if args.stdin is None else args.stdin.encode()
     env = {"PATH": DEFAULT_PATH, "REACTOR_VM": ctx.vm.name, "REACTOR_RULE": ctx.rule,
            "REACTOR_EVENT": ctx.event.name, **args.env}
     try:
@@ -88,13 +85,10 @@ async def EXEC(ctx: ActionContext, args: ExecArgs) -> dict[str, Any]:
         if isinstance(err, TimeoutError):
             raise TimeoutError(f"exec {args.argv[0]!r} did not finish within {args.timeout:g}s (killed)") from err
         raise
-    result = {
-        "returncode": code,
-        "stdout": out.decode(errors="replace"),
-        "stderr": err_out.decode(errors="replace"),
-    }
+    stderr = err_out.decode(errors="replace")
+    result = {"returncode": code, "stdout": out.decode(errors="replace"), "stderr": stderr}
     if code != 0 and args.check:
-        tail = result["stderr"].strip().splitlines()[-1:] or [""]
+        tail = stderr.strip().splitlines()[-1:] or [""]
         raise ActionError(f"exec {args.argv[0]!r} exited with {code}" + (f": {tail[0]}" if tail[0] else ""))
     return result
 
