@@ -6,6 +6,10 @@ Events that arrived after the previous step began count too, so
 (scalars, lists as one-of, one-operator mappings, ``any``/``all``/``not``).
 The result is the event as plain data (``event``, ``data``, ``timestamp``,
 ``vm``); the step fails after ``timeout`` (default 30 s).
+
+In a dry run the step is skipped (recorded as ``dry-run``): what it waits for
+almost always follows a command that the dry run did not send (``qmp: cont``
+then ``wait_for: RESUME``), so waiting would only end in a timeout.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _as_data(event: Event) -> dict[str, Any]:
     return {"event": event.name, "data": dict(event.data), "timestamp": event.timestamp, "vm": event.vm}
 
 
-@action("wait_for", shorthand="event", mutating=False, check=_check)
+@action("wait_for", shorthand="event", mutating=True, check=_check)
 async def WAIT_FOR(ctx: ActionContext, args: WaitForArgs) -> dict[str, Any]:
     """Wait up to ``timeout`` (default 30s) for ``event`` (a name or a list) from this run's VM (or ``vm``)
     whose data satisfies ``match``; the result is that event."""
