@@ -45,11 +45,13 @@ import orjson
 from aiomqtt.exceptions import MqttConnectError
 
 from .action import DaemonContext, Resource
+from .catalog import default_catalog
 from .errors import ActionError, ConfigError, EventError, Position, ReactorError
 from .event import Event
 from .source import MapNode, Node, ScalarNode, SeqNode, close_match
 
 __all__ = [
+    "DROP_EVENT",
     "BrokerConfig",
     "BrokerLink",
     "LinkState",
@@ -72,6 +74,8 @@ log = logging.getLogger(__name__)
 SEND_WINDOW = 1000
 #: The mirror's queue between the bus callback and its drain task.
 MIRROR_QUEUE = 10000
+#: The name under which outbox drops are recorded in the journal's events.
+DROP_EVENT = "REACTOR_MQTT_DROPPED"
 #: Events coming from MQTT remembered so the mirror does not send them back.
 ECHO_MEMORY = 10000
 
@@ -415,17 +419,19 @@ class _RateLimited:
         self.last = -1e9
         self.suppressed = 0
 
-    def __call__(self, logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+    def __call__(self, logger: logging.Logger, level: int, msg: str, *args: object) -> bool:
+        """Log unless one was logged less than ``interval`` ago; True when logged."""
         now = time.monotonic()
         if now - self.last < self.interval:
             self.suppressed += 1
-            return
+            return False
         if self.suppressed:
             msg += " (%d similar messages suppressed)"
             args = (*args, self.suppressed)
         self.last = now
         self.suppressed = 0
         logger.log(level, msg, *args)
+        return True
 
 
 class Outbox:
@@ -487,14 +493,20 @@ class Outbox:
                 self.store.outbox_ack(msg.id)
             if msg.waiter is not None and not msg.waiter.done():
                 msg.waiter.set_exception(MqttError(f"mqtt[{self.broker}]: outbox full, message dropped"))
-        self._warn(
-            log, logging.WARNING, "mqtt[%s]: outbox full (%d messages, policy %s): dropped a message to %s; "
-            "%d dropped so far", self.broker, self.config.max, self.config.policy, topic, self.dropped,
-        )  # fmt: skip
-        record = getattr(self.store, "record_drop", None)
-        if callable(record):
-            with contextlib.suppress(Exception):
-                record("mqtt-outbox", self.broker, topic)
+        logged = self._warn(
+            log,
+            logging.WARNING,
+            "mqtt[%s]: outbox full (%d messages, policy %s): dropped a message to %s; %d dropped so far",
+            self.broker,
+            self.config.max,
+            self.config.policy,
+            topic,
+            self.dropped,
+        )
+        record = getattr(self.store, "record_event", None)
+        if logged and callable(record):  # journaled as often as logged
+            data = {"broker": self.broker, "policy": self.config.policy, "topic": topic, "dropped": self.dropped}
+            record(DROP_EVENT, "-", None, time.time(), data)
 
     def sent(self, mid: int, msg: OutMessage) -> None:
         self.inflight[mid] = msg
@@ -633,21 +645,7 @@ class _Mirror:
 
 
 def _make_event(obj: Any, vm: str, host: str | None, seq: int) -> Event:
-    from . import catalog
-
-    factory = getattr(catalog, "default_catalog", None)
-    if factory is not None:
-        ev: Event = factory().make_event(obj, vm=vm, host=host, seq=seq)
-        return ev
-    # Stand-in until the catalog provides make_event.
-    if not isinstance(obj, dict) or not isinstance(obj.get("event"), str):
-        raise EventError("not a QMP event: no 'event' name")
-    data = obj.get("data", {})
-    if not isinstance(data, dict):
-        raise EventError("'data' is not an object")
-    ts = obj.get("timestamp") or {}
-    stamp = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6 if isinstance(ts, dict) else 0.0
-    return Event(obj["event"], data, stamp, vm, host, seq)
+    return default_catalog().make_event(obj, vm=vm, host=host, seq=seq)
 
 
 class _Source:

@@ -24,7 +24,9 @@ from reactor.action import VMHandle
 from reactor.actions.mqtt import MQTT, MqttArgs
 from reactor.errors import ConfigError
 from reactor.event import Event
+from reactor.journal import Journal
 from reactor.mqtt import (
+    DROP_EVENT,
     BrokerConfig,
     LinkState,
     MirrorConfig,
@@ -49,36 +51,6 @@ pytestmark = pytest.mark.mqtt
 
 
 # --------------------------------------------------------------------------- harness
-
-
-@dataclass
-class OutboxRow:
-    id: int
-    broker: str
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-
-class MemoryOutboxStore:
-    """The journal's outbox calls, in memory (stands in for a journal that is reopened)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, OutboxRow] = {}
-        self.next_id = 1
-
-    def outbox_put(self, broker: str, topic: str, payload: bytes, qos: int, retain: bool) -> int:
-        i = self.next_id
-        self.next_id += 1
-        self.rows[i] = OutboxRow(i, broker, topic, payload, qos, retain)
-        return i
-
-    def outbox_ack(self, msg_id: int) -> None:
-        self.rows.pop(msg_id, None)
-
-    def outbox_pending(self, broker: str, limit: int) -> list[OutboxRow]:
-        return [r for r in self.rows.values() if r.broker == broker][:limit]
 
 
 class Daemon:
@@ -456,11 +428,14 @@ async def test_broker_restart_mid_stream_qos1_exactly_once_in_order(fresh_broker
     assert list(dict.fromkeys(got)) == list(range(n))
 
 
-async def test_outbox_full_drops_are_counted(caplog: pytest.LogCaptureFixture) -> None:
+async def test_outbox_full_drops_are_counted_and_journaled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dead = free_port()
     oldest = BrokerConfig(name="m", port=dead, outbox=OutboxConfig(max=5, policy="drop-oldest"))
     newest = BrokerConfig(name="n", port=dead, outbox=OutboxConfig(max=5, policy="drop-new"))
-    async with running_hub({"m": oldest, "n": newest}) as (hub, _):
+    async with (
+        Journal(tmp_path / "journal.db") as journal,
+        running_hub({"m": oldest, "n": newest}, journal) as (hub, _),
+    ):
         m, n = hub.link("m"), hub.link("n")
         for i in range(8):
             m.publish("t", str(i).encode(), 1)
@@ -472,23 +447,29 @@ async def test_outbox_full_drops_are_counted(caplog: pytest.LogCaptureFixture) -
             await MQTT.run(ctx, MqttArgs(topic="t", payload="5", qos=1, broker="n"))
         assert n.outbox.dropped == 1 and [x.payload for x in n.outbox.queue] == [b"0", b"1", b"2", b"3", b"4"]
         assert hub.stats()["m"]["dropped"] == 3
+        drops = await asyncio.to_thread(journal.events, name=DROP_EVENT)
+        assert {(d.data["broker"], d.data["policy"]) for d in drops} == {("m", "drop-oldest"), ("n", "drop-new")}
+        kept = await asyncio.to_thread(journal.outbox_pending, "m", 100)
+        assert [k.payload for k in kept] == [b"3", b"4", b"5", b"6", b"7"]
     assert "outbox full" in caplog.text
 
 
-async def test_outbox_survives_a_restart(mosquitto: Broker) -> None:
-    store = MemoryOutboxStore()
+async def test_outbox_survives_a_restart(mosquitto: Broker, tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
     dead = BrokerConfig(name="main", port=free_port())
-    async with running_hub({"main": dead}, store) as (hub, _):
+    async with Journal(db) as journal, running_hub({"main": dead}, journal) as (hub, _):
         for i in range(50):
             hub.link().publish("survive/x", str(i).encode(), 1)
         hub.link().publish("survive/x", b"qos0-is-not-kept", 0)
-    assert len(store.rows) == 50
-    async with (
-        Subscriber(mosquitto.port, "survive/#", client_id="sub-survive") as sub,
-        running_hub({"main": cfg(mosquitto)}, store) as (hub, _),
-    ):
-        await sub.wait_count(50)
-        await until(lambda: not store.rows, 5)
+    async with Journal(db) as journal:  # reopened: a new daemon
+        assert len(await asyncio.to_thread(journal.outbox_pending, "main", 1000)) == 50
+        async with (
+            Subscriber(mosquitto.port, "survive/#", client_id="sub-survive") as sub,
+            running_hub({"main": cfg(mosquitto)}, journal) as (hub, _),
+        ):
+            await sub.wait_count(50)
+            await until(lambda: not hub.link().outbox.inflight, 5)
+        assert await asyncio.to_thread(journal.outbox_pending, "main", 1000) == []
     assert [int(p) for p in sub.payloads()] == list(range(50))
 
 
