@@ -572,7 +572,7 @@ rules:
     actions:
       - qmp:
           execute: dump-guest-memory
-          arguments: {paging: false, protocol: "file:DUMP", detach: true}
+          arguments: {paging: false, protocol: "file:@DUMPFILE@", detach: true}
       - wait_for: {event: DUMP_COMPLETED, timeout: 60s}
         register: dump
       - log: "dump {{ vars.dump.data.result.status }}"
@@ -585,7 +585,7 @@ async def test_panic_rule_dumps_guest_memory(
 ) -> None:
     dump = tmp_path / "panic.core"
     await make_vm(qemu_vm_factory, tmp_path, "panic", guest=guest_kernel, scenario="panic", memory_mb=128)
-    cfg = write_config(tmp_path, ["panic"], PANIC_RULES.replace("DUMP", str(dump)))
+    cfg = write_config(tmp_path, ["panic"], PANIC_RULES.replace("@DUMPFILE@", str(dump)))
     async with running(cfg):
         (run,) = await wait_runs(tmp_path / "state", finished("dump-on-panic"), timeout=120)
     assert run.status == "ok", summary(run)
