@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .action import Resource, VMHandle
@@ -29,7 +29,7 @@ from .rule import Rule, RuleSet, Step
 from .throttle import Throttles
 from .view import names_for
 
-__all__ = ["Engine", "Run", "StaticVM", "status_after"]
+__all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "abandoned_actions", "status_after"]
 
 log = logging.getLogger("reactor.engine")
 
@@ -251,8 +251,8 @@ class Run:
         timeout = step.timeout if step.timeout is not None else spec.timeout
         for attempt in range(1, attempts + 1):
             try:
-                async with asyncio.timeout(timeout):
-                    result = await spec.run(self, args)
+                result = await _isolated(spec.run, self, args, timeout, eng.stats,
+                                         f"reactor[{self._vm.name}].run[{self._rule.name}]#{self.id}.{step.index}")
             except asyncio.CancelledError:
                 eng.record_step(self, step, shown, "cancelled", None, "cancelled", started,
                                 time.perf_counter() - t0)
@@ -288,7 +288,72 @@ class Run:
         return False
 
 
+#: How long an action gets to stop after its step timed out or its run was cancelled; then it is abandoned.
+ABANDON_GRACE = 1.0
+
+#: Actions that ignored cancellation, still running; kept referenced so they are not garbage-collected.
+_abandoned: set[asyncio.Task[Any]] = set()
+
+
+class StepAbandoned(TimeoutError):
+    """A step timed out and its action ignored cancellation: it was left running, the run went on."""
+
+
+def abandoned_actions() -> list[asyncio.Task[Any]]:
+    """Actions abandoned after ignoring cancellation that are still running (for shutdown and metrics)."""
+    return [t for t in _abandoned if not t.done()]
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so an abandoned action failing later is not "never retrieved"
+
+
+async def _isolated(fn: Callable[[Any, Any], Awaitable[object]], ctx: Any, args: Any, timeout: float | None,
+                    stats: Counter[str], name: str) -> object:
+    """Await ``fn(ctx, args)`` in its own task so that a plugin cannot stall its run, shutdown, or the daemon.
+
+    Past ``timeout`` (or when the run is cancelled) the action is cancelled; if it
+    has not stopped ``ABANDON_GRACE`` seconds later it is abandoned (still
+    referenced, counted in ``stats["steps_abandoned"]``) and the run goes on.
+    ``SystemExit``/``KeyboardInterrupt`` from an action fail the step instead of
+    stopping the daemon.  A plugin that blocks the event loop synchronously
+    cannot be preempted by any of this.
+    """
+    async def call() -> object:
+        try:
+            return await fn(ctx, args)
+        except (asyncio.CancelledError, Exception):
+            raise
+        except BaseException as err:
+            raise ActionError(f"action raised {type(err).__name__}: {err}") from err
+
+    task = asyncio.create_task(call(), name=name)
+    task.add_done_callback(_retrieve)
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(task)
+    except BaseException as err:
+        if not task.done():
+            task.cancel()
+            try:
+                await asyncio.wait({task}, timeout=ABANDON_GRACE)
+            finally:
+                if not task.done():
+                    _abandoned.add(task)
+                    task.add_done_callback(_abandoned.discard)
+                    stats["steps_abandoned"] += 1
+                    log.error("%s ignored cancellation for %gs: abandoned (%d abandoned actions still running)",
+                              name, ABANDON_GRACE, len(_abandoned))
+            if not task.done() and isinstance(err, TimeoutError):
+                raise StepAbandoned(f"timed out after {timeout:g}s; the action ignored cancellation and was "
+                                    f"abandoned after {ABANDON_GRACE:g}s more") from err
+        raise
+
+
 def _describe(err: BaseException, timeout: float | None) -> str:
+    if isinstance(err, StepAbandoned):
+        return str(err)
     if isinstance(err, TimeoutError):
         if str(err):          # the action said what it waited for (wait_for, exec...)
             return str(err)
