@@ -240,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(max(args.verbose, {"debug": 2, "info": 1, "warning": 0, "error": -1}[config.log.level]),
                    config.log.format)
     try:
-        return run_daemon(config, dry_run=args.dry_run)
+        return run_daemon(config, dry_run=args.dry_run, watch=not args.no_watch)
     except LoadError as err:
         _print_errors(err)
         return 1
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run the daemon in the foreground")
     s.add_argument("-c", "--config", required=True)
     s.add_argument("--dry-run", action="store_true", help="connect and match, but send no mutating command")
+    s.add_argument("--no-watch", action="store_true",
+                   help="do not reload when rule files change (SIGHUP still reloads)")
     s.add_argument("-v", "--verbose", action="count", default=0)
     s.set_defaults(fn=cmd_run)
 

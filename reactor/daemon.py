@@ -5,34 +5,52 @@ actions share (MQTT, HTTP sessions), the fleet of VM connections and the
 engine.  SIGTERM/SIGINT stop it gracefully: no new events are taken, running
 steps get ``grace`` seconds, the rest are cancelled (recorded), the journal
 is flushed and closed.  A second signal stops at once.
+
+SIGHUP, and files changing under the rules and plugins directories, reload
+the rules (see :mod:`reactor.reload`): a candidate is loaded and checked off
+to the side, then swapped in atomically, or rejected with every error logged
+while the old rules stay in force; either way ``REACTOR_RULES_RELOADED``
+(from the VM named ``reactor``) says what happened.  Under systemd
+(``Type=notify``) the daemon reports READY, RELOADING, STOPPING and sends
+watchdog keep-alives from its event loop (:mod:`reactor.notify`); the
+journal is pruned per ``journal.max_age``/``max_size`` in the background
+(:mod:`reactor.retention`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import gc
 import logging
-import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .action import Resource
 from .catalog import default_catalog
 from .config import Config
 from .engine import Engine
+from .errors import LoadError
 from .event import Event
 from .fleet import Fleet
 from .journal import Journal
 from .loader import load_rules
+from .notify import Notifier
 from .plugins import load_registry
 from .qmp import VMConnection, VMState
+from .reload import Candidate, FileWatcher, ReloadResult, config_changes, prepare, watched_paths
+from .retention import Retention
 from .rule import RuleSet
 
-__all__ = ["Daemon", "rule_usage", "run_daemon"]
+__all__ = ["DAEMON_VM", "Daemon", "rule_usage", "run_daemon", "serve"]
 
 log = logging.getLogger("reactor.daemon")
+
+#: The VM name of events about reactor itself (``REACTOR_RULES_RELOADED``).
+DAEMON_VM = "reactor"
 
 
 def rule_usage(rules: RuleSet) -> dict[str, set[str]]:
@@ -62,10 +80,22 @@ def rule_usage(rules: RuleSet) -> dict[str, set[str]]:
 class Daemon:
     """The running daemon; also the :class:`~reactor.action.DaemonContext` resources get."""
 
-    def __init__(self, config: Config, *, dry_run: bool = False, grace: float = 30.0) -> None:
+    def __init__(self, config: Config, *, dry_run: bool = False, grace: float = 30.0,
+                 notifier: Notifier | None = None, watch: bool = True, watch_interval: float = 1.0,
+                 watch_debounce: float = 0.5, retention_interval: float = 60.0, tune_gc: bool = False) -> None:
         self._config = config
         self._dry_run = dry_run
         self.grace = grace
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.watch = watch
+        self.watch_interval = watch_interval
+        self.watch_debounce = watch_debounce
+        self.retention_interval = retention_interval
+        self.tune_gc = tune_gc
+        self.reloads = 0
+        self.last_reload: ReloadResult | None = None
+        self._reload_lock = asyncio.Lock()
+        self._background: list[asyncio.Task[None]] = []
         self.catalog = default_catalog()
         self.registry = load_registry(config.plugins)
         self.rules = load_rules(config.rules or [Path("rules")], catalog=self.catalog, registry=self.registry)
@@ -76,6 +106,7 @@ class Daemon:
         self._tg: asyncio.TaskGroup | None = None
         self._stop = asyncio.Event()
         self._pending_subscribers: list[Callable[[Event], None]] = []
+        self._started_resources: list[Resource] = []
         self.ready = asyncio.Event()
 
     # -- DaemonContext ----------------------------------------------------------------------
@@ -118,14 +149,14 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
-    def _resource_classes(self) -> list[type[Resource]]:
+    def _resource_classes(self, rules: RuleSet | None = None, config: Config | None = None) -> list[type[Resource]]:
         classes: list[type[Resource]] = []
-        for r in self.rules.rules:
+        for r in (rules or self.rules).rules:
             for step in r.steps:
                 for cls in step.action.resources:
                     if cls not in classes:
                         classes.append(cls)
-        if self._config.mqtt:
+        if (config or self._config).mqtt:
             from .mqtt import MqttHub
 
             if MqttHub not in classes:
@@ -140,7 +171,7 @@ class Daemon:
 
             out.append(SourceRunner(self))
         if self._config.http is not None:
-            from .http import HttpServer
+            from .http import HttpServer  # type: ignore[import-not-found,unused-ignore]
 
             out.append(HttpServer(self))
         return out
@@ -165,6 +196,7 @@ class Daemon:
             if windows:
                 engine.throttles.load(journal.load_throttle(time.time() - max(windows)))
             started: list[Resource] = []
+            self._started_resources = started
             try:
                 for cls in self._resource_classes():
                     res = cls(self)
@@ -176,8 +208,8 @@ class Daemon:
                     started.append(service)
                     await service.start()
                 fleet = Fleet(
-                    make_event=self.catalog.make_event, on_event=engine.submit, on_state=self._on_state,
-                    on_problem=self._on_problem,
+                    make_event=self.catalog.make_event, on_event=cast(Callable[[Event], None], engine.submit),
+                    on_state=self._on_state, on_problem=self._on_problem,
                     vms=[(v.name, v.qmp, v.labels) for v in cfg.vms],
                     discover=[(d.glob, d.labels) for d in cfg.discover],
                     listen=cfg.listen, host=cfg.host,
@@ -190,19 +222,175 @@ class Daemon:
                     log.info("reactor running: %d rules, %d VMs configured, %d discover globs, %d listen sockets%s",
                              len(self.rules), len(cfg.vms), len(cfg.discover), len(cfg.listen),
                              " (dry run)" if self._dry_run else "")
+                    self._start_background(tg, journal)
+                    self._reloaded(ReloadResult(ok=True, reason="start", rules=len(self.rules)))
+                    if self.tune_gc:
+                        _tune_gc()
                     self.ready.set()
+                    self.notifier.ready(self._status())
                     await self._stop.wait()
                     log.info("stopping: no new events; runs in flight get %gs", self.grace)
+                    self.notifier.stopping("stopping: finishing runs in flight")
+                    self._stop_background(keep_watchdog=True)
                     engine.stop()
                     await engine_task
             finally:
+                self._stop_background(keep_watchdog=False)
                 for res in reversed(started):
                     try:
                         await res.aclose()
                     except Exception:
                         log.exception("closing %s failed", type(res).__name__)
                 self._tg = None
+                self.notifier.close()
         log.info("reactor stopped")
+
+    def _status(self) -> str:
+        vms = len(self.fleet) if self.fleet is not None else 0
+        return f"{len(self.rules)} rules, {vms} VMs" + (" (dry run)" if self._dry_run else "")
+
+    # -- background tasks -------------------------------------------------------------------
+    def _start_background(self, tg: asyncio.TaskGroup, journal: Journal) -> None:
+        if self.notifier.watchdog_interval is not None:
+            self._background.append(tg.create_task(self.notifier.watchdog(), name="reactor.watchdog"))
+        if self.watch:
+            watcher = FileWatcher(lambda: watched_paths(self._config), lambda: self.reload("files changed"),
+                                  interval=self.watch_interval, debounce=self.watch_debounce)
+            self._background.append(tg.create_task(watcher.run(), name="reactor.watch"))
+        retention = Retention(journal, lambda: self._config.journal, interval=self.retention_interval,
+                              first=min(5.0, self.retention_interval))
+        self._background.append(tg.create_task(retention.run(), name="reactor.retention"))
+
+    def _stop_background(self, *, keep_watchdog: bool) -> None:
+        for task in list(self._background):
+            if keep_watchdog and task.get_name() == "reactor.watchdog":
+                continue
+            task.cancel()
+            self._background.remove(task)
+
+    # -- reload -----------------------------------------------------------------------------
+    def request_reload(self, reason: str = "SIGHUP") -> None:
+        """Start a reload in the background (the SIGHUP handler); one at a time."""
+        if self._tg is None or self._stop.is_set():
+            return
+        task = self._tg.create_task(self._reload_task(reason), name="reactor.reload")
+        self._background.append(task)
+        task.add_done_callback(self._forget)
+
+    async def _reload_task(self, reason: str) -> None:
+        await self.reload(reason)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if task in self._background:
+            self._background.remove(task)
+
+    async def reload(self, reason: str = "requested") -> ReloadResult:
+        """Reload config, plugins and rules; the old rules stay when anything is wrong.
+
+        Runs in flight finish under their rules; throttle state carries over for
+        rule names that survive; VM connections stay up (except VMs whose own
+        ``vms:`` entry changed).  Emits ``REACTOR_RULES_RELOADED``.
+        """
+        async with self._reload_lock:
+            t0 = time.monotonic()
+            self.notifier.reloading()
+            try:
+                result = await self._reload(reason)
+            finally:
+                self.notifier.ready(self._status())
+            result = dataclasses.replace(result, seconds=time.monotonic() - t0)
+            self._reloaded(result)
+            return result
+
+    async def _reload(self, reason: str) -> ReloadResult:
+        log.info("reloading (%s)", reason)
+        try:
+            cand = await asyncio.to_thread(prepare, self._config, self.catalog)
+        except LoadError as err:
+            errors = tuple(str(e) for e in err.errors)
+            for e in errors:
+                log.error("reload: %s", e)
+            log.error("reload failed with %d error%s: the %d rules loaded before stay in force",
+                      len(errors), "s" if len(errors) != 1 else "", len(self.rules))
+            return ReloadResult(ok=False, reason=reason, rules=len(self.rules), errors=errors)
+        changes = config_changes(self._config, cand.config)
+        for key in changes.restart:
+            log.warning("reload: config %r changed: that needs a restart (`systemctl restart reactor`); "
+                        "the running daemon keeps the old value", key)
+        error = await self._start_resources(cand)
+        if error is not None:
+            log.error("reload: %s: the old rules stay in force", error)
+            return ReloadResult(ok=False, reason=reason, rules=len(self.rules), errors=(error,),
+                                restart_needed=changes.restart)
+        await self._apply(cand, changes.live)
+        log.info("reloaded: %d rules in force%s", len(cand.rules),
+                 f"; applied config: {', '.join(changes.live)}" if changes.live else "")
+        return ReloadResult(ok=True, reason=reason, rules=len(cand.rules), applied=changes.live,
+                            restart_needed=changes.restart)
+
+    async def _start_resources(self, cand: Candidate) -> str | None:
+        started: list[Resource] = []
+        for cls in self._resource_classes(cand.rules, cand.config):
+            if cls in self.resources:
+                continue
+            res = cls(self)
+            started.append(res)
+            try:
+                await res.start()
+            except Exception as err:
+                for r in reversed(started):
+                    try:
+                        await r.aclose()
+                    except Exception:
+                        log.exception("closing %s failed", type(r).__name__)
+                return f"cannot start {cls.__name__}: {type(err).__name__}: {err}"
+        for res in started:
+            self.resources[type(res)] = res
+            self._started_resources.append(res)
+        if self.engine is not None:
+            self.engine._resources.update(self.resources)
+        return None
+
+    async def _apply(self, cand: Candidate, live: tuple[str, ...]) -> None:
+        old, new = self._config, cand.config
+        # the swap itself: synchronous, so no event sees half of it
+        self.registry = cand.registry
+        self.rules = cand.rules
+        if self.engine is not None:
+            self.engine.set_rules(cand.rules)
+        self._config = dataclasses.replace(
+            old, rules=new.rules, plugins=new.plugins, vms=new.vms, journal=new.journal,
+            log=dataclasses.replace(old.log, level=new.log.level))
+        if self._journal is not None:
+            self._journal.record_events = new.journal.events
+        if "log.level" in live:
+            logging.getLogger().setLevel(new.log.level.upper())
+        if self.fleet is not None:
+            self.fleet.check_rule_usage(rule_usage(cand.rules))
+            if "vms" in live:
+                await self._apply_vms(old, new)
+        if self.tune_gc:
+            gc.freeze()
+
+    async def _apply_vms(self, old: Config, new: Config) -> None:
+        assert self.fleet is not None
+        before = {v.name: v for v in old.vms}
+        after = {v.name: v for v in new.vms}
+        for name, vm in before.items():
+            if after.get(name) != vm:
+                log.info("reload: %s %s", name, "changed: reconnecting" if name in after else "removed")
+                await self.fleet.remove(name)
+        for name, vm in after.items():
+            if before.get(name) != vm and name not in self.fleet:
+                self.fleet.add(name, vm.qmp, vm.labels)
+
+    def _reloaded(self, result: ReloadResult) -> None:
+        self.last_reload = result
+        if result.reason != "start":
+            self.reloads += 1
+        if self.engine is not None:
+            data: dict[str, Any] = {"ok": result.ok, "errors": list(result.errors), "rules": result.rules}
+            self.engine.emit("REACTOR_RULES_RELOADED", data, vm=DAEMON_VM, host=self.host)
 
     def _vm(self, name: str) -> VMConnection | None:
         return self.fleet.get(name) if self.fleet is not None else None
@@ -239,23 +427,37 @@ async def serve(daemon: Daemon, *, install_signals: bool = True) -> None:
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload, "SIGHUP")
     try:
         await daemon.run()
     finally:
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
 
-def run_daemon(config: Config, *, dry_run: bool = False) -> int:
+def _tune_gc() -> None:
+    """Freeze what startup allocated and collect generation 0 less often.
+
+    The event path allocates many short-lived objects and few cycles; with the
+    default threshold (700) the collector runs thousands of times a second under
+    load and walks the long-lived catalog, rules and modules each time.  Frozen,
+    those are never walked again (measured by the journal benchmark: 100k
+    events/s sustained with ``(50000, 20, 20)``).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
+def run_daemon(config: Config, *, dry_run: bool = False, watch: bool = True) -> int:
     """The body of ``reactor run``: 0 after a clean stop."""
     async def main() -> None:
-        daemon = Daemon(config, dry_run=dry_run)
+        daemon = Daemon(config, dry_run=dry_run, watch=watch, tune_gc=True)
         await serve(daemon)
 
     try:
         asyncio.run(main())
     except asyncio.CancelledError:
         return 130
-    _ = os
     return 0
