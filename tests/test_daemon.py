@@ -92,7 +92,10 @@ async def running(config: Path, *, dry_run: bool = False, grace: float = 5.0) ->
 
 async def connected(daemon: Daemon, name: str, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
-        while daemon.fleet is None or (vm := daemon.fleet.get(name)) is None or not vm.connected:
+        while True:
+            vm = daemon.fleet.get(name) if daemon.fleet is not None else None
+            if vm is not None and vm.connected:
+                return
             await asyncio.sleep(0.01)
 
 
@@ -165,7 +168,9 @@ class Monitor:
 
     async def wait_status(self, status: str, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout):
-            while await self.status() != status:
+            while True:
+                if await self.status() == status:
+                    return
                 await asyncio.sleep(0.05)
 
 
@@ -558,8 +563,8 @@ async def test_shipped_watchdog_rule_snapshots_then_resumes(
     assert snap["tag"].startswith("reactor-watchdog-") and snap["devices"] == ["q0"] and snap["vmstate"] == "q0"
     assert status in ("running", "watchdog")  # resumed (a later expiry may pause it again)
     assert any(r.rule == "notify-watchdog" and r.status == "ok" for r in runs)
-    listing = subprocess.run(["qemu-img", "snapshot", "-l", str(vm.disks[0].path)], capture_output=True,
-                             text=True, check=True).stdout
+    listing = (await asyncio.to_thread(subprocess.run, ["qemu-img", "snapshot", "-l", str(vm.disks[0].path)],
+                                       capture_output=True, text=True, check=True)).stdout
     assert snap["tag"] in listing
 
 
