@@ -202,7 +202,7 @@ def _compile_tree(node: Node) -> tuple[Any, bool]:
     """(value with Templates in place of template strings, has_templates)."""
     if isinstance(node, ScalarNode):
         if is_template(node.value):
-            return compile_template(node.value, node.pos), True
+            return compile_template(node.value, node.text_pos), True
         return node.value, False
     if isinstance(node, SeqNode):
         items = [_compile_tree(n) for n in node.items]

@@ -283,7 +283,7 @@ class _Loader:
             self.err(sub.pos, f"'{key}' must be an expression string, got {sub.kind}")
             return None
         try:
-            return compile_expression(sub.value, sub.pos, f"'{key}'")
+            return compile_expression(sub.value, sub.text_pos, f"'{key}'")
         except RuleError as err:
             self.errors.append(err)
             return None

@@ -9,7 +9,7 @@ errors; YAML syntax errors carry the parser's own position.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,12 +44,14 @@ class Node:
 
 
 class ScalarNode(Node):
-    __slots__ = ("value", "tag")
+    __slots__ = ("tag", "text_pos", "value")
 
-    def __init__(self, pos: Position, value: Any, tag: str) -> None:
+    def __init__(self, pos: Position, value: Any, tag: str, text_pos: Position | None = None) -> None:
         super().__init__(pos)
         self.value = value
         self.tag = tag
+        #: where the text itself starts: the line after ``|``/``>`` for block scalars, else ``pos``
+        self.text_pos = text_pos or pos
 
     def plain(self) -> Any:
         return self.value
@@ -137,15 +139,16 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def close_match(word: str, candidates: Iterator[str] | list[str] | set[str] | frozenset[str]) -> str | None:
+def close_match(word: str, candidates: Iterable[str]) -> str | None:
     """The closest candidate to ``word`` (for "did you mean"), or None."""
     found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return found[0] if found else None
 
 
 class _Builder:
-    def __init__(self, path: str, error: type[SourceError]) -> None:
+    def __init__(self, path: str, error: type[SourceError], text: str) -> None:
         self.path = path
+        self.lines = text.splitlines()
         self.error = error
         self.constructor = yaml.constructor.SafeConstructor()
 
@@ -173,7 +176,13 @@ class _Builder:
             return SeqNode(self.pos(node), [self.build(n) for n in node.value])
         assert isinstance(node, yaml.ScalarNode)
         value = self.constructor.construct_object(node)
-        return ScalarNode(self.pos(node), value, node.tag)
+        pos = self.pos(node)
+        text_pos = None
+        if node.style in ("|", ">"):
+            line = pos.line + 1   # 1-based: the line after the indicator
+            content = self.lines[line - 1] if line - 1 < len(self.lines) else ""
+            text_pos = Position(self.path, line, len(content) - len(content.lstrip()) + 1)
+        return ScalarNode(pos, value, node.tag, text_pos)
 
 
 def parse(text: str, path: str, error: type[SourceError] = SourceError) -> Node | None:
@@ -195,7 +204,7 @@ def parse(text: str, path: str, error: type[SourceError] = SourceError) -> Node 
     if root is None:
         return None
     try:
-        return _Builder(path, error).build(root)
+        return _Builder(path, error, text).build(root)
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
         pos = Position(path, mark.line + 1, mark.column + 1) if mark else Position(path, 1, 1)

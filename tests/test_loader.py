@@ -527,8 +527,6 @@ def test_unknown_argument_does_not_also_report_it_missing() -> None:
     ]
 
 
-@pytest.mark.xfail(strict=True, reason="block scalars: the node position is the '|' line, not the content's "
-                                       "(needs the scalar style from reactor.source)")
 def test_template_error_in_block_scalar_points_at_its_line() -> None:
     with pytest.raises(LoadError) as info:
         _load("""
