@@ -134,7 +134,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                             labels=_labels_from(config))
             if args.events == "-":
                 return await replay(sys.stdin, engine, clock, source="<stdin>")
-            with open(args.events, "rb") as f:
+            with open(args.events, "rb") as f:  # noqa: ASYNC230 -- replay reads its input on the loop by design
                 return await replay(f, engine, clock, source=args.events)
         finally:
             if journal is not None:
@@ -183,19 +183,29 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_history(args: argparse.Namespace) -> int:
+def _journal_path(args: argparse.Namespace, config: Config | None) -> Path:
+    if args.journal:
+        return Path(args.journal)
+    state = config.state_dir if config else Path("state")
+    return state / "journal.db"
+
+
+def _open_journal(path: Path) -> Any:
+    """The journal at ``path``, opened read-only (a running daemon keeps writing); JournalError if unreadable."""
     from .journal import Journal
 
-    if args.journal:
-        path = Path(args.journal)
-    else:
-        try:
-            config = load_config(args.config) if args.config else None
-        except LoadError as err:
-            _print_errors(err)
-            return 1
-        state = config.state_dir if config else Path("state")
-        path = state / "journal.db"
+    j = Journal(path)
+    j.open_sync(readonly=True)
+    return j
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config) if args.config else None
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    path = _journal_path(args, config)
     if not path.exists():
         print(f"no journal at {path}", file=sys.stderr)
         return 1
@@ -206,26 +216,113 @@ def cmd_history(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"--since: {err}", file=sys.stderr)
             return 2
-    j = Journal(path)
-    j.open_sync()
     try:
-        runs = j.runs(vm=args.vm, rule=args.rule, since=since, limit=args.limit)
-        full = [j.run(r.id) or r for r in runs]
+        j = _open_journal(path)
+    except ReactorError as err:
+        print(f"reactor: {err}", file=sys.stderr)
+        return 1
+    try:
+        runs = j.runs(vm=args.vm, rule=args.rule, since=since, limit=args.limit, status=args.status)
     finally:
         j.close_sync()
+    if args.event:
+        runs = [r for r in runs if r.event_name == args.event]
     if args.json:
-        for r in full:
+        for r in runs:
             print(_json(r))
         return 0
-    if not full:
-        print("no runs recorded" + (" for that filter" if args.vm or args.rule or args.since else ""))
-    for r in reversed(full):
+    if not runs:
+        filtered = args.vm or args.rule or args.since or args.status or args.event
+        print("no runs recorded" + (" for that filter" if filtered else ""))
+    for r in reversed(runs):
         dur = f" {r.ended - r.started:.3f}s" if r.ended else ""
-        err = f" error: {r.error}" if r.error else ""
-        print(f"{_fmt_time(r.started)} run {r.id} {r.rule} vm={r.vm} event={r.event_name} {r.status}{dur}{err}")
+        why = f" error: {r.error}" if r.error else ""
+        print(f"{_fmt_time(r.started)} run {r.id} {r.rule} vm={r.vm} event={r.event_name} {r.status}{dur}{why}")
         for s in r.steps:
             tail = f" !! {s.error}" if s.error else ""
             print(f"    step {s.index} {s.action} {_json(s.args)} {s.status} {s.duration * 1000:.1f}ms{tail}")
+    return 0
+
+
+def _read_events(path: str) -> list[Any]:
+    """One JSON object, or JSON lines; ValueError naming the line."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        obj = orjson.loads(text)
+        return obj if isinstance(obj, list) else [obj]
+    except orjson.JSONDecodeError:
+        pass
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not JSON: {err}") from err
+    return out
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain, format_verdicts
+
+    try:
+        config, rules = _load(args, args.rules or [])
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    try:
+        objs = _read_events(args.event)
+    except (OSError, ValueError) as err:
+        print(f"{args.event}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
+        return 1
+    catalog = default_catalog()
+    events = []
+    for i, obj in enumerate(objs, 1):
+        try:
+            vm = args.vm or (obj.get("vm") if isinstance(obj, dict) else None) or "vm0"
+            events.append(catalog.make_event(obj, vm=str(vm)))
+        except ReactorError as err:
+            print(f"{args.event}: event {i}: {err}", file=sys.stderr)
+            return 1
+    journal = None
+    path = _journal_path(args, config)
+    if args.journal or (config is not None and path.exists()):
+        try:
+            journal = _open_journal(path)
+        except ReactorError as err:
+            print(f"reactor: {err}", file=sys.stderr)
+            return 1
+    labels = _labels_from(config)
+    try:
+        for event in events:
+            verdicts = explain(event, rules, labels=labels(event.vm) if labels else None, status=args.status,
+                               journal=journal)
+            if args.json:
+                print(_json({"event": event.name, "vm": event.vm, "problems": list(event.problems),
+                             "rules": [v.to_json() for v in verdicts]}))
+            else:
+                print(format_verdicts(event, verdicts))
+    finally:
+        if journal is not None:
+            journal.close_sync()
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .schema import config_schema, rules_schema
+
+    try:
+        config = load_config(args.config) if args.config else None
+        reg = _registry(config)
+    except (LoadError, ReactorError) as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    schema = rules_schema(registry=reg) if args.which == "rules" else config_schema()
+    text = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -260,7 +357,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return 1
     import dataclasses
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for spec in reg:
         fields = []
         for f in dataclasses.fields(spec.args):
@@ -313,14 +410,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_events)
 
     s = sub.add_parser("history", help="what the journal recorded")
-    s.add_argument("--vm")
-    s.add_argument("--rule")
-    s.add_argument("--since", metavar="DURATION")
-    s.add_argument("--limit", type=int, default=50)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--vm", help="only runs for this VM")
+    s.add_argument("--rule", help="only runs of this rule")
+    s.add_argument("--event", metavar="NAME", help="only runs started by this event")
+    s.add_argument("--status", help="only runs with this status (ok, failed, throttled, dropped, running...)")
+    s.add_argument("--since", metavar="DURATION", help="only runs started within DURATION (10m, 2h, 1d)")
+    s.add_argument("--limit", type=int, default=50, help="at most this many runs, newest (default 50)")
+    s.add_argument("--json", action="store_true", help="one JSON object per run, newest first")
     s.add_argument("-c", "--config")
     s.add_argument("--journal", metavar="PATH", help="the journal file (default: STATE_DIR/journal.db)")
     s.set_defaults(fn=cmd_history)
+
+    s = sub.add_parser("explain", help="why each rule listening to an event would run or not")
+    s.add_argument("event", metavar="EVENT.json", help="a QMP event object, or JSON lines of them ('-': stdin)")
+    s.add_argument("--rules", metavar="DIR", action="append", help="rules directory or file (repeatable)")
+    s.add_argument("-c", "--config", help="rules, VM labels and the journal from this config")
+    s.add_argument("--vm", metavar="NAME", help="the VM the event comes from (default: its 'vm' member, or vm0)")
+    s.add_argument("--status", default="running", help="the VM's run state before the event (default running)")
+    s.add_argument("--journal", metavar="PATH", help="throttle and mode state from this journal")
+    s.add_argument("--json", action="store_true", help="one JSON object per event")
+    s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of rule files or of the config")
+    s.add_argument("which", choices=["rules", "config"])
+    s.add_argument("-c", "--config", help="include the actions of this config's plugins")
+    s.add_argument("-o", "--output", metavar="PATH")
+    s.set_defaults(fn=cmd_schema)
 
     s = sub.add_parser("plugins", help="the actions available, where they come from, their arguments")
     s.add_argument("-c", "--config")

@@ -1,0 +1,173 @@
+"""JSON Schemas: generated from the loaders' own definitions, shipped up to date, agreeing with the loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reactor.cli import main
+from reactor.config import TOP_KEYS, parse_config
+from reactor.errors import LoadError, RuleError
+from reactor.loader import RULE_KEYS, STEP_KEYS, load_rules
+from reactor.matcher import OPERATORS
+from reactor.registry import builtin_registry
+from reactor.schema import SCHEMA_DIR, config_schema, rules_schema
+from reactor.source import parse
+
+jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test extra: pip install jsonschema")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def plain(path: Path) -> Any:
+    """The file as data, read by reactor's own YAML reader (YAML 1.2 keys: `on` is a string)."""
+    return parse(path.read_text(), str(path), RuleError).plain()
+
+
+@pytest.fixture(scope="module")
+def rules_validator() -> Any:
+    schema = json.loads((SCHEMA_DIR / "rules.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+@pytest.fixture(scope="module")
+def config_validator() -> Any:
+    schema = json.loads((SCHEMA_DIR / "config.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def errors(validator: Any, data: Any) -> list[str]:
+    return sorted(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(data))
+
+
+def test_shipped_schemas_are_current() -> None:
+    """Regenerate with `python -m reactor.schema` when this fails."""
+    assert json.loads((SCHEMA_DIR / "rules.schema.json").read_text()) == json.loads(json.dumps(rules_schema()))
+    assert json.loads((SCHEMA_DIR / "config.schema.json").read_text()) == json.loads(json.dumps(config_schema()))
+
+
+def test_generated_from_the_loaders_definitions() -> None:
+    s = rules_schema()
+    d = s["definitions"]
+    assert list(d["rule"]["properties"]) == list(RULE_KEYS)
+    for step in d["step"]["oneOf"]:
+        assert set(step["properties"]) - set(STEP_KEYS) == set(step["required"])
+    assert {step["required"][0] for step in d["step"]["oneOf"]} == set(builtin_registry().names())
+    ops = d["value.string"]["anyOf"][2]["properties"]
+    assert list(ops) == list(OPERATORS)
+    assert list(config_schema()["properties"]) == list(TOP_KEYS)
+
+
+def is_rule_file(path: Path) -> bool:
+    rules = (plain(path) or {}).get("rules")
+    return isinstance(rules, list) and all(isinstance(r, dict) for r in rules)
+
+
+def shipped_rule_files() -> list[Path]:
+    files = sorted((ROOT / "rules").glob("*.y*ml")) + sorted((ROOT / "examples").rglob("*.y*ml"))
+    return [f for f in files if is_rule_file(f)]
+
+
+def shipped_config_files() -> list[Path]:
+    return [f for f in sorted((ROOT / "examples").rglob("*.y*ml")) if not is_rule_file(f)]
+
+
+@pytest.mark.parametrize("path", shipped_rule_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_rule_files_validate(path: Path, rules_validator: Any) -> None:
+    assert errors(rules_validator, plain(path)) == []
+
+
+@pytest.mark.parametrize("path", shipped_config_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_configs_the_loader_accepts_validate(path: Path, config_validator: Any) -> None:
+    class AnyEnv(dict[str, str]):
+        def __contains__(self, key: object) -> bool:
+            return True
+
+        def __getitem__(self, key: str) -> str:
+            return "/tmp"
+
+    try:
+        parse_config(path.read_text(), path, env=AnyEnv())
+    except LoadError as err:
+        pytest.skip(f"the config loader rejects it too: {err.errors[0]}")
+    assert errors(config_validator, plain(path)) == []
+
+
+def test_schema_catches_what_the_loader_catches(rules_validator: Any) -> None:
+    def bad(rule: dict[str, Any]) -> list[str]:
+        return errors(rules_validator, {"rules": [{"name": "r", "on": "BLOCK_IO_ERROR",
+                                                   "actions": [{"log": "x"}], **rule}]})
+
+    assert bad({}) == []
+    assert bad({"match": {"action": "stop", "nospace": {"ne": True}, "any": [{"operation": "write"}]}}) == []
+    assert bad({"match": {"action": "halt"}})            # not one of ignore, report, stop
+    assert bad({"match": {"acton": "stop"}})             # no such field in BLOCK_IO_ERROR
+    assert bad({"match": {"action": {"near": "stop"}}})  # no such operator
+    assert bad({"mode": "sometimes"})
+    assert bad({"throttle": {"max": 3}})                 # within missing
+    assert bad({"actions": [{"sleep": "5s", "log": "x"}]})    # two actions in a step
+    assert bad({"actions": [{"slep": "5s"}]})            # unknown action
+    assert bad({"actions": [{"log": {"message": "x", "level": "loud"}}]})
+    assert bad({"actions": [{"sleep": "soon"}]})
+    assert bad({"actions": [{"sleep": "{{ vars.delay }}"}]}) == []   # a template may stand for a duration
+    assert bad({"nmae": "r"})
+    assert bad({"on": "MY_OWN_EVENT"}) == []             # names rules emit are allowed
+    assert bad({"on": "*", "match": {"anything.at.all": 1}}) == []
+
+
+def test_the_loader_agrees_on_the_valid_example(tmp_path: Path, rules_validator: Any) -> None:
+    text = """\
+rules:
+  - name: r
+    on: [BLOCK_IO_ERROR]
+    vms: {names: ["web-*"], labels: {env: prod}}
+    match: {operation: [read, write], not: {reason: {regex: "^No space"}}}
+    if: "event.data.nospace == false"
+    throttle: {max: 3, within: 1h, per: [vm, data.device]}
+    mode: queued
+    max_queued: 3
+    actions:
+      - qmp: {execute: cont}
+        timeout: 5s
+        retry: {attempts: 3, backoff: 1s}
+        on_error: continue
+        register: result
+      - wait_for: {event: RESUME, timeout: 10s}
+        when: "vars.result is none"
+"""
+    f = tmp_path / "r.yaml"
+    f.write_text(text)
+    load_rules([f])
+    assert errors(rules_validator, plain(f)) == []
+
+
+def test_reactor_schema_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "config"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "reactor configuration"
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "hello.py").write_text("""\
+from dataclasses import dataclass
+from reactor.action import ActionContext, action
+
+@dataclass(frozen=True)
+class Args:
+    who: str
+    times: int = 1
+
+@action("hello", shorthand="who", mutating=False)
+async def hello(ctx: ActionContext, args: Args) -> None:
+    '''Say hello.'''
+""")
+    cfg = tmp_path / "reactor.yaml"
+    cfg.write_text("plugins: [plugins/]\n")
+    out = tmp_path / "rules.schema.json"
+    assert main(["schema", "rules", "-c", str(cfg), "-o", str(out)]) == 0
+    hello = json.loads(out.read_text())["definitions"]["action.hello"]
+    assert hello["description"] == "Say hello."
+    assert hello["anyOf"][1]["required"] == ["who"]
