@@ -11,6 +11,7 @@ run of the rule for this VM is in progress.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -121,7 +122,7 @@ def _throttle(rule: Rule, event: Event, journal: Journal | None, now: float) -> 
         return f"{window}: {used} used, this run would be #{used + 1}", True
     oldest = min(stamps)
     return (f"{window}: all {used} used; would be throttled (a slot frees in "
-            f"{format_duration(round(oldest + t.within - now, 3))})"), False
+            f"{format_duration(math.ceil(oldest + t.within - now))})"), False
 
 
 def _mode(rule: Rule, event: Event, journal: Journal | None) -> tuple[str, bool]:
