@@ -1,0 +1,126 @@
+"""The command line: history filters and --json, retention in a running daemon, check, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fakeqmp import FakeQMP
+from test_reload import RULE_A, ok_runs, running, until, write_config
+
+from reactor.cli import main
+from reactor.config import JournalConfig
+from reactor.journal import Journal
+from reactor.retention import Retention, live_size
+
+
+async def make_journal(path: Path, now: float) -> None:
+    async with Journal(path, record_events="all") as j:
+        for i, (rule, vm, status, age) in enumerate([
+            ("resume", "web-1", "ok", 7200), ("resume", "web-2", "failed", 600), ("notify", "web-1", "ok", 60),
+            ("notify", "db-1", "throttled", 30),
+        ]):
+            eid = j.record_event("STOP", vm, None, now - age, {"i": i})
+            rid = j.start_run(rule=rule, vm=vm, event_id=eid, event_name="STOP", started=now - age)
+            if status != "throttled":
+                j.record_step(rid, index=0, action="log", args={"message": f"m{i}"}, status=status, result=None,
+                              error="boom" if status == "failed" else None, started=now - age, duration=0.01)
+            j.end_run(rid, status=status, ended=now - age + 0.5, error="boom" if status == "failed" else None)
+
+
+async def test_history_filters_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "journal.db"
+    await make_journal(path, time.time())
+
+    def history(*args: str) -> list[dict[str, object]]:
+        assert main(["history", "--journal", str(path), "--json", *args]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    everything = history()
+    assert [r["rule"] for r in everything] == ["notify", "notify", "resume", "resume"]   # newest first
+    assert everything[2]["steps"][0]["error"] == "boom"
+    assert everything[2]["event"]["data"] == {"i": 1}
+    assert [r["vm"] for r in history("--rule", "resume")] == ["web-2", "web-1"]
+    assert [r["rule"] for r in history("--vm", "web-1")] == ["notify", "resume"]
+    assert [r["vm"] for r in history("--since", "15m")] == ["db-1", "web-1", "web-2"]
+    assert [r["vm"] for r in history("--status", "throttled")] == ["db-1"]
+    assert [r["vm"] for r in history("--event", "STOP", "--limit", "1")] == ["db-1"]
+    assert history("--event", "RESUME") == []
+
+    assert main(["history", "--journal", str(path), "--vm", "web-2"]) == 0
+    text = capsys.readouterr().out
+    assert "resume vm=web-2 event=STOP failed 0.500s error: boom" in text
+    assert 'step 0 log {"message":"m1"} failed 10.0ms !! boom' in text
+    assert main(["history", "--journal", str(path), "--vm", "nobody"]) == 0
+    assert capsys.readouterr().out == "no runs recorded for that filter\n"
+
+
+def test_history_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["history", "--journal", str(tmp_path / "none.db")]) == 1
+    assert "no journal at" in capsys.readouterr().err
+    (tmp_path / "j.db").write_text("not a database")
+    assert main(["history", "--journal", str(tmp_path / "j.db")]) == 1
+    assert "reactor:" in capsys.readouterr().err
+
+
+async def test_history_reads_while_the_daemon_writes(tmp_path: Path) -> None:
+    """`reactor history -c CONFIG` (a separate process, read-only) sees the running daemon's runs."""
+    async with FakeQMP(tmp_path / "web-1.qmp", name="web-1", status="running") as fake:
+        cfg = write_config(tmp_path, fake)
+        (tmp_path / "rules" / "main.yaml").write_text(RULE_A)
+        async with running(cfg) as daemon:
+            await fake.wait_sessions(1)
+            fake.emit("STOP")
+            await until(lambda: ok_runs(daemon, "on-stop-a"))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "reactor.cli", "history", "-c", str(cfg), "--rule", "on-stop-a", "--json",
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            runs = [json.loads(line) for line in out.decode().splitlines()]
+            assert [(r["rule"], r["vm"], r["status"]) for r in runs] == [("on-stop-a", "web-1", "ok")]
+
+
+async def test_retention_prunes_by_age_and_size(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    now = time.time()
+    await make_journal(path, now)
+    async with Journal(path, record_events="all") as j:
+        policy = JournalConfig(max_age=3600)
+        r = Retention(j, lambda: policy, interval=3600)
+        assert await r.prune_once() > 0
+        assert {run.rule for run in j.runs()} == {"resume", "notify"}
+        assert all(run.started > now - 3600 for run in j.runs())
+        for i in range(3000):
+            eid = j.record_event("STOP", "web-1", None, now, {"pad": "x" * 200, "i": i})
+            rid = j.start_run(rule="bulk", vm="web-1", event_id=eid, event_name="STOP", started=now)
+            j.end_run(rid, status="ok", ended=now)
+        policy = JournalConfig(max_size=200_000)
+        await r.prune_once()
+        await r.prune_once()
+        used, rows = live_size(path)
+        assert used <= 200_000 * 1.2 and 0 < rows < 3000
+        assert j.runs(limit=1)[0].rule == "bulk"                  # the newest stay
+        nothing = Retention(j, lambda: JournalConfig(), interval=3600)
+        assert await nothing.prune_once() == 0
+
+
+def test_check_and_usage_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.yaml").write_text(RULE_A)
+    assert main(["check", str(rules)]) == 0
+    assert capsys.readouterr().out == "ok: 2 rules in 1 file\n"
+    (rules / "b.yaml").write_text("rules:\n  - name: b\n    on: STPO\n    actions: [{log: x}]\n")
+    assert main(["check", str(rules)]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"{rules}/b.yaml:3:9: unknown event 'STPO' (did you mean 'STOP'?)",
+                                                    "1 error"]
+    with pytest.raises(SystemExit) as exc:
+        main(["history", "--limit", "many"])
+    assert exc.value.code == 2
+    assert main(["history", "--journal", str(tmp_path / "x"), "--since", "soon"]) in (1, 2)
