@@ -140,3 +140,19 @@ def test_reactor_run_under_a_systemd_style_notify_socket(tmp_path: Path, notify_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_example_unit_file_verifies(tmp_path: Path) -> None:
+    """examples/reactor.service: Type=notify, a watchdog, and systemd-analyze has nothing to say."""
+    import shutil
+
+    unit = (Path(__file__).resolve().parent.parent / "examples" / "reactor.service").read_text()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert "AF_UNIX" in unit
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    test_unit = tmp_path / "reactor.service"
+    test_unit.write_text(unit.replace("/usr/bin/reactor", "/bin/true"))
+    done = subprocess.run([analyze, "verify", str(test_unit)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
