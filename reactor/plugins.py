@@ -85,11 +85,12 @@ class Plugins:
     loaded: list[PluginInfo] = field(default_factory=list)
 
 
-def _specs(declared: Any, kind: type, what: str, owner: str) -> list[Any]:
+def _specs(declared: Any, kind: type, what: str) -> list[Any]:
     items = list(declared) if isinstance(declared, (list, tuple)) else [declared]
     for s in items:
         if not isinstance(s, kind):
-            raise PluginError(f"plugin {owner}: {what} holds {s!r}, not a {kind.__name__}")
+            deco = "@reactor.plugin.action" if kind is ActionSpec else "@reactor.plugin.source"
+            raise PluginError(f"{what} holds {s!r}, which is not declared with {deco}")
     return items
 
 
@@ -97,7 +98,7 @@ def module_actions(module: ModuleType) -> list[ActionSpec]:
     """The actions a module declares (``ACTIONS`` if present, else every ActionSpec attribute)."""
     declared = getattr(module, "ACTIONS", None)
     if declared is not None:
-        return _specs(declared, ActionSpec, "ACTIONS", module.__name__)
+        return _specs(declared, ActionSpec, "ACTIONS")
     return [v for v in vars(module).values() if isinstance(v, ActionSpec)]
 
 
@@ -105,7 +106,7 @@ def module_sources(module: ModuleType) -> list[SourceSpec]:
     """The sources a module declares (``SOURCES`` if present, else every SourceSpec attribute)."""
     declared = getattr(module, "SOURCES", None)
     if declared is not None:
-        return _specs(declared, SourceSpec, "SOURCES", module.__name__)
+        return _specs(declared, SourceSpec, "SOURCES")
     return [v for v in vars(module).values() if isinstance(v, SourceSpec)]
 
 
@@ -218,7 +219,7 @@ def _from_entry_points(c: _Collector) -> None:
                 if isinstance(obj, ModuleType):
                     specs: list[Any] = module_actions(obj) if kind is ActionSpec else module_sources(obj)
                 else:
-                    specs = _specs(obj, kind, f"entry point {ep.name!r}", owner)
+                    specs = _specs(obj, kind, f"entry point {ep.name!r}")
             except Exception as err:
                 c.problems.append(_import_failed(owner, err, files))
                 continue
