@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from .action import Resource
 from .arguments import REDACTED, redact
@@ -180,11 +180,12 @@ class EventStream:
                 self._drop(client, "its queue is full")
 
     def _drop(self, client: _Client, why: str) -> None:
+        if client.dropped:
+            return
         client.dropped = True
         self.counts.stream_dropped += 1
         log.warning("http: dropping an event stream client: %s", why)
-        if client.transport is not None:
-            client.transport.close()
+        _abort(client.transport)
         with contextlib.suppress(asyncio.QueueFull):
             client.queue.put_nowait(None)
 
@@ -200,8 +201,7 @@ class EventStream:
             try:
                 client.queue.put_nowait(None)
             except asyncio.QueueFull:
-                if client.transport is not None:
-                    client.transport.close()
+                _abort(client.transport)
 
     async def serve(self, request: web.Request, *, write_timeout: float, heartbeat: float) -> web.StreamResponse:
         if self.closed:
@@ -251,6 +251,14 @@ class EventStream:
         except TimeoutError:
             self._drop(client, f"a write stalled for {timeout:g}s")
             raise _ClientGone from None
+
+
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    """Close now, discarding what is buffered (``close`` would wait for a client that does not read)."""
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    elif transport is not None:
+        transport.close()
 
 
 class _ClientGone(Exception):
@@ -449,7 +457,9 @@ class HttpServer(Resource):
         return _json({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        # the classic text format (0.0.4), or OpenMetrics when the scraper asks for it
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
 
     # -- API --------------------------------------------------------------------------------
     async def _api_status(self, request: web.Request) -> web.Response:
@@ -680,7 +690,7 @@ def _json(obj: Any, status: int = 200) -> web.Response:
 
 
 def _json_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
-    return cls(body=_dumps({"error": message}), content_type="application/json")
+    return cls(text=_dumps({"error": message}).decode(), content_type="application/json")
 
 
 def _str_param(q: Mapping[str, str], name: str) -> str | None:
