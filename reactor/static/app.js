@@ -26,7 +26,7 @@ function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined) continue;
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -37,16 +37,18 @@ function badge(text, cls) {
   return el("span", {class: "badge s-" + String(cls || text).replace(/[^a-z-]/gi, "")}, text);
 }
 
+function pad(n, w) { return String(n).padStart(w || 2, "0"); }
+
 function fmtTime(ts) {
   if (ts === null || ts === undefined) return "";
   const d = new Date(ts * 1000);
-  return d.toLocaleTimeString([], {hour12: false}) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds()) + "." + pad(d.getMilliseconds(), 3);
 }
 
 function fmtDateTime(ts) {
   if (ts === null || ts === undefined) return "";
   const d = new Date(ts * 1000);
-  return d.toLocaleDateString() + " " + fmtTime(ts);
+  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + fmtTime(ts);
 }
 
 function fmtDur(s) {
@@ -54,6 +56,13 @@ function fmtDur(s) {
   if (s < 1) return (s * 1000).toFixed(s < 0.01 ? 2 : 0) + " ms";
   if (s < 120) return s.toFixed(2) + " s";
   return (s / 60).toFixed(1) + " min";
+}
+
+function fmtSpan(s) {
+  for (const [unit, size] of [["d", 86400], ["h", 3600], ["min", 60]]) {
+    if (s >= size && s % size === 0) return (s / size) + " " + unit;
+  }
+  return s + " s";
 }
 
 function json(v) { return JSON.stringify(v, null, 2); }
@@ -107,10 +116,14 @@ async function loadVMs() {
     el("td", {}, badge(vm.status, vm.status === "running" ? "ok" : "unknown")),
     el("td", {}, vm.events_received),
     el("td", {}, vm.reconnects),
-    el("td", {class: "muted"}, vm.qemu_version ?
-       [vm.qemu_version.major, vm.qemu_version.minor, vm.qemu_version.micro].join(".") : ""))));
+    el("td", {class: "muted"}, qemuVersion(vm.qemu_version)))));
   $("#vms-section .empty").hidden = vms.length > 0;
   fillSelect($("#f-vm"), vms.map(v => v.name));
+}
+
+function qemuVersion(v) {
+  const q = v && (v.qemu || v);
+  return q && q.major !== undefined ? [q.major, q.minor, q.micro].join(".") : "";
 }
 
 async function loadRules() {
@@ -123,7 +136,7 @@ async function loadRules() {
          el("div", {class: "muted"}, r.file.split("/").pop() + ":" + r.line)),
       el("td", {}, r.on ? r.on.join(", ") : "*"),
       el("td", {}, r.mode, r.throttle ? el("div", {class: "muted"},
-         "≤ " + r.throttle.max + " per " + r.throttle.within + " s") : null),
+         "≤ " + r.throttle.max + " per " + fmtSpan(r.throttle.within)) : null),
       el("td", {}, last ? el("a", {href: "#run/" + last.id}, badge(last.status), " ",
                               el("span", {class: "muted"}, fmtDateTime(last.started)))
                         : el("span", {class: "muted"}, "never")));
@@ -207,7 +220,7 @@ async function openRun(id) {
   const ev = run.event;
   const rule = run.rule_now;
   $("#trace-body").replaceChildren(
-    kv([["status", badge(run.status)], ["outcome", run.outcome], ["VM", run.vm],
+    kv([["status", badge(run.status)], ["outcome", run.outcome === "started" ? null : run.outcome], ["VM", run.vm],
         ["started", fmtDateTime(run.started)], ["took", fmtDur(run.duration)],
         ["error", run.error ? el("span", {class: "step-error"}, run.error) : null]]),
     el("h3", {}, "Triggering event"),
@@ -247,8 +260,9 @@ function addEvent(e, fresh) {
   const list = $("#events");
   const li = el("li", {class: fresh ? "event new" : "event", dataset: {name: e.name, vm: e.vm, seq: e.seq}},
     el("span", {class: "muted"}, fmtTime(e.timestamp)),
-    el("span", {}, el("strong", {}, e.name)),
-    el("span", {}, e.vm, " ", el("span", {class: "data", title: compact(e.data)}, compact(e.data))));
+    el("strong", {class: "name"}, e.name),
+    el("span", {class: "vm"}, e.vm),
+    el("span", {class: "data", title: compact(e.data)}, compact(e.data)));
   list.prepend(li);
   while (list.children.length > MAX_EVENTS) list.lastChild.remove();
 }
