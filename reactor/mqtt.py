@@ -780,7 +780,7 @@ class BrokerLink:
             tls_context=self._ssl,
             tls_insecure=bool(c.tls is not None and not c.tls.verify) or None,
             timeout=10,
-            max_inflight_messages=SEND_WINDOW,
+            max_inflight_messages=0,  # unlimited in paho (its bookkeeping is O(n) per ack); SEND_WINDOW bounds it
             max_queued_incoming_messages=10000,
             logger=logging.getLogger(f"{__name__}.client.{self.name}"),
         )

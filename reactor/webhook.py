@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import hmac
+import os
 import random
 import ssl
 import time
@@ -91,6 +92,7 @@ class HttpSession(Resource):
         super().__init__(daemon)
         self._session: aiohttp.ClientSession | None = None
         self._ssl: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+        self._secrets: dict[str, tuple[float, str]] = {}
 
     def __repr__(self) -> str:
         return f"<HttpSession open={self._session is not None and not self._session.closed}>"
@@ -124,6 +126,20 @@ class HttpSession(Resource):
                 ctx.verify_mode = ssl.CERT_NONE
             self._ssl[key] = ctx
         return ctx
+
+    def secret(self, path: str) -> str:
+        """The secret in file ``path`` (first line, stripped), re-read when the file changes.  Blocking."""
+        try:
+            mtime = os.stat(path).st_mtime
+            cached = self._secrets.get(path)
+            if cached is not None and cached[0] == mtime:
+                return cached[1]
+            with open(path, encoding="utf-8") as f:
+                value = f.readline().strip()
+        except OSError as err:
+            raise WebhookError(f"webhook: cannot read secret_file {path}: {err.strerror}") from err
+        self._secrets[path] = (mtime, value)
+        return value
 
     async def aclose(self) -> None:
         if self._session is not None:

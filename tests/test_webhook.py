@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -290,3 +291,25 @@ async def test_tls_right_and_wrong_ca(
     assert len(srv.requests) == 1  # no retry on TLS errors
     result = await WEBHOOK.run(ctx_for(http), args(srv.url, verify=False))
     assert isinstance(result, dict) and result["status"] == 200
+
+
+async def test_secret_file_signs_and_is_reread(
+    serve: Callable[..., Awaitable[Server]], http: HttpSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    srv = await serve(ok)
+    path = tmp_path / "hook.secret"
+    path.write_text(SECRET + "\n")
+    await WEBHOOK.run(ctx_for(http), args(srv.url, secret_file=str(path)))
+    path.write_text("rotated-secret\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    await WEBHOOK.run(ctx_for(http), args(srv.url, secret_file=str(path)))
+    (r1, b1), (r2, b2) = srv.requests
+    assert verify(SECRET, r1.headers, b1) and verify("rotated-secret", r2.headers, b2)
+    with pytest.raises(WebhookError, match="cannot read secret_file"):
+        await WEBHOOK.run(ctx_for(http), args(srv.url, secret_file=str(tmp_path / "missing")))
+    assert SECRET not in caplog.text and "rotated-secret" not in caplog.text

@@ -5,7 +5,7 @@
     - webhook: https://hooks.example.com/reactor                    # POST the event as JSON
     - webhook:
         url: https://hooks.example.com/reactor
-        secret: "{{ env.HOOK_SECRET }}"
+        secret_file: /etc/reactor/hook.secret                       # or secret: "..." (avoid in rule files)
         headers: {X-Source: reactor}
         body: {text: "{{ vm.name }} paused: {{ event.name }}"}
         timeout: 5s
@@ -45,6 +45,7 @@ class WebhookArgs:
     headers: dict[str, str] | None = None
     body: Any = None
     secret: str | None = None
+    secret_file: str | None = None
     timeout: Duration = _TIMEOUT
     retries: int = 3
     backoff: Duration = _BACKOFF
@@ -59,6 +60,8 @@ def _check(args: Any) -> None:
     url = getattr(args, "url", "")
     if isinstance(url, str) and "{{" not in url and not url.startswith(("http://", "https://")):
         raise ValueError(f"url: {url!r} is not an http:// or https:// URL")
+    if getattr(args, "secret", None) is not None and getattr(args, "secret_file", None) is not None:
+        raise ValueError("give either secret or secret_file, not both")
     retries = getattr(args, "retries", 0)
     if isinstance(retries, int) and not 0 <= retries <= 20:
         raise ValueError(f"retries: {retries} is not between 0 and 20")
@@ -95,11 +98,14 @@ async def _webhook(ctx: ActionContext, args: WebhookArgs) -> object:
     headers = dict(args.headers or {})
     if content_type and not any(k.lower() == "content-type" for k in headers):
         headers["Content-Type"] = content_type
+    secret = args.secret
+    if args.secret_file is not None:
+        secret = await asyncio.to_thread(http.secret, args.secret_file)
     ssl_ctx = http.ssl_context(args.ca_file, args.verify) if args.url.startswith("https:") else None
     last_error = ""
     for attempt in range(args.retries + 1):
-        if args.secret is not None:
-            headers.update(sign(args.secret, body or b""))
+        if secret is not None:
+            headers.update(sign(secret, body or b""))
         retry_after: str | None = None
         try:
             async with (
