@@ -26,6 +26,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -96,13 +97,20 @@ class LibvirtDaemon:
 
     def restart(self, timeout: float = 30.0) -> None:
         """Restart libvirtd (SIGHUP to the reaper: SIGTERM, then a new libvirtd); running QEMUs stay."""
-        before = _inode(self.socket)
+        before = self.daemon_pid()
         self.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
-        while _inode(self.socket) in (before, None):
+        while self.daemon_pid() in (before, None) or not _listening(self.socket):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError(f"libvirtd did not come back (see {self.log})")
             time.sleep(0.05)
+
+    def daemon_pid(self) -> int | None:
+        """libvirtd's own PID (from its pid file), None while there is none."""
+        try:
+            return int((self.root / "libvirtd.pid").read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM by PID (the reaper forwards it and kills leftover QEMUs), then SIGKILL."""
@@ -117,11 +125,13 @@ class LibvirtDaemon:
             subprocess.run(["umount", "-l", str(self.small)], check=False)
 
 
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _requirements() -> str | None:
@@ -135,7 +145,7 @@ def _requirements() -> str | None:
     if shutil.which("unshare") is None:
         return "unshare (util-linux) is missing"
     try:
-        import libvirt  # noqa: F401
+        import libvirt  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
     except ImportError:
         return "libvirt-python is not installed (pip install 'reactor[libvirt]')"
     return None
@@ -182,7 +192,7 @@ def start_libvirtd(root: Path, *, timeout: float = 30.0) -> LibvirtDaemon:
     out.close()
     daemon = LibvirtDaemon(root=root, proc=proc)
     deadline = time.monotonic() + timeout
-    while not daemon.socket.exists():
+    while not _listening(daemon.socket):
         if proc.poll() is not None or time.monotonic() > deadline:
             daemon.stop()
             text = (root / "libvirtd.out").read_text(errors="replace")[-2000:]
@@ -212,6 +222,7 @@ def libvirtd() -> Iterator[LibvirtDaemon]:
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_GRACE = 3  # seconds libvirtd gets to stop before SIGKILL
 
 
 def _children(pid: int) -> list[int]:
@@ -238,10 +249,16 @@ def _reap(argv: list[str]) -> int:
         restart = signum == signal.SIGHUP
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGTERM if restart else signum)
+        signal.alarm(_GRACE)  # libvirtd sometimes takes 30 s to stop: no test waits that long
+
+    def kill(_signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGHUP, forward)
+    signal.signal(signal.SIGALRM, kill)
     code = 0
     while True:
         try:
@@ -251,6 +268,7 @@ def _reap(argv: list[str]) -> int:
         if pid != child.pid:
             continue  # an orphaned QEMU: reaped at once
         code = os.waitstatus_to_exitcode(status)
+        signal.alarm(0)
         if restart:  # SIGHUP: a new libvirtd; the QEMUs stay our children
             restart = False
             child = subprocess.Popen(argv)

@@ -73,7 +73,7 @@ def test_catalog_types_libvirt_events() -> None:
                                         "    match: {reason: enospc, action: pause, alias: virtio-disk0}\n"
                                         "    actions: [{log: hi}]\n")], catalog=CATALOG)
     assert [r.name for r in rules.rules] == ["r"]
-    with pytest.raises(LoadError, match="r.yaml:4:.*not one of none, pause, reset, poweroff"):
+    with pytest.raises(LoadError, match=r"r\.yaml:4:.*not one of none, pause, reset, poweroff"):
         load_rules_text([("r.yaml", "rules:\n  - name: r\n    on: LIBVIRT_WATCHDOG\n"
                                     "    match: {action: halt}\n    actions: [{log: hi}]\n")], catalog=CATALOG)
     ok = CATALOG.make_event({"event": "REACTOR_VM_CONNECTED", "data": {
@@ -178,7 +178,16 @@ class Harness:
 @contextlib.asynccontextmanager
 async def harness(uri: str, files: list[tuple[str, str]] | None = None, **kw: Any) -> AsyncIterator[Harness]:
     rules = load_rules_text(files or [], catalog=CATALOG, registry=_registry())
-    source = LibvirtSource(LibvirtConfig(uri=uri), make_event=CATALOG.make_event, **kw)
+    up = asyncio.Event()
+    on_state = kw.pop("on_state", None)
+
+    def state(src: LibvirtSource, st: LinkState) -> None:
+        if st is LinkState.CONNECTED:
+            up.set()
+        if on_state is not None:
+            on_state(src, st)
+
+    source = LibvirtSource(LibvirtConfig(uri=uri), make_event=CATALOG.make_event, on_state=state, **kw)
     h: Harness | None = None
     engine = Engine(rules, catalog=CATALOG, vms=source.get, output=lambda r: h.records.append(r) if h else None)
     h = Harness(source, engine)
@@ -188,8 +197,7 @@ async def harness(uri: str, files: list[tuple[str, str]] | None = None, **kw: An
         tg.create_task(source.run(h.arrived), name="test.libvirt")
         try:
             async with asyncio.timeout(15):
-                while not source.connected:
-                    await asyncio.sleep(0.01)
+                await up.wait()
             yield h
         finally:
             await source.aclose()
@@ -326,10 +334,29 @@ def _guest_xml(name: str, guest: GuestImage, scenario: str, serial: Path, device
 </devices></domain>"""
 
 
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _qcow2(path: Path) -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    return path
+
+
+def _fill(small: Path) -> tuple[Path, Path]:
+    """A sparse 16 MiB raw image on the small tmpfs, and a ballast file that fills the rest."""
+    image, ballast = small / "nospace.raw", small / "ballast"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)  # sparse: every first write to a block needs a free page
+    subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=4k"], capture_output=True, check=False)
+    assert os.statvfs(small).f_bavail == 0
+    return image, ballast
+
+
 async def _serial(path: Path, marker: str, timeout: float = 90.0) -> str:
     async with asyncio.timeout(timeout):
         while True:
-            text = path.read_text(errors="replace") if path.exists() else ""
+            text = await asyncio.to_thread(_read, path)
             if marker in text:
                 return text
             await asyncio.sleep(0.1)
@@ -340,8 +367,7 @@ async def _serial(path: Path, marker: str, timeout: float = 90.0) -> str:
 async def test_guest_watchdog_resumed_by_shipped_rules(
     tmp_path: Path, libvirtd: LibvirtDaemon, guest_kernel: GuestImage  # noqa: F811
 ) -> None:
-    disk = tmp_path / "wd.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    disk = _qcow2(tmp_path / "wd.qcow2")
     serial = tmp_path / "serial.log"
     devices = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>"
                "<target dev='vda' bus='virtio'/></disk><watchdog model='i6300esb' action='pause'/>")
@@ -376,13 +402,7 @@ async def test_guest_watchdog_resumed_by_shipped_rules(
 async def test_guest_disk_full_notified_then_resumed(
     tmp_path: Path, libvirtd: LibvirtDaemon, guest_kernel: GuestImage  # noqa: F811
 ) -> None:
-    small = libvirtd.small
-    image = small / "nospace.raw"
-    ballast = small / "ballast"
-    with open(image, "wb") as f:
-        f.truncate(16 << 20)  # sparse: every first write to a block needs a free page
-    subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=4k"], capture_output=True, check=False)
-    assert os.statvfs(small).f_bavail == 0
+    image, ballast = _fill(libvirtd.small)
     serial = tmp_path / "serial.log"
     devices = (f"<disk type='file' device='disk'><driver name='qemu' type='raw' error_policy='stop'/>"
                f"<source file='{image}'/><target dev='vda' bus='virtio'/><alias name='ua-data'/></disk>")
