@@ -531,3 +531,19 @@ async def test_a_configured_token_is_required(tmp_path: Path, client: aiohttp.Cl
         rejected = {s.labels["reason"]: s.value for s in families["reactor_http_requests_rejected"].samples
                     if s.name.endswith("_total")}
         assert rejected["unauthorized"] >= 28
+
+
+async def test_stopping_the_daemon_ends_open_event_streams(tmp_path: Path, client: aiohttp.ClientSession) -> None:
+    running = reactor_site(tmp_path)
+    site = await running.__aenter__()
+    try:
+        resp = await client.get(site.url + "/api/events?backlog=1")
+        await read_sse(resp, lambda k, d: True)
+    finally:
+        t0 = time.monotonic()
+        await running.__aexit__(None, None, None)  # stops the daemon with the stream open
+    assert time.monotonic() - t0 < 5
+    async with asyncio.timeout(5):
+        while await resp.content.readany():  # the server ended the stream
+            pass
+    resp.release()
