@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import enum
 import fnmatch
 import logging
@@ -967,7 +968,11 @@ class MqttHub(Resource):
         if store is not None and not hasattr(store, "outbox_put"):
             store = None
         host = self.daemon.host
+        dry_run = bool(getattr(self.daemon, "dry_run", False))
         for name, cfg in brokers.items():
+            if dry_run and cfg.publish_events is not None:
+                log.info("mqtt[%s]: dry run: the event mirror is off", name)
+                cfg = dataclasses.replace(cfg, publish_events=None)
             link = BrokerLink(cfg, host=host, store=store, emit=self.daemon.emit, echo=self._remember)
             await asyncio.to_thread(link.prepare)
             n = link.outbox.load()
