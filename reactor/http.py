@@ -116,29 +116,21 @@ class _Item:
 
     def wire(self, max_bytes: int) -> bytes:
         if self._wire is None:
-            body = self.obj.to_json(self.seq, max_bytes) if isinstance(self.obj, _EventView) else _dumps(self.obj)
+            obj = self.obj
+            body = _event_wire(obj, self.seq, max_bytes) if isinstance(obj, Event) else _dumps(obj)
             self._wire = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.seq, self.kind.encode(), body)
             self.obj = None
         return self._wire
 
 
-class _EventView:
-    """An event as the stream shows it (serialised lazily: most events reach no client)."""
-
-    __slots__ = ("event",)
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-
-    def to_json(self, seq: int, max_bytes: int) -> bytes:
-        e = self.event
-        obj: dict[str, Any] = {"seq": seq, "name": e.name, "vm": e.vm, "host": e.host, "timestamp": e.timestamp,
-                               "data": e.data, "problems": list(e.problems)}
+def _event_wire(e: Event, seq: int, max_bytes: int) -> bytes:
+    obj: dict[str, Any] = {"seq": seq, "name": e.name, "vm": e.vm, "host": e.host, "timestamp": e.timestamp,
+                           "data": e.data, "problems": list(e.problems)}
+    body = _dumps(obj)
+    if len(body) > max_bytes:
+        obj["data"] = {"_truncated": f"{len(body)} bytes"}
         body = _dumps(obj)
-        if len(body) > max_bytes:
-            obj["data"] = {"_truncated": f"{len(body)} bytes"}
-            body = _dumps(obj)
-        return body
+    return body
 
 
 class _Client:
@@ -159,7 +151,7 @@ class EventStream:
         self.buffer = buffer
         self.max_clients = max_clients
         self.max_event_bytes = max_event_bytes
-        self._recent: deque[_Item] = deque(maxlen=recent)
+        self._recent: deque[tuple[int, str, Any]] = deque(maxlen=recent)
         self._clients: set[_Client] = set()
         self._seq = 0
         self.closed = False
@@ -168,9 +160,11 @@ class EventStream:
         """Queue a message for every client (never blocks; a client with a full queue is dropped)."""
         if self.closed:
             return
-        self._seq += 1
-        item = _Item(self._seq, kind, obj)
-        self._recent.append(item)
+        self._seq = seq = self._seq + 1
+        self._recent.append((seq, kind, obj))  # a tuple: the common case is no client at all
+        if not self._clients:
+            return
+        item = _Item(seq, kind, obj)
         for client in list(self._clients):
             if client.dropped:
                 continue
@@ -190,10 +184,10 @@ class EventStream:
             client.queue.put_nowait(None)
 
     def backlog(self, after: int | None, count: int) -> list[_Item]:
-        items = list(self._recent)
+        entries = list(self._recent)
         if after is not None:
-            return [i for i in items if i.seq > after]
-        return items[-count:] if count > 0 else []
+            return [_Item(*e) for e in entries if e[0] > after]
+        return [_Item(*e) for e in entries[-count:]] if count > 0 else []
 
     def close(self) -> None:
         self.closed = True
@@ -367,10 +361,9 @@ class HttpServer(Resource):
         self._hooked = False
 
     def _on_event(self, event: Event) -> None:
-        if not self._hooked:
-            return
-        self.event_counts(event)
-        self.stream.publish("event", _EventView(event))
+        if self._hooked:
+            self.event_counts(event)
+            self.stream.publish("event", event)
 
     def _on_output(self, record: dict[str, Any]) -> None:
         try:

@@ -78,14 +78,13 @@ class EventCounts:
 
     def __call__(self, event: Event) -> None:
         key = (event.vm, event.name)
-        counts = self.counts
-        n = counts.get(key)
-        if n is not None:
-            counts[key] = n + 1
-        elif len(counts) < self.max_series:
-            counts[key] = 1
-        else:
-            self.overflow += 1
+        try:
+            self.counts[key] += 1
+        except KeyError:
+            if len(self.counts) < self.max_series:
+                self.counts[key] = 1
+            else:
+                self.overflow += 1
 
 
 class StepDurations:
