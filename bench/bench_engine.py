@@ -87,7 +87,7 @@ class NoArgs:
     """The no-op action takes no arguments."""
 
 
-@action("noop", mutating=False)
+@action("noop", mutating=False, inline=True)
 async def NOOP(ctx: ActionContext, args: NoArgs) -> None:
     """Do nothing (the benchmark's action)."""
 
@@ -103,8 +103,14 @@ DataMaker = Callable[[str, random.Random], dict[str, Any]]
 
 
 def _block_io_error(v: str, r: random.Random) -> dict[str, Any]:
-    return {"device": v, "node-name": f"#block{r.randrange(1000)}", "operation": r.choice(("read", "write")),
-            "action": "stop", "nospace": False, "reason": "Input/output error"}
+    return {
+        "device": v,
+        "node-name": f"#block{r.randrange(1000)}",
+        "operation": r.choice(("read", "write")),
+        "action": "stop",
+        "nospace": False,
+        "reason": "Input/output error",
+    }
 
 
 def _job(v: str, r: random.Random) -> dict[str, Any]:
@@ -141,8 +147,14 @@ def _vserport(v: str, r: random.Random) -> dict[str, Any]:
 
 
 def _corrupted(v: str, r: random.Random) -> dict[str, Any]:
-    return {"device": v, "node-name": f"#block{r.randrange(1000)}", "msg": "Preventing invalid write on metadata",
-            "offset": r.randrange(1 << 30), "size": 65536, "fatal": True}
+    return {
+        "device": v,
+        "node-name": f"#block{r.randrange(1000)}",
+        "msg": "Preventing invalid write on metadata",
+        "offset": r.randrange(1 << 30),
+        "size": 65536,
+        "fatal": True,
+    }
 
 
 def _quorum(v: str, r: random.Random) -> dict[str, Any]:
@@ -189,10 +201,10 @@ class RuleSpec:
     """One generated rule: which events it takes (event, VM or VM glob, field value)."""
 
     name: str
-    event: int          # index into RULE_EVENTS
-    value: str          # the literal its key field must equal
-    vm: str | None      # a plain VM name (the matcher indexes it), or None
-    glob: str | None    # a VM glob ("db-*"), or None
+    event: int  # index into RULE_EVENTS
+    value: str  # the literal its key field must equal
+    vm: str | None  # a plain VM name (the matcher indexes it), or None
+    glob: str | None  # a VM glob ("db-*"), or None
 
     def pick_vm(self, r: random.Random) -> str:
         if self.vm is not None:
@@ -244,7 +256,7 @@ def rules_yaml(specs: Sequence[RuleSpec]) -> str:
 @dataclass(frozen=True, slots=True)
 class Stream:
     lines: list[bytes]
-    matching: int       # how many of the lines match a rule (exactly one each)
+    matching: int  # how many of the lines match a rule (exactly one each)
 
 
 def make_stream(specs: Sequence[RuleSpec], count: int, *, match_share: float = 1.0, seed: int = 1) -> Stream:
@@ -272,8 +284,12 @@ def make_stream(specs: Sequence[RuleSpec], count: int, *, match_share: float = 1
             name, _key, _extra, make = RULE_EVENTS[r.randrange(len(RULE_EVENTS))]
             data = make(f"spare{r.randrange(50)}", r)
             vm = r.choice(VMS)
-        obj = {"event": name, "data": data, "timestamp": {"seconds": ts // 1_000_000, "microseconds": ts % 1_000_000},
-               "vm": vm}
+        obj = {
+            "event": name,
+            "data": data,
+            "timestamp": {"seconds": ts // 1_000_000, "microseconds": ts % 1_000_000},
+            "vm": vm,
+        }
         lines.append(bytes(memoryview(orjson.dumps(obj))))  # a copy: orjson over-allocates ~4 KB
     return Stream(lines, matching)
 
@@ -281,8 +297,9 @@ def make_stream(specs: Sequence[RuleSpec], count: int, *, match_share: float = 1
 # ------------------------------------------------------------------ reactor
 
 
-async def run_reactor(rules: RuleSet, lines: Iterable[bytes], *, journal_dir: Path | None,
-                      expect: int | None = None) -> tuple[float, float, int]:
+async def run_reactor(
+    rules: RuleSet, lines: Iterable[bytes], *, journal_dir: Path | None, expect: int | None = None
+) -> tuple[float, float, int]:
     """Replay ``lines`` through a fresh engine; (wall seconds, CPU seconds of the
     process, matches).  With a journal, the time includes writing every row (the
     journal's close; its writer thread's CPU counts)."""
@@ -374,7 +391,7 @@ async def run_baseline(rules: Sequence[_NaiveRule], lines: Iterable[bytes]) -> t
 # ------------------------------------------------------------------ measuring
 
 
-Sample = tuple[float, float, int]   # wall seconds, CPU seconds, matches
+Sample = tuple[float, float, int]  # wall seconds, CPU seconds, matches
 
 
 def median_rate(samples: list[Sample], events: int, which: int = 0) -> float:
@@ -489,8 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, help="events per run (default 10,000; quick 4,000)")
     ap.add_argument("--runs", type=int, help="runs per measurement (default 5; quick 3)")
     ap.add_argument("--rules", default="10,1000,10000", help="rule counts to measure")
-    ap.add_argument("--memory", action="store_true",
-                    help="only the memory check: RSS after 100,000 and after --memory-events events")
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the memory check: RSS after 100,000 and after --memory-events events",
+    )
     ap.add_argument("--memory-events", type=int, help="events for the memory check (default 1,000,000; quick 300,000)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     ap.add_argument("--no-pin", action="store_true", help="do not pin to CPU 0")
@@ -509,8 +529,12 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.rules.split(",")]
     default_catalog()
     results: dict[str, Any] = {
-        "cpu": cpu_model(), "python": platform.python_version(), "pinned": pinned,
-        "events_per_run": n_events, "runs": runs, "rows": [],
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "pinned": pinned,
+        "events_per_run": n_events,
+        "runs": runs,
+        "rows": [],
     }
     if args.memory:
         marks = sorted({100_000, mem_events // 2, mem_events})
@@ -546,8 +570,9 @@ def main(argv: list[str] | None = None) -> int:
             row["ratio_journal_on"] = row["journal_on_cpu"] / row["baseline_cpu"]
             results["rows"].append(row)
             if not args.json:
-                print(f"  measured {n} rules, {stream_name} stream ({time.perf_counter() - t_all:.0f} s)",
-                      file=sys.stderr)
+                print(
+                    f"  measured {n} rules, {stream_name} stream ({time.perf_counter() - t_all:.0f} s)", file=sys.stderr
+                )
     by = {(r["rules"], r["stream"]): r for r in results["rows"]}
     lo, hi = min(counts), max(counts)
     scaling = {}
@@ -566,8 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     total_off, total_on = 1e6 / row["journal_off_cpu"], 1e6 / row["journal_on_cpu"]
     stages["dispatch rest, run, step, loop turns"] = total_off - sum(stages.values())
     stages["journal"] = total_on - total_off
-    results["stages_us_per_event"] = {"rules": mid, "total_journal_off": total_off, "total_journal_on": total_on,
-                                      **stages}
+    results["stages_us_per_event"] = {
+        "rules": mid,
+        "total_journal_off": total_off,
+        "total_journal_on": total_on,
+        **stages,
+    }
 
     _print(results, args.json)
     return 0
@@ -589,15 +618,19 @@ def _baseline_run(naive: Sequence[_NaiveRule], lines: list[bytes]) -> Callable[[
 
 
 def print_table(res: dict[str, Any]) -> None:
-    print(f"reactor engine bench: {res['cpu']}, Python {res['python']}, {res['pinned']}, "
-          f"{res['events_per_run']} events/run, median of {res['runs']}")
+    print(
+        f"reactor engine bench: {res['cpu']}, Python {res['python']}, {res['pinned']}, "
+        f"{res['events_per_run']} events/run, median of {res['runs']}"
+    )
     if res["rows"]:
         print_rows(res)
     if "rss_mb" in res:
         rss = res["rss_mb"]
         keys = sorted(rss, key=int)
-        print("RSS (1,000 rules, match stream, journal on): "
-              + ", ".join(f"{int(k):,} events {rss[k]:.1f} MB" for k in keys))
+        print(
+            "RSS (1,000 rules, match stream, journal on): "
+            + ", ".join(f"{int(k):,} events {rss[k]:.1f} MB" for k in keys)
+        )
 
 
 def print_rows(res: dict[str, Any]) -> None:
@@ -605,21 +638,29 @@ def print_rows(res: dict[str, Any]) -> None:
     print(f"{'':13} {'journal off':>17} {'journal on':>17} {'baseline':>17} {'reactor/baseline':>17}")
     print(f"{'rules':>6} {'stream':<6} " + f"{'wall':>8} {'cpu':>8} " * 3 + f"{'off':>8} {'on':>8}")
     for r in res["rows"]:
-        print(f"{r['rules']:>6} {r['stream']:<6} "
-              + "".join(f"{r[k]:>8,.0f} {r[k + '_cpu']:>8,.0f} " for k in ("journal_off", "journal_on", "baseline"))
-              + f"{r['ratio_journal_off']:>8.2f} {r['ratio_journal_on']:>8.2f}")
-    print("(events/s of the median run, by wall time and by this process's CPU time; ratios by CPU time.\n"
-          " baseline: orjson -> asyncio.Queue -> every rule tested with dict compares -> awaited no-op)")
+        print(
+            f"{r['rules']:>6} {r['stream']:<6} "
+            + "".join(f"{r[k]:>8,.0f} {r[k + '_cpu']:>8,.0f} " for k in ("journal_off", "journal_on", "baseline"))
+            + f"{r['ratio_journal_off']:>8.2f} {r['ratio_journal_on']:>8.2f}"
+        )
+    print(
+        "(events/s of the median run, by wall time and by this process's CPU time; ratios by CPU time.\n"
+        " baseline: orjson -> asyncio.Queue -> every rule tested with dict compares -> awaited no-op)"
+    )
     sc = res["scaling"]
     if sc["ratios"]:
         print()
-        print(f"throughput (CPU) at {sc['to']} rules / at {sc['from']} rules: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in sc["ratios"].items()))
+        print(
+            f"throughput (CPU) at {sc['to']} rules / at {sc['from']} rules: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sc["ratios"].items())
+        )
     if "stages_us_per_event" in res:
         st = dict(res["stages_us_per_event"])
         print()
-        print(f"where an event's CPU time goes ({st.pop('rules')} rules, match stream; us/event; "
-              f"total {st.pop('total_journal_off'):.1f} journal off, {st.pop('total_journal_on'):.1f} on):")
+        print(
+            f"where an event's CPU time goes ({st.pop('rules')} rules, match stream; us/event; "
+            f"total {st.pop('total_journal_off'):.1f} journal off, {st.pop('total_journal_on'):.1f} on):"
+        )
         for stage, us in st.items():
             print(f"  {stage:<38} {us:7.2f}")
 

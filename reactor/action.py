@@ -240,6 +240,11 @@ class ActionSpec:
     resources: tuple[type[Resource], ...] = ()
     #: Default step timeout in seconds (None: no default).
     timeout: float | None = None
+    #: The action finishes without waiting for anything (no I/O, no sleep): it runs
+    #: directly in its run instead of an isolating task, and a run made only of
+    #: inline steps runs at once, without a task of its own.  Only for actions that
+    #: never suspend; one that does anyway still works, just without those savings.
+    inline: bool = False
     doc: str = ""
     origin: str = "builtin"
     hints: Mapping[str, Any] = field(default_factory=dict)
@@ -253,6 +258,7 @@ def action(
     check: Callable[[Any], None] | None = None,
     resources: tuple[type[Resource], ...] = (),
     timeout: float | None = None,
+    inline: bool = False,
 ) -> Callable[[Callable[[ActionContext, A], Awaitable[object]]], ActionSpec]:
     """Declare an action.  The decorated function's second parameter must be
     annotated with a dataclass: that dataclass declares the arguments."""
@@ -285,6 +291,7 @@ def action(
             check=check,
             resources=resources,
             timeout=timeout,
+            inline=inline,
             doc=(fn.__doc__ or "").strip(),
             origin=getattr(fn, "__module__", "?"),
             hints=arg_hints,

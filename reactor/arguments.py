@@ -232,7 +232,7 @@ def _node_at(node: Node, msg: str) -> Position:
 class Arguments:
     """The compiled arguments of one step."""
 
-    __slots__ = ("fields", "raw", "spec", "static")
+    __slots__ = ("fields", "raw", "shown", "spec", "static")
 
     def __init__(self, spec: ActionSpec, fields: dict[str, Any], static: Any, raw: Any) -> None:
         self.spec = spec
@@ -242,6 +242,8 @@ class Arguments:
         self.static = static
         #: the arguments as written (for dry runs and `reactor check --verbose`)
         self.raw = raw
+        #: the static arguments with secrets redacted (computed once)
+        self.shown = redact(spec, static) if static is not None else None
 
     def build(self, names: Mapping[str, Any]) -> Any:
         """The dataclass instance for one run; TemplateError when rendering fails."""

@@ -86,6 +86,16 @@ class Bus:
             self._wakeup.clear()
         return out
 
+    async def wait(self) -> None:
+        """Return when events are queued (or :meth:`interrupt` was called)."""
+        if not self._size:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def interrupt(self) -> None:
+        """Wake a waiter without an event (used to stop the consumer)."""
+        self._wakeup.set()
+
     async def get(self) -> list[Event]:
         """Wait for events, then take a batch."""
         while not self._size:

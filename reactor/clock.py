@@ -46,6 +46,7 @@ class VirtualClock(Clock):
         self._now = start
         self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self._waiting: set[asyncio.Future[None]] = set()
 
     def now(self) -> float:
         return self._now
@@ -59,11 +60,15 @@ class VirtualClock(Clock):
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._heap, (self._now + seconds, next(self._seq), fut))
-        await fut
+        self._waiting.add(fut)
+        try:
+            await fut
+        finally:
+            self._waiting.discard(fut)
 
     def sleepers(self) -> int:
         """How many sleepers wait on this clock now."""
-        return sum(1 for _, _, fut in self._heap if not fut.done())
+        return len(self._waiting)
 
     def next_deadline(self) -> float | None:
         while self._heap and self._heap[0][2].done():
@@ -79,6 +84,7 @@ class VirtualClock(Clock):
             self._now = max(self._now, deadline)
         while self._heap and self._heap[0][0] <= deadline:
             _, _, fut = heapq.heappop(self._heap)
+            self._waiting.discard(fut)
             if not fut.done():
                 fut.set_result(None)
         return True

@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from .action import Resource, VMHandle
@@ -119,6 +119,9 @@ class _Waiter:
 class Run:
     """One run of a rule for one event; also the :class:`ActionContext` its steps receive."""
 
+    __slots__ = ("_event", "_log", "_rule", "_step", "_vars", "_vm", "engine", "event_id", "id", "seq", "status",
+                 "step_seq", "task")
+
     def __init__(self, engine: Engine, rule: Rule, event: Event, vm: VMHandle, run_id: int,
                  event_id: int | None, seq: int) -> None:
         self.engine = engine
@@ -133,9 +136,7 @@ class Run:
         self._vars: dict[str, Any] = {}
         self.task: asyncio.Task[None] | None = None
         self.status = "pending"
-        self._log = logging.LoggerAdapter(
-            logging.getLogger(f"reactor.run.{rule.name}"), {"rule": rule.name, "vm": vm.name, "run": run_id}
-        )
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
 
     # -- ActionContext ----------------------------------------------------------------------
     @property
@@ -164,6 +165,9 @@ class Run:
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        if self._log is None:
+            self._log = logging.LoggerAdapter(logging.getLogger(f"reactor.run.{self._rule.name}"),
+                                              {"rule": self._rule.name, "vm": self._vm.name, "run": self.id})
         return self._log
 
     @property
@@ -228,9 +232,11 @@ class Run:
     async def _run_step(self, step: Step) -> bool:
         eng = self.engine
         spec = step.action
-        names = names_for(self._event, self._vm, self._rule.name, eng.clock.now(), self._vars)
         started = eng.clock.now()
         t0 = time.perf_counter()
+        names: dict[str, Any] = {}
+        if step.when is not None or step.args.static is None:
+            names = names_for(self._event, self._vm, self._rule.name, started, self._vars)
         if step.when is not None:
             try:
                 if not step.when.test(names):
@@ -242,17 +248,20 @@ class Run:
             args = step.args.build(names)
         except TemplateError as err:
             return self._failed(step, None, str(err), started, t0)
-        shown = redact(spec, args)
+        shown = step.args.shown if step.args.static is not None else redact(spec, args)
         if eng.dry_run and spec.mutating(args):
             eng.record_step(self, step, shown, "dry-run", None, None, started, 0.0)
-            self._log.info("dry run: would run %s %s", spec.name, shown)
+            self.log.info("dry run: would run %s %s", spec.name, shown)
             return True
         attempts = step.retry.attempts if step.retry else 1
         timeout = step.timeout if step.timeout is not None else spec.timeout
         for attempt in range(1, attempts + 1):
             try:
-                result = await _isolated(spec.run, self, args, timeout, eng.stats,
-                                         f"reactor[{self._vm.name}].run[{self._rule.name}]#{self.id}.{step.index}")
+                if spec.inline and timeout is None:
+                    result = await _inline(spec.run, self, args)
+                else:
+                    result = await _isolated(spec.run, self, args, timeout, eng.stats,
+                                             f"reactor[{self._vm.name}].run[{self._rule.name}]#{self.id}.{step.index}")
             except asyncio.CancelledError:
                 eng.record_step(self, step, shown, "cancelled", None, "cancelled", started,
                                 time.perf_counter() - t0)
@@ -260,7 +269,7 @@ class Run:
             except Exception as err:
                 msg = _describe(err, timeout)
                 if attempt < attempts and step.retry is not None:
-                    self._log.warning("%s failed (attempt %d/%d): %s", spec.name, attempt, attempts, msg)
+                    self.log.warning("%s failed (attempt %d/%d): %s", spec.name, attempt, attempts, msg)
                     await eng.clock.sleep(step.retry.delay(attempt))
                     continue
                 return self._failed(step, shown, msg, started, t0, timed_out=isinstance(err, TimeoutError))
@@ -274,14 +283,14 @@ class Run:
                 timed_out: bool = False) -> bool:
         eng = self.engine
         if shown is None:
-            self._log.error("step %d (%s) failed: %s", step.index, step.name, msg)
+            self.log.error("step %d (%s) failed: %s", step.index, step.name, msg)
         else:
-            self._log.error("step %d (%s) failed: %s; arguments: %s", step.index, step.name, msg, shown)
+            self.log.error("step %d (%s) failed: %s; arguments: %s", step.index, step.name, msg, shown)
         eng.record_step(self, step, shown, "timeout" if timed_out else "failed", None, msg, started,
                         time.perf_counter() - t0)
         if self._event.name == "REACTOR_ACTION_FAILED":
             # a failure while handling a failure: reporting it again would loop forever
-            self._log.warning("not emitting REACTOR_ACTION_FAILED for a run started by one")
+            self.log.warning("not emitting REACTOR_ACTION_FAILED for a run started by one")
             return False
         eng.emit("REACTOR_ACTION_FAILED", {"rule": self._rule.name, "step": step.index, "action": step.name,
                                            "error": msg}, vm=self._vm.name, host=self._event.host)
@@ -302,6 +311,44 @@ class StepAbandoned(TimeoutError):
 def abandoned_actions() -> list[asyncio.Task[Any]]:
     """Actions abandoned after ignoring cancellation that are still running (for shutdown and metrics)."""
     return [t for t in _abandoned if not t.done()]
+
+
+async def _inline(fn: Callable[[Any, Any], Awaitable[object]], ctx: Any, args: Any) -> object:
+    """Await an inline action directly (no task); SystemExit and friends fail the step, as in _isolated."""
+    try:
+        return await fn(ctx, args)
+    except (asyncio.CancelledError, Exception):
+        raise
+    except BaseException as err:
+        raise ActionError(f"action raised {type(err).__name__}: {err}") from err
+
+
+async def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    """Carry on a run coroutine that was started eagerly and then suspended on ``yielded``.
+
+    Mirrors what a Task does for a coroutine: wait for the future it yielded,
+    then resume it; cancellation of this task is thrown into the coroutine.
+    """
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                try:
+                    await yielded
+                except asyncio.CancelledError:
+                    if not yielded.cancelled():
+                        raise
+                except Exception:
+                    pass  # the coroutine reads the outcome from the future itself
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+        except asyncio.CancelledError as err:
+            try:
+                yielded = coro.throw(err)
+            except StopIteration:
+                return
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
@@ -411,7 +458,12 @@ class Engine:
     def set_rules(self, rules: RuleSet) -> None:
         """Swap the rule set atomically; runs in flight keep the rules they started with."""
         self.rules = rules
+        self._by_name = {r.name: r for r in rules.rules}
         self.matcher = Matcher(rules.rules)
+        self._inline = frozenset(
+            r.name for r in rules.rules
+            if all(st.action.inline and st.timeout is None and st.retry is None for st in r.steps)
+        )
         self.throttles.keep_only({r.name for r in rules.rules})
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
@@ -453,21 +505,17 @@ class Engine:
         get ``grace`` seconds to finish, then the rest are cancelled (recorded).
         """
         self._stopping = asyncio.Event()
+        bus = self.bus
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
                 while not self._stopping.is_set():
-                    get = asyncio.ensure_future(self.bus.get())
-                    stop = asyncio.ensure_future(self._stopping.wait())
-                    try:
-                        await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        stop.cancel()
-                        if not get.done():
-                            get.cancel()
-                    if get.done() and not get.cancelled():
-                        for event in get.result():
-                            self.dispatch(event)
+                    if not len(bus):
+                        await bus.wait()
+                        continue
+                    for event in bus.take():
+                        self.dispatch(event)
+                    await asyncio.sleep(0)   # let the runs just started make progress
                 await self._drain(grace)
             finally:
                 self._tg = None
@@ -476,6 +524,7 @@ class Engine:
         """Stop taking events; :meth:`run` returns once runs finished (or were cancelled)."""
         if self._stopping is not None:
             self._stopping.set()
+            self.bus.interrupt()
 
     async def _drain(self, grace: float) -> None:
         deadline = time.monotonic() + grace
@@ -617,13 +666,27 @@ class Engine:
         else:
             run_id = next(self._run_ids)
         run = Run(self, rule, event, vm, run_id, event_id, seq)
-        self._active.setdefault((rule.name, event.vm), []).append(run)
         self.runs_in_flight += 1
-        self._output({"type": "match", "rule": rule.name, "vm": event.vm, "event": event.name,
-                      "run": run_id, "time": now, "data": dict(event.data)})
-        if self._tg is None:
+        if self.output is not None:
+            self._output({"type": "match", "rule": rule.name, "vm": event.vm, "event": event.name,
+                          "run": run_id, "time": now, "data": dict(event.data)})
+        tg = self._tg
+        if tg is None:
             raise RuntimeError("Engine.dispatch needs Engine.run() or Engine.session() to be active")
-        run.task = self._tg.create_task(run.execute(), name=f"reactor[{event.vm}].run[{rule.name}]#{run_id}")
+        if rule.name in self._inline:
+            # every step is inline: run it now, without a task or a loop turn (nothing
+            # else runs meanwhile, so it is never "in progress" for mode checks); if
+            # it suspends after all, it becomes an ordinary run carried on by a task
+            coro = run.execute()
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                return
+            self._active.setdefault((rule.name, event.vm), []).append(run)
+            run.task = tg.create_task(_resume(coro, yielded), name=f"reactor[{event.vm}].run[{rule.name}]#{run_id}")
+            return
+        self._active.setdefault((rule.name, event.vm), []).append(run)
+        run.task = tg.create_task(run.execute(), name=f"reactor[{event.vm}].run[{rule.name}]#{run_id}")
 
     def run_finished(self, run: Run) -> None:
         self.runs_in_flight -= 1
@@ -639,7 +702,7 @@ class Engine:
             event, event_id, seq = q.popleft()
             if not q:
                 del self._queued[key]
-            rule = self.rules.get(run.rule) or run._rule
+            rule = self._by_name.get(run.rule) or run._rule
             if self._tg is not None:
                 self._start(rule, event, run.vm, event_id, seq)
 
@@ -688,6 +751,8 @@ class Engine:
                                          result=result, error=error, started=started, duration=duration)
             except Exception:
                 log.exception("journal: cannot record step")
+        if self.output is None:
+            return
         self._output({"type": "step", "rule": run.rule, "vm": run.vm.name, "event": run.event.name, "run": run.id,
                       "step": step.index, "action": step.name, "args": args, "status": status,
                       "result": result, "error": error, "time": started})

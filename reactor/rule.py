@@ -6,8 +6,9 @@ Produced only by :mod:`reactor.loader`; the engine reads them.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .action import ActionSpec
@@ -72,9 +73,16 @@ class Throttle:
 class VMSelector:
     names: tuple[str, ...] = ()                 # globs; empty: any name
     labels: Mapping[str, str] = None  # type: ignore[assignment]
+    #: the name globs compiled into one pattern
+    pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.names and self.pattern is None:
+            rx = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in self.names))
+            object.__setattr__(self, "pattern", rx)
 
     def matches(self, name: str, labels: Mapping[str, str]) -> bool:
-        if self.names and not any(fnmatch.fnmatchcase(name, g) for g in self.names):
+        if self.pattern is not None and self.pattern.match(name) is None:
             return False
         if self.labels:
             for k, v in self.labels.items():

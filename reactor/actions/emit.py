@@ -30,7 +30,7 @@ def _check(args: EmitArgs) -> None:
         raise ValueError(f"event name {args.event!r}: the REACTOR_ prefix is reserved for reactor's own events")
 
 
-@action("emit", shorthand="event", mutating=False, check=_check)
+@action("emit", shorthand="event", mutating=False, check=_check, inline=True)
 async def EMIT(ctx: ActionContext, args: EmitArgs) -> dict[str, Any]:
     """Emit event ``event`` with ``data`` from this run's VM; rules can listen to it with ``on:``."""
     ctx.emit(args.event, args.data, vm=args.vm)

@@ -20,7 +20,7 @@ class LogArgs:
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
 
 
-@action("log", shorthand="message", mutating=False)
+@action("log", shorthand="message", mutating=False, inline=True)
 async def LOG(ctx: ActionContext, args: LogArgs) -> str:
     """Write ``message`` to reactor's log at ``level`` (default info)."""
     ctx.log.log(_LEVELS[args.level], "%s", args.message)
