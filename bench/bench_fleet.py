@@ -134,8 +134,7 @@ def cpus() -> tuple[set[int], set[int]]:
 
 async def serve(directory: str, count: int) -> None:
     """Serve ``count`` fakes; on stdin, ``pace RATE SECONDS`` emits paced BLOCK_IO_ERROR events."""
-    fakes = [fakeqmp.FakeQMP(Path(directory) / f"vm-{i}.qmp", name=f"vm-{i}", status="running")
-             for i in range(count)]
+    fakes = [fakeqmp.FakeQMP(Path(directory) / f"vm-{i}.qmp", name=f"vm-{i}", status="running") for i in range(count)]
     for fake in fakes:
         await fake.start()
     print("ready", flush=True)
@@ -188,9 +187,10 @@ class Bench:
 
     def _all_seen(self, events0: int, dropped0: int, target: int) -> Callable[[], bool]:
         """Whether ``target`` events since the marks were dispatched or dropped by the bus."""
+
         def check() -> bool:
-            return (self.engine.stats["events"] - events0 + sum(self.engine.bus.dropped.values()) - dropped0
-                    >= target)
+            return self.engine.stats["events"] - events0 + sum(self.engine.bus.dropped.values()) - dropped0 >= target
+
         return check
 
     async def until(self, cond: Callable[[], bool], timeout: float) -> None:
@@ -203,8 +203,9 @@ class Bench:
     async def run(self) -> dict[str, Any]:
         args = self.args
         res: dict[str, Any] = {}
-        vms: list[tuple[str, str, dict[str, str]]] = [(f"vm-{i}", f"{self.tmp}/vm-{i}.qmp", {})
-                                                      for i in range(args.vms)]
+        vms: list[tuple[str, str, dict[str, str]]] = [
+            (f"vm-{i}", f"{self.tmp}/vm-{i}.qmp", {}) for i in range(args.vms)
+        ]
         base = rss_mb()
         engine_task = asyncio.create_task(self.engine.run(grace=1.0), name="bench.engine")
         t0 = time.perf_counter()
@@ -217,8 +218,11 @@ class Bench:
             gc.collect()
             res["rss_idle_mb"] = rss_mb()
             res["rss_before_mb"] = base
-            print(f"connected {args.vms} VMs in {res['connect_s']:.2f} s; RSS idle {res['rss_idle_mb']:.1f} MB "
-                  f"(before connecting: {base:.1f} MB)", flush=True)
+            print(
+                f"connected {args.vms} VMs in {res['connect_s']:.2f} s; RSS idle {res['rss_idle_mb']:.1f} MB "
+                f"(before connecting: {base:.1f} MB)",
+                flush=True,
+            )
             conns = list(fleet)
             bus = self.engine.bus
 
@@ -234,9 +238,12 @@ class Bench:
                 dropped = sum(bus.dropped.values()) - dropped0
                 dispatched = self.engine.stats["events"] - start_events
                 rates.append(dispatched / wall)
-                print(f"storm {rnd + 1}: {target:,} events sent, {dispatched:,} dispatched in {wall:.2f} s = "
-                      f"{dispatched / wall:,.0f}/s wall, {dispatched / cpu:,.0f} per CPU-second; "
-                      f"bus drops {dropped:,}", flush=True)
+                print(
+                    f"storm {rnd + 1}: {target:,} events sent, {dispatched:,} dispatched in {wall:.2f} s = "
+                    f"{dispatched / wall:,.0f}/s wall, {dispatched / cpu:,.0f} per CPU-second; "
+                    f"bus drops {dropped:,}",
+                    flush=True,
+                )
             res["storm_rate_median"] = statistics.median(rates)
             res["storm_rates"] = rates
 
@@ -263,10 +270,18 @@ class Bench:
             done = True
             await sampler
             dropped = sum(bus.dropped.values()) - dropped0
-            res["big_storm"] = {"events": target, "dropped": dropped, "rss_before_mb": before, "rss_peak_mb": peak,
-                                "seconds": time.perf_counter() - t0}
-            print(f"bounded storm: {target:,} events, {dropped:,} dropped by the bus (per_vm 1000, total 50000), "
-                  f"RSS {before:.1f} -> peak {peak:.1f} MB", flush=True)
+            res["big_storm"] = {
+                "events": target,
+                "dropped": dropped,
+                "rss_before_mb": before,
+                "rss_peak_mb": peak,
+                "seconds": time.perf_counter() - t0,
+            }
+            print(
+                f"bounded storm: {target:,} events, {dropped:,} dropped by the bus (per_vm 1000, total 50000), "
+                f"RSS {before:.1f} -> peak {peak:.1f} MB",
+                flush=True,
+            )
             bus.per_vm, bus.total = 10_000, 200_000
 
             # Latency: paced BLOCK_IO_ERROR -> probe action start.
@@ -283,8 +298,11 @@ class Bench:
                 p50s.append(p50)
                 p99s.append(p99)
                 maxes.append(mx)
-                print(f"latency {rnd + 1}: {sent:,} events at {args.rate:,.0f}/s over {args.vms} VMs: "
-                      f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {mx:.2f} ms", flush=True)
+                print(
+                    f"latency {rnd + 1}: {sent:,} events at {args.rate:,.0f}/s over {args.vms} VMs: "
+                    f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {mx:.2f} ms",
+                    flush=True,
+                )
             res["latency_p50_ms"] = statistics.median(p50s)
             res["latency_p99_ms"] = statistics.median(p99s)
             res["latency_max_ms"] = statistics.median(maxes)
@@ -304,9 +322,16 @@ class Bench:
                 self.engine.output = on_output
                 for _ in range(args.round_trips):
                     stepped.clear()
-                    self.engine.submit(self.catalog.make_event(
-                        {"event": "RESET", "data": {"guest": False, "reason": "host-qmp-system-reset"},
-                         "timestamp": {"seconds": 0, "microseconds": 0}}, vm="vm-0"))
+                    self.engine.submit(
+                        self.catalog.make_event(
+                            {
+                                "event": "RESET",
+                                "data": {"guest": False, "reason": "host-qmp-system-reset"},
+                                "timestamp": {"seconds": 0, "microseconds": 0},
+                            },
+                            vm="vm-0",
+                        )
+                    )
                     async with asyncio.timeout(10):
                         await stepped.wait()
                 self.engine.output = None
@@ -323,9 +348,12 @@ class Bench:
                 raw = statistics.median(await raw_round_trips(f"{self.tmp}/vm-1.qmp", args.round_trips)) * 1e6
                 overheads.append(act - raw)
                 step_overheads.append(step - raw)
-                print(f"qmp action {rnd + 1}: action median {act:.1f} us, raw round trip {raw:.1f} us "
-                      f"(+{act - raw:.1f} us); as a rule step (render, run, record) {step:.1f} us "
-                      f"(+{step - raw:.1f} us)", flush=True)
+                print(
+                    f"qmp action {rnd + 1}: action median {act:.1f} us, raw round trip {raw:.1f} us "
+                    f"(+{act - raw:.1f} us); as a rule step (render, run, record) {step:.1f} us "
+                    f"(+{step - raw:.1f} us)",
+                    flush=True,
+                )
             res["qmp_overhead_us"] = statistics.median(overheads)
             res["qmp_step_overhead_us"] = statistics.median(step_overheads)
             self.fleet = None
@@ -365,8 +393,14 @@ async def main(args: argparse.Namespace) -> None:
     mine, theirs = cpus()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--serve", tmp, str(args.vms),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
+            sys.executable,
+            __file__,
+            "--serve",
+            tmp,
+            str(args.vms),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
             preexec_fn=(lambda: os.sched_setaffinity(0, theirs)) if theirs else None,
         )
         try:
@@ -382,15 +416,22 @@ async def main(args: argparse.Namespace) -> None:
     print()
     print(f"summary (median of {args.repeat}):")
     print(f"  idle RSS, {args.vms} VMs connected:  {res['rss_idle_mb']:.1f} MB   (target <= 150)")
-    print(f"  storm throughput to the matcher:   {res['storm_rate_median']:,.0f} events/s dispatched "
-          "(target >= 100,000)")
+    print(
+        f"  storm throughput to the matcher:   {res['storm_rate_median']:,.0f} events/s dispatched (target >= 100,000)"
+    )
     b = res["big_storm"]
-    print(f"  bounded storm:                     {b['events']:,} events, {b['dropped']:,} dropped and counted, "
-          f"peak RSS {b['rss_peak_mb']:.1f} MB")
-    print(f"  event -> action start at {args.rate:,.0f}/s: p50 {res['latency_p50_ms']:.3f} ms, "
-          f"p99 {res['latency_p99_ms']:.3f} ms   (target p99 <= 1)")
-    print(f"  qmp action over raw round trip:    {res['qmp_overhead_us']:+.1f} us   (target <= 50); "
-          f"as a whole rule step {res['qmp_step_overhead_us']:+.1f} us")
+    print(
+        f"  bounded storm:                     {b['events']:,} events, {b['dropped']:,} dropped and counted, "
+        f"peak RSS {b['rss_peak_mb']:.1f} MB"
+    )
+    print(
+        f"  event -> action start at {args.rate:,.0f}/s: p50 {res['latency_p50_ms']:.3f} ms, "
+        f"p99 {res['latency_p99_ms']:.3f} ms   (target p99 <= 1)"
+    )
+    print(
+        f"  qmp action over raw round trip:    {res['qmp_overhead_us']:+.1f} us   (target <= 50); "
+        f"as a whole rule step {res['qmp_step_overhead_us']:+.1f} us"
+    )
     print(f"  load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
 

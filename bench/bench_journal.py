@@ -27,8 +27,14 @@ from reactor.journal import Journal
 
 __all__ = ["main"]
 
-DATA = {"device": "drive-virtio-disk0", "node-name": "#block123", "operation": "write", "action": "stop",
-        "nospace": False, "reason": "Input/output error"}
+DATA = {
+    "device": "drive-virtio-disk0",
+    "node-name": "#block123",
+    "operation": "write",
+    "action": "stop",
+    "nospace": False,
+    "reason": "Input/output error",
+}
 
 
 def _per_call(j: Journal, fn: Callable[[], object], rounds: int = 30, per: int = 20_000) -> float:
@@ -53,8 +59,9 @@ def bench_record(directory: Path) -> None:
     calls: dict[str, Callable[[], object]] = {
         "record_event": lambda: j.record_event("BLOCK_IO_ERROR", "vm1", None, 1.0, DATA),
         "start_run": lambda: j.start_run(rule="r", vm="vm1", event_id=1, event_name="X", started=1.0),
-        "record_step": lambda: j.record_step(1, index=0, action="qmp", args=DATA, status="ok", result=None,
-                                             error=None, started=1.0, duration=0.1),
+        "record_step": lambda: j.record_step(
+            1, index=0, action="qmp", args=DATA, status="ok", result=None, error=None, started=1.0, duration=0.1
+        ),
         "end_run": lambda: j.end_run(1, status="ok", ended=1.0),
         "(empty lambda)": lambda: None,
     }
@@ -107,10 +114,12 @@ async def bench_sustained(directory: Path, seconds: float, rate: int) -> None:
         elapsed = time.perf_counter() - start
         s = j.stats
         tick.cancel()
-        print(f"sustained: offered {sent / elapsed:,.0f} events/s for {elapsed:.1f} s; written "
-              f"{s.written / elapsed:,.0f} rows/s; pending {s.pending}, dropped {s.dropped}; "
-              f"flushes {s.flushes}, flush latency avg {s.flush_latency_avg * 1e3:.0f} ms; "
-              f"worst loop lag {lag * 1e3:.0f} ms")
+        print(
+            f"sustained: offered {sent / elapsed:,.0f} events/s for {elapsed:.1f} s; written "
+            f"{s.written / elapsed:,.0f} rows/s; pending {s.pending}, dropped {s.dropped}; "
+            f"flushes {s.flushes}, flush latency avg {s.flush_latency_avg * 1e3:.0f} ms; "
+            f"worst loop lag {lag * 1e3:.0f} ms"
+        )
         t0 = time.perf_counter()
     print(f"  then aclose wrote the rest ({s.pending} rows) in {time.perf_counter() - t0:.2f} s")
 

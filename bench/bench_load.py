@@ -78,14 +78,19 @@ def cold_start(path: Path, runs: int) -> dict[str, float]:
     here = str(Path(__file__).resolve().parent)
     for _ in range(runs):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(path), here], capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(path), here], capture_output=True, text=True, check=True
+        ).stdout.split()
         walls.append(time.perf_counter() - t0)
         imports.append(float(out[0]))
         catalogs.append(float(out[1]))
         loads.append(float(out[2]))
-    return {"wall": statistics.median(walls), "imports": statistics.median(imports),
-            "catalog": statistics.median(catalogs), "load": statistics.median(loads)}
+    return {
+        "wall": statistics.median(walls),
+        "imports": statistics.median(imports),
+        "catalog": statistics.median(catalogs),
+        "load": statistics.median(loads),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,8 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.rules.split(",")]
     registry = noop_registry()
     default_catalog()
-    res: dict[str, Any] = {"cpu": cpu_model(), "python": platform.python_version(), "pinned": pinned, "runs": runs,
-                           "yaml_loader": _Loader.__name__, "warm": [], "cold": []}
+    res: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "pinned": pinned,
+        "runs": runs,
+        "yaml_loader": _Loader.__name__,
+        "warm": [],
+        "cold": [],
+    }
     for n in counts:
         text = rules_yaml(make_rules(n))
         files = [("bench.yaml", text)]
@@ -111,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"loaded {got} rules, expected {n}")
         t_load = median_time(lambda files=files: load_rules_text(files, registry=registry), runs)
         t_yaml = median_time(lambda text=text: yaml.load(text, Loader=_Loader), runs)
-        res["warm"].append({"rules": n, "load_s": t_load, "yaml_s": t_yaml, "ratio": t_load / t_yaml,
-                            "us_per_rule": t_load / n * 1e6})
+        res["warm"].append(
+            {"rules": n, "load_s": t_load, "yaml_s": t_yaml, "ratio": t_load / t_yaml, "us_per_rule": t_load / n * 1e6}
+        )
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         for n in [1, *counts]:
             path = Path(tmp) / f"rules-{n}.yaml"
@@ -125,14 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"warm (in process)  {'rules':>6} {'load':>9} {'us/rule':>8} {'yaml.load':>10} {'load/yaml':>10}")
     for w in res["warm"]:
-        print(f"{'':18} {w['rules']:>6} {w['load_s']:>8.3f}s {w['us_per_rule']:>8.0f} {w['yaml_s']:>9.3f}s "
-              f"{w['ratio']:>10.1f}")
+        print(
+            f"{'':18} {w['rules']:>6} {w['load_s']:>8.3f}s {w['us_per_rule']:>8.0f} {w['yaml_s']:>9.3f}s "
+            f"{w['ratio']:>10.1f}"
+        )
     print(f"(yaml.load: PyYAML {res['yaml_loader']} on the same text, the floor of a YAML rule loader)")
     print()
     print(f"cold (new process) {'rules':>6} {'wall':>9} {'imports':>9} {'catalog':>9} {'load':>9}")
     for c in res["cold"]:
-        print(f"{'':18} {c['rules']:>6} {c['wall']:>8.3f}s {c['imports']:>8.3f}s {c['catalog']:>8.3f}s "
-              f"{c['load']:>8.3f}s")
+        print(
+            f"{'':18} {c['rules']:>6} {c['wall']:>8.3f}s {c['imports']:>8.3f}s {c['catalog']:>8.3f}s {c['load']:>8.3f}s"
+        )
     print("(wall: process spawn to rules loaded, interpreter start-up included)")
     return 0
 

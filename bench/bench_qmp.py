@@ -76,8 +76,12 @@ async def main(args: argparse.Namespace) -> None:
     base_rss = rss_mb()
     with tempfile.TemporaryDirectory(prefix="bench-qmp-") as tmp:
         fakes = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "tests" / "fakeqmp.py"), tmp, str(args.vms),
-            stdout=subprocess.PIPE, cwd=ROOT,
+            sys.executable,
+            str(ROOT / "tests" / "fakeqmp.py"),
+            tmp,
+            str(args.vms),
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
         )
         try:
             assert fakes.stdout is not None

@@ -25,7 +25,7 @@ __all__ = ["Config", "DiscoverConfig", "HttpConfig", "JournalConfig", "LogConfig
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 TOP_KEYS = ("rules", "plugins", "state_dir", "host", "vms", "discover", "listen", "mqtt", "http", "log", "journal",
-            "sources", "qmp", "bus")
+            "sources", "qmp", "bus", "libvirt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +361,14 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
         except SourceError as err:
             p.errors.append(err)
     extra: dict[str, Any] = {}
+    ln_ = root.get("libvirt")
+    if ln_ is not None and not (isinstance(ln_, ScalarNode) and ln_.value is None):
+        from .libvirt.config import parse_libvirt
+
+        try:
+            extra["libvirt"] = parse_libvirt(ln_)
+        except SourceError as err:
+            p.errors.append(err)
     for name, fn in (sections or {}).items():
         sn = root.get(name)
         if sn is not None:
@@ -373,7 +381,7 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
         from .sources import parse_sources
 
         try:
-            extra["sources"] = parse_sources(sn)
+            extra["sources"] = parse_sources(sn, plugins=plugins)
         except SourceError as err:
             p.errors.append(err)
     cfg = Config(

@@ -59,8 +59,9 @@ def _with_origin(spec: ActionSpec, origin: str) -> ActionSpec:
 def builtin_registry() -> Registry:
     """A new registry holding every built-in action."""
     from .actions import BUILTINS
+    from .libvirt.actions import LIBVIRT_ACTIONS
 
     reg = Registry()
-    for spec in BUILTINS:
+    for spec in (*BUILTINS, *LIBVIRT_ACTIONS):
         reg.add(spec)
     return reg

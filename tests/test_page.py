@@ -19,7 +19,11 @@ from typing import Any
 import pytest
 from test_http import SECRET, eventually, io_error, reactor_site
 
-playwright_api = pytest.importorskip("playwright.async_api", reason="the page test needs the playwright package")
+REQUIRED = os.environ.get("REACTOR_REQUIRE_BROWSER") == "1"   # CI: a missing browser fails, never skips
+if REQUIRED:
+    import playwright.async_api as playwright_api
+else:
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the page test needs the playwright package")
 
 CHROMIUM = os.environ.get("REACTOR_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -30,6 +34,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     if shutil.which(CHROMIUM) is None:
+        if REQUIRED:
+            pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     async with playwright_api.async_playwright() as p:
         b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)

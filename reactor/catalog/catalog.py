@@ -344,4 +344,6 @@ def default_catalog() -> Catalog:
     except (OSError, KeyError, TypeError, orjson.JSONDecodeError) as err:
         raise CatalogError(f"{EVENTS_JSON}: cannot load the event catalog: {err}") from err
     events.update(BUILTIN_EVENTS)
-    return Catalog(events, qemu_versions=versions)
+    from ..libvirt.catalog import with_libvirt_events  # libvirt's typed events, so libvirt rules load anywhere
+
+    return with_libvirt_events(Catalog(events, qemu_versions=versions))
