@@ -176,6 +176,22 @@ async def _prune(vm: VMHandle, series: str, keep: int, devices: list[str]) -> li
     return doomed
 
 
+async def _through_libvirt(ctx: ActionContext, vm: Any, args: SnapshotArgs, series: str,
+                           tag: str) -> dict[str, Any]:
+    await vm.create_snapshot(tag, vmstate=args.vmstate, timeout=args.timeout)
+    deleted: list[str] = []
+    if args.keep is not None:
+        prefix = f"reactor-{series}-"
+        ours = [str(s["name"]) for s in await vm.snapshots() if str(s.get("name", "")).startswith(prefix)]
+        for old in ours[: max(0, len(ours) - args.keep)]:
+            await vm.delete_snapshot(old)
+            deleted.append(old)
+    ctx.log.info("snapshot %s of %s through libvirt%s", tag, vm.name,
+                 f"; deleted {', '.join(deleted)}" if deleted else "")
+    return {"tag": tag, "mode": "internal", "devices": [], "vmstate": args.vmstate, "overlays": [],
+            "deleted": deleted, "via": "libvirt"}
+
+
 @action("snapshot", shorthand="name", check=_check)
 async def SNAPSHOT(ctx: ActionContext, args: SnapshotArgs) -> dict[str, Any]:
     """Snapshot the VM's disks (``mode: internal`` with ``vmstate``, or ``external`` overlays in ``dir``),
@@ -185,8 +201,12 @@ async def SNAPSHOT(ctx: ActionContext, args: SnapshotArgs) -> dict[str, Any]:
     if not _SERIES.match(series):
         raise ActionError(f"snapshot name {series!r}: letters, digits, '.', '_' and '-' only")
     internal = args.mode == "internal"
-    devices = list(args.devices) or await _devices(vm, internal)
     tag = snapshot_tag(series, ctx.now())
+    create = getattr(vm, "create_snapshot", None)
+    if internal and callable(create):
+        # a libvirt VM: snapshots go through libvirt's API so libvirt's view stays true
+        return await _through_libvirt(ctx, vm, args, series, tag)
+    devices = list(args.devices) or await _devices(vm, internal)
     result: dict[str, Any] = {"tag": tag, "mode": args.mode, "devices": devices, "vmstate": None,
                               "overlays": [], "deleted": []}
     if internal:
