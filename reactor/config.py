@@ -23,6 +23,7 @@ __all__ = ["Config", "DiscoverConfig", "HttpConfig", "JournalConfig", "LogConfig
            "parse_config"]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_COMMAND_GLOB = re.compile(r"^[a-z0-9_*?\[\]!-]+$")
 
 TOP_KEYS = ("rules", "plugins", "state_dir", "host", "vms", "discover", "listen", "mqtt", "http", "log", "journal",
             "sources", "qmp", "bus", "libvirt")
@@ -67,6 +68,10 @@ class JournalConfig:
 class QMPConfig:
     command_timeout: float = 10.0
     backoff_max: float = 5.0
+    #: command globs the ``qmp`` action refuses (no opt-in; see reactor.actions.qmp)
+    deny: tuple[str, ...] = ()
+    #: rule-name glob -> the command globs those rules may send
+    allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +167,20 @@ class _Parser:
             else:
                 self.err(v.pos, f"{what}.{k}: a label value must be a scalar, got {v.kind}")
         return out
+
+    def commands(self, node: Node | None, what: str) -> tuple[str, ...]:
+        """A list of QMP command names or globs (``query-*``)."""
+        if node is None or (isinstance(node, ScalarNode) and node.value is None):
+            return ()
+        items = list(node.items) if isinstance(node, SeqNode) else [node]
+        out = []
+        for i in items:
+            s = self.string(i, what)
+            if s is not None and not _COMMAND_GLOB.match(s):
+                self.err(i.pos, f"{what}: {s!r} is not a QMP command name or glob")
+            elif s is not None:
+                out.append(s)
+        return tuple(out)
 
     def address(self, node: Node | None, what: str) -> str | None:
         s = self.string(node, what)
@@ -342,9 +361,14 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
     qc = QMPConfig()
     qn = p.mapping(root.get("qmp"), "qmp")
     if qn is not None:
-        p.keys(qn, ("command_timeout", "backoff_max"), "qmp: ")
+        p.keys(qn, ("command_timeout", "backoff_max", "deny", "allow"), "qmp: ")
+        allow: dict[str, tuple[str, ...]] = {}
+        an = p.mapping(qn.get("allow"), "qmp.allow")
+        for rule_glob, cn in an.items() if an is not None else ():
+            allow[rule_glob] = p.commands(cn, f"qmp.allow.{rule_glob}")
         qc = QMPConfig(command_timeout=p.duration(qn.get("command_timeout"), "qmp.command_timeout") or 10.0,
-                       backoff_max=p.duration(qn.get("backoff_max"), "qmp.backoff_max") or 5.0)
+                       backoff_max=p.duration(qn.get("backoff_max"), "qmp.backoff_max") or 5.0,
+                       deny=p.commands(qn.get("deny"), "qmp.deny"), allow=allow)
     bc = BusConfig()
     bn = p.mapping(root.get("bus"), "bus")
     if bn is not None:

@@ -1,26 +1,54 @@
 """``qmp``: run a QMP command on the event's VM (or another one by name).
 
 ``qmp: cont`` is the short form; the long form is
-``{execute, arguments, vm, timeout}``.  The command's ``return`` value is the
-step's result (``register:`` it to use it later).  QEMU's error answer fails
-the step with its class and description (``cont: GenericError: ...``), which
-is what the journal and the log show.
+``{execute, arguments, vm, timeout, allow_destructive}``.  The command's
+``return`` value is the step's result (``register:`` it to use it later).
+QEMU's error answer fails the step with its class and description
+(``cont: GenericError: ...``), which is what the journal and the log show.
 
 Commands whose name starts with ``query-`` or ``x-query-``, and the few other
 read-only ones in :data:`READ_ONLY`, are not mutating: a dry run sends them
 (so templates that use their results still render) and skips everything else.
+
+The command policy (see docs/security.md):
+
+* the commands in :data:`DESTRUCTIVE` (``quit``, ``human-monitor-command``,
+  ``migrate``, removing or adding devices and backends ...) are refused unless
+  the step opts in with ``allow_destructive: true``; a literal name is refused
+  when the rules load (``PATH:LINE:COL``), a templated one when it renders;
+* the config's ``qmp: {deny: [COMMAND-GLOB...]}`` refuses more commands, with
+  no opt-in;
+* the config's ``qmp: {allow: {RULE-GLOB: [COMMAND-GLOB...]}}`` restricts a
+  rule whose name matches a RULE-GLOB to the commands listed under the globs
+  it matches (rules matching no glob are not restricted).
+
+The last two are enforced when the step runs (the rule set does not know the
+config), through the :class:`QmpPolicy` resource; without a daemon (replay,
+``reactor.testing`` without sections) only the built-in deny-list applies.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..action import ActionContext, Duration, action
+from ..action import ActionContext, Duration, Resource, action
 from ..errors import ActionError
 
-__all__ = ["COMMAND_NAME", "DEFAULT_TIMEOUT", "QMP", "READ_ONLY", "QmpArgs", "is_read_only"]
+__all__ = [
+    "COMMAND_NAME",
+    "DEFAULT_TIMEOUT",
+    "DESTRUCTIVE",
+    "QMP",
+    "READ_ONLY",
+    "CommandPolicy",
+    "QmpArgs",
+    "QmpPolicy",
+    "is_read_only",
+]
 
 #: A QMP command name as QEMU spells them (``cont``, ``block-job-resume``, ``x-query-...``).
 COMMAND_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -29,6 +57,23 @@ COMMAND_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 READ_ONLY = frozenset(
     ["qom-get", "qom-list", "qom-list-types", "qom-list-properties", "device-list-properties"]
 )
+
+#: Refused unless a step says ``allow_destructive: true``: commands that end or
+#: migrate the VM, run arbitrary monitor commands (``migrate`` to ``exec:`` runs
+#: a host shell command), revert or delete state, or add and remove devices and
+#: host-side backends (which open host files and sockets).  ``stop``, ``cont``,
+#: ``system_reset``, ``system_powerdown`` and ``dump-guest-memory`` are the usual
+#: recovery and forensics tools and stay allowed.
+DESTRUCTIVE = frozenset([
+    "quit", "human-monitor-command",
+    "migrate", "migrate-incoming", "migrate-recover", "x-exit-preconfig",
+    "snapshot-load", "snapshot-delete", "blockdev-snapshot-delete-internal-sync",
+    "device_add", "device_del", "blockdev-add", "blockdev-del", "blockdev-create", "blockdev-reopen",
+    "block_resize", "drive-mirror", "blockdev-mirror", "drive-backup",
+    "object-add", "object-del", "chardev-add", "chardev-change", "chardev-remove",
+    "netdev_add", "netdev_del", "nbd-server-start", "nbd-server-add", "block-export-add",
+    "xen-save-devices-state", "xen-load-devices-state",
+])
 
 
 def is_read_only(command: str) -> bool:
@@ -46,13 +91,21 @@ class QmpArgs:
     arguments: dict[str, Any] = field(default_factory=dict)
     vm: str | None = None
     timeout: Duration = DEFAULT_TIMEOUT
+    #: Opt in to a command of :data:`DESTRUCTIVE` (never to the config's ``deny``).
+    allow_destructive: bool = False
 
 
 def _check(args: QmpArgs) -> None:
-    if "{{" not in args.execute and not COMMAND_NAME.match(args.execute):
-        raise ValueError(f"{args.execute!r} is not a QMP command name (lower case, digits, - and _)")
+    # Called at load for literal arguments and again after every render of templated ones.
+    if not COMMAND_NAME.match(args.execute):
+        raise ValueError(f"{args.execute[:80]!r} is not a QMP command name (lower case, digits, - and _)")
     if args.execute == "qmp_capabilities":
         raise ValueError("qmp_capabilities is negotiated by reactor itself")
+    if args.execute in DESTRUCTIVE and not args.allow_destructive:
+        raise ValueError(
+            f"{args.execute} is destructive and refused by default; if this rule really means it, "
+            f"opt in with `qmp: {{execute: {args.execute}, allow_destructive: true}}`"
+        )
     if args.timeout <= 0:
         raise ValueError("timeout must be positive")
 
@@ -61,10 +114,69 @@ def _mutating(args: QmpArgs) -> bool:
     return not is_read_only(args.execute)
 
 
-@action("qmp", shorthand="execute", mutating=_mutating, check=_check)
+@dataclass(frozen=True, slots=True)
+class CommandPolicy:
+    """The config's part of the command policy: ``deny`` globs, per-rule ``allow`` lists."""
+
+    deny: tuple[str, ...] = ()
+    allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, qmp: Any) -> CommandPolicy:
+        """From ``Config.qmp`` (anything with ``deny`` and ``allow``; None for none)."""
+        deny = tuple(getattr(qmp, "deny", ()) or ())
+        allow = {str(k): tuple(v) for k, v in dict(getattr(qmp, "allow", None) or {}).items()}
+        return cls(deny=deny, allow=allow)
+
+    def refusal(self, rule: str, command: str) -> str | None:
+        """Why ``rule`` may not send ``command`` (None when it may)."""
+        if _any_glob(command, self.deny):
+            return f"{command} is denied by the config (qmp.deny)"
+        lists = [cmds for glob, cmds in self.allow.items() if fnmatch.fnmatchcase(rule, glob)]
+        if lists and not any(_any_glob(command, cmds) for cmds in lists):
+            allowed = sorted({c for cmds in lists for c in cmds})
+            return f"{command} is not in rule {rule}'s allow-list (qmp.allow: {', '.join(allowed)})"
+        return None
+
+
+def _any_glob(name: str, globs: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+class QmpPolicy(Resource):
+    """The daemon's command policy, read from its config (``qmp: {deny, allow}``) when a step asks."""
+
+    _cached: tuple[object, CommandPolicy] | None = None
+
+    def policy(self) -> CommandPolicy:
+        config = getattr(self.daemon, "config", None)
+        qmp = getattr(config, "qmp", None)
+        cached = self._cached
+        if cached is None or cached[0] is not qmp:   # a reloaded config is a new object
+            cached = (qmp, CommandPolicy.from_config(qmp))
+            self._cached = cached
+        return cached[1]
+
+
+_NO_POLICY = CommandPolicy()
+
+
+def _policy(ctx: ActionContext) -> CommandPolicy:
+    try:
+        res = ctx.resource(QmpPolicy)
+    except ActionError:   # no daemon (replay): only the built-in deny-list
+        return _NO_POLICY
+    return res.policy()
+
+
+@action("qmp", shorthand="execute", mutating=_mutating, check=_check, resources=(QmpPolicy,))
 async def QMP(ctx: ActionContext, args: QmpArgs) -> Any:
     """Run QMP command ``execute`` with ``arguments`` on the event's VM (or ``vm``); the result is its
-    ``return`` value.  Fails with QEMU's error class and description, or after ``timeout`` (default 10s)."""
+    ``return`` value.  Fails with QEMU's error class and description, or after ``timeout`` (default 10s).
+    Destructive commands (``quit``, ``human-monitor-command`` ...) need ``allow_destructive: true``."""
+    refusal = _policy(ctx).refusal(ctx.rule, args.execute)
+    if refusal is not None:
+        raise ActionError(refusal)
     vm = ctx.vm if args.vm is None else ctx.vm_named(args.vm)
     try:
         return await vm.execute(args.execute, args.arguments or None, timeout=args.timeout)
