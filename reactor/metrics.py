@@ -24,6 +24,8 @@ Families (all prefixed ``reactor_``)::
     journal_flush_seconds (summary), journal_flush_last_seconds
     rules_loaded, rule_reloads_total
     http_stream_clients, http_stream_clients_dropped_total, http_requests_rejected_total{reason}
+    loop_lag_seconds, loop_lag_max_seconds, loop_stalls_total, loop_stalled_seconds_total
+                                           (when the daemon has a ``looplag``: reactor.looplag.LoopLag)
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ class ReactorCollector(Collector):
         yield from self._vms()
         yield from self._journal()
         yield from self._http()
+        yield from self._loop()
 
     # -- families ---------------------------------------------------------------------------
     def _events(self) -> Iterator[Metric]:
@@ -271,6 +274,19 @@ class ReactorCollector(Collector):
         for reason, n in list(self.http.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+
+
+    def _loop(self) -> Iterator[Metric]:
+        lag = getattr(self.daemon, "looplag", None)
+        if lag is None:
+            return
+        yield GaugeMetricFamily("reactor_loop_lag_seconds", "Event-loop lag of the latest sample.", value=lag.last)
+        yield GaugeMetricFamily("reactor_loop_lag_max_seconds", "Largest event-loop lag since start.",
+                                value=lag.max)
+        yield CounterMetricFamily("reactor_loop_stalls", "Event-loop lags above the stall threshold.",
+                                  value=lag.stalls)
+        yield CounterMetricFamily("reactor_loop_stalled_seconds", "Sum of the event-loop stalls' lengths.",
+                                  value=lag.stalled_seconds)
 
 
 def _vm_names(daemon: Any, extra: Iterable[str]) -> list[str]:
