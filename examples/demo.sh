@@ -44,7 +44,7 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "reactor ne
 if [ ! -x .venv/bin/reactor ]; then
     say "creating .venv and installing reactor (pip install -e .)"
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check -e .
+    .venv/bin/pip install -q --disable-pip-version-check -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
 fi
 REACTOR="$ROOT/.venv/bin/reactor"
 
