@@ -764,14 +764,14 @@ class Journal:
             if groups[_EVENT]:
                 con.executemany(f"{verb} INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 _event_params(groups[_EVENT], clean))
-            if groups[_RUN]:
-                con.executemany(f"{verb} INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                _run_params(groups[_RUN], clean))
-            if groups[_RUN_UPDATE]:
+            runs, updates = _coalesce(list(_run_params(groups[_RUN], clean)),
+                                      list(_update_params(groups[_RUN_UPDATE], clean)))
+            if runs:
+                con.executemany(f"{verb} INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", runs)
+            if updates:
                 con.executemany(
                     "UPDATE runs SET status = COALESCE(?, status), outcome = COALESCE(?, outcome),"
-                    " ended = COALESCE(?, ended), error = COALESCE(?, error) WHERE id = ?",
-                    _update_params(groups[_RUN_UPDATE], clean))
+                    " ended = COALESCE(?, ended), error = COALESCE(?, error) WHERE id = ?", updates)
             if groups[_STEP]:
                 con.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                 _step_params(groups[_STEP], clean))
@@ -1028,6 +1028,27 @@ def _run_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any,
         yield (rid, _text(rule, clean), _text(vm, clean), event_id if isinstance(event_id, int) else None,
                _text(event_name, clean), _text(outcome, clean), _text(status, clean),
                _num(started, clean) or 0.0, _num(ended, clean), None)
+
+
+def _coalesce(runs: list[tuple[Any, ...]], updates: list[tuple[Any, ...]]
+              ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Fold updates of runs inserted in the same batch into their inserts (a short run is one row write,
+    not an insert plus an update); the updates of older runs stay updates, in order."""
+    if not runs or not updates:
+        return runs, updates
+    where = {r[0]: i for i, r in enumerate(runs)}
+    rest: list[tuple[Any, ...]] = []
+    for u in updates:
+        i = where.get(u[4])
+        if i is None:
+            rest.append(u)
+            continue
+        status, outcome, ended, error = u[:4]
+        r = runs[i]  # (id, rule, vm, event_id, event_name, outcome, status, started, ended, error)
+        runs[i] = (r[0], r[1], r[2], r[3], r[4], r[5] if outcome is None else outcome,
+                   r[6] if status is None else status, r[7], r[8] if ended is None else ended,
+                   r[9] if error is None else error)
+    return runs, rest
 
 
 def _update_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:
