@@ -392,6 +392,7 @@ class VMConnection:
         self.log = logging.getLogger(f"{__name__}.{name}")
 
         self._state = VMState.IDLE
+        self._state_changed = asyncio.Event()  # set (and replaced) at every state change
         self._status = "unknown"
         self._stop_reason: str | None = None
         self._proto: _Protocol | None = None
@@ -456,10 +457,17 @@ class VMConnection:
         :class:`QMPConnectionError` (not connected, or lost before the reply)
         or :class:`TimeoutError` (default timeout: ``command_timeout``).
         """
+        limit = self.command_timeout if timeout is None else timeout
+        if self._state is VMState.CONNECTING and self._proto is not None:
+            # QEMU sends events as soon as capabilities are negotiated, before the
+            # handshake's own queries end: a rule reacting to one waits for them
+            # (within its timeout) instead of failing with "not connected"
+            async with asyncio.timeout(limit):
+                while self._state is VMState.CONNECTING and self._proto is not None:
+                    await self._state_changed.wait()
         proto = self._proto
         if proto is None or self._state is not VMState.CONNECTED:
             raise QMPConnectionError(f"{self._name}: not connected ({self._state.value})")
-        limit = self.command_timeout if timeout is None else timeout
         return await self._call(proto, command, arguments, limit)
 
     async def _call(
@@ -679,6 +687,8 @@ class VMConnection:
         if state is self._state:
             return
         self._state = state
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
         if self._on_state is not None:
             try:
                 self._on_state(self, state)
