@@ -206,6 +206,8 @@ class Run:
         t0 = time.perf_counter()
         error: str | None = None
         try:
+            if rule.name in eng._durable:
+                await eng.throttle_on_disk(rule.name)
             for step in rule.steps:
                 self._step = step.index
                 began = eng.seq
@@ -296,6 +298,9 @@ class Run:
                                            "error": msg}, vm=self._vm.name, host=self._event.host)
         return False
 
+
+#: How long a run of a throttled rule waits for the journal to commit its throttle slot.
+THROTTLE_SYNC_TIMEOUT = 2.0
 
 #: How long an action gets to stop after its step timed out or its run was cancelled; then it is abandoned.
 ABANDON_GRACE = 1.0
@@ -464,6 +469,9 @@ class Engine:
             r.name for r in rules.rules
             if all(st.action.inline and st.timeout is None and st.retry is None for st in r.steps)
         )
+        # throttled rules whose steps do I/O: the slot a run takes is on disk before the
+        # run acts, so a kill -9 right after (say) a `cont` cannot reopen the window
+        self._durable = frozenset(r.name for r in rules.rules if r.throttle is not None and r.name not in self._inline)
         self.throttles.keep_only({r.name for r in rules.rules})
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
@@ -687,6 +695,25 @@ class Engine:
             return
         self._active.setdefault((rule.name, event.vm), []).append(run)
         run.task = tg.create_task(run.execute(), name=f"reactor[{event.vm}].run[{rule.name}]#{run_id}")
+
+    async def throttle_on_disk(self, rule: str) -> None:
+        """Wait until the journal committed what is pending (the throttle slot a run just took).
+
+        Bounded by ``THROTTLE_SYNC_TIMEOUT``; when the journal cannot write (disk
+        full, read-only) the run goes on anyway: the window still holds in memory,
+        only a restart before the journal recovers could reopen it (logged).
+        """
+        flush = getattr(self.journal, "flush", None)
+        if flush is None or self.dry_run:
+            return
+        try:
+            async with asyncio.timeout(THROTTLE_SYNC_TIMEOUT):
+                ok = await flush()
+        except TimeoutError:
+            ok = False
+        if not ok:
+            log.warning("%s: the throttle window could not be written to the journal; running anyway "
+                        "(a restart before the journal recovers would not see this run)", rule)
 
     def run_finished(self, run: Run) -> None:
         self.runs_in_flight -= 1
