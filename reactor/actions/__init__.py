@@ -17,3 +17,8 @@ from .snapshot import SNAPSHOT  # noqa: E402
 from .wait_for import WAIT_FOR  # noqa: E402
 
 BUILTINS += [QMP, SNAPSHOT, WAIT_FOR]
+
+from .mqtt import MQTT  # noqa: E402
+from .webhook import WEBHOOK  # noqa: E402
+
+BUILTINS += [MQTT, WEBHOOK]
