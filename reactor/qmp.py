@@ -240,7 +240,8 @@ class _Protocol(QMPClient):
 
     async def _route(self, obj: dict[str, Any]) -> None:
         exec_id = obj.get("id")
-        pending = self._pending.get(exec_id)
+        # reactor's ids are strings; any other id (a list from a broken peer) answers nothing of ours
+        pending = self._pending.get(exec_id) if exec_id.__class__ is str else None
         if pending is not None:
             await pending.put(cast(Any, obj))  # _reply hands it back as is
             return
@@ -721,7 +722,7 @@ class VMConnection:
     def _deliver(self, obj: dict[str, Any]) -> None:
         """Called by the reader for each event: track status, make the Event, hand it on."""
         name = obj["event"]
-        if name in _STATUS_EVENTS:
+        if name.__class__ is str and name in _STATUS_EVENTS:  # not a string: make_event rejects it below
             self._track_status(name, obj.get("data"))
         self._seq += 1
         self.events_received += 1
