@@ -106,7 +106,8 @@ async def test_run_rules_reports_what_ran_on_a_virtual_clock() -> None:
     assert time.monotonic() - t0 < 2
     assert [(c.action, c.status, c.time) for c in out.calls] == [
         ("sleep", "ok", 1000.0), ("qmp", "ok", 1600.0), ("wait_for", "ok", 1600.0), ("emit", "ok", 1600.0)]
-    assert out.called("qmp") == [{"execute": "cont", "arguments": {}, "vm": None, "timeout": 10.0}]
+    assert out.called("qmp") == [{"execute": "cont", "arguments": {}, "vm": None, "timeout": 10.0,
+                                  "allow_destructive": False}]
     assert vm.commands == [("cont", {})]
     assert out.runs("resume") == {"ok": 1, "throttled": 1}
     assert [e.data["after"] for e in out.emitted("RESUMED_BY_RULE")] == [1600.0]
