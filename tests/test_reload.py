@@ -189,11 +189,11 @@ async def test_file_changes_reload_by_themselves(tmp_path: Path, fake: FakeQMP) 
     async with running(cfg, watch=True, watch_interval=0.1, watch_debounce=0.1) as daemon:
         await fake.wait_sessions(1)
         rules.write_text(RULE_B)
-        await until(lambda: daemon.reloads >= 1, what="a reload")
+        await until(lambda: daemon.reloads >= 1, timeout=20, what="a reload")
         assert daemon.last_reload is not None and daemon.last_reload.ok
         assert daemon.last_reload.reason == "files changed"
         (tmp_path / "rules" / "new.yml").write_text(BROKEN)
-        await until(lambda: daemon.reloads >= 2, what="a second reload")
+        await until(lambda: daemon.reloads >= 2, timeout=20, what="a second reload")
         assert daemon.last_reload is not None and not daemon.last_reload.ok
         assert daemon.engine is not None and daemon.engine.rules.get("on-stop-b") is not None
 
@@ -222,7 +222,8 @@ async def test_rule_file_deleted_mid_reload(tmp_path: Path, fake: FakeQMP) -> No
         assert not result.ok
         assert any(e.startswith(f"{doomed}:1:1: cannot read") for e in result.errors), result.errors
         assert daemon.engine is not None and daemon.engine.rules.get("doomed") is not None  # old set intact
-        await until(lambda: daemon.last_reload is not None and daemon.last_reload.ok, what="watcher reload")
+        await until(lambda: daemon.last_reload is not None and daemon.last_reload.ok, timeout=20,
+                    what="watcher reload")
         assert daemon.engine.rules.get("doomed") is None
 
 
