@@ -175,7 +175,10 @@ async def test_real_qemu_discovered(tmp_path: Path) -> None:
     vms = tmp_path / "vms"
     vms.mkdir()
     async with fleet(seen, discover=[(str(vms / "*.qmp"), {})], discover_interval=0.2) as f:
-        async with QemuVM(name="found", workdir=tmp_path, qmp_path=vms / "found.qmp"):
+        # the launcher probes its monitor once at start; QEMU's monitor takes one client at a time, so the
+        # socket gets its discoverable name only after that (a rename, atomic as a real deployment would be)
+        async with QemuVM(name="found", workdir=tmp_path, qmp_path=vms / "found.starting"):
+            (vms / "found.starting").rename(vms / "found.qmp")
             ev = await seen.wait("found", "REACTOR_VM_CONNECTED", timeout=15)
             assert ev.data["status"] == "prelaunch"
         await seen.wait("found", "REACTOR_VM_DISCONNECTED")
