@@ -9,7 +9,7 @@ types are ``TypedDict``s named after their QAPI type.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, NotRequired, TypedDict
+from typing import Any, ClassVar, Literal, NotRequired, TypedDict
 
 from reactor.event import Event
 
@@ -51,6 +51,39 @@ __all__ = [
     "JobStatus",
     "JobStatusChange",
     "JobType",
+    "LibvirtAgentLifecycle",
+    "LibvirtAgentReason",
+    "LibvirtAgentState",
+    "LibvirtBalloonChange",
+    "LibvirtBlockJob",
+    "LibvirtBlockJobStatus",
+    "LibvirtBlockJobType",
+    "LibvirtBlockThreshold",
+    "LibvirtControlError",
+    "LibvirtDeviceAdded",
+    "LibvirtDeviceRemovalFailed",
+    "LibvirtDeviceRemoved",
+    "LibvirtDiskChange",
+    "LibvirtDiskChangeReason",
+    "LibvirtDomainState",
+    "LibvirtIOErrorAction",
+    "LibvirtIoErrorReason",
+    "LibvirtJobCompleted",
+    "LibvirtLifecycle",
+    "LibvirtLifecycleDetail",
+    "LibvirtLifecycleEvent",
+    "LibvirtMemoryFailure",
+    "LibvirtMemoryFailureAction",
+    "LibvirtMemoryFailureRecipient",
+    "LibvirtPmsuspend",
+    "LibvirtPmsuspendDisk",
+    "LibvirtPmwakeup",
+    "LibvirtReboot",
+    "LibvirtRtcChange",
+    "LibvirtTrayChange",
+    "LibvirtTrayChangeReason",
+    "LibvirtWatchdog",
+    "LibvirtWatchdogAction",
     "MemUnplugError",
     "MemoryDeviceSizeChange",
     "MemoryFailure",
@@ -210,6 +243,82 @@ JobStatus = Literal[
 ]
 
 
+LibvirtAgentState = Literal["none", "connected", "disconnected"]
+
+
+LibvirtAgentReason = Literal["unknown", "domain-started", "channel"]
+
+
+LibvirtBlockJobType = Literal["unknown", "pull", "copy", "commit", "active-commit", "backup"]
+
+
+LibvirtBlockJobStatus = Literal["completed", "failed", "canceled", "ready"]
+
+
+LibvirtDiskChangeReason = Literal["missing-on-start", "drop-missing-on-start"]
+
+
+LibvirtIOErrorAction = Literal["none", "pause", "report"]
+
+
+LibvirtLifecycleEvent = Literal[
+    "defined",
+    "undefined",
+    "started",
+    "suspended",
+    "resumed",
+    "stopped",
+    "shutdown",
+    "pmsuspended",
+    "crashed",
+]
+
+
+LibvirtLifecycleDetail = Literal[
+    "added",
+    "updated",
+    "renamed",
+    "from_snapshot",
+    "removed",
+    "booted",
+    "migrated",
+    "restored",
+    "wakeup",
+    "recreated",
+    "paused",
+    "ioerror",
+    "watchdog",
+    "api_error",
+    "postcopy",
+    "postcopy_failed",
+    "unpaused",
+    "shutdown",
+    "destroyed",
+    "crashed",
+    "saved",
+    "failed",
+    "finished",
+    "guest",
+    "host",
+    "memory",
+    "disk",
+    "panicked",
+    "crashloaded",
+]
+
+
+LibvirtMemoryFailureRecipient = Literal["hypervisor", "guest"]
+
+
+LibvirtMemoryFailureAction = Literal["ignore", "inject", "fatal", "reset"]
+
+
+LibvirtTrayChangeReason = Literal["open", "close"]
+
+
+LibvirtWatchdogAction = Literal["none", "pause", "reset", "poweroff", "shutdown", "debug", "inject-nmi"]
+
+
 MemoryFailureRecipient = Literal["hypervisor", "guest"]
 
 
@@ -292,6 +401,18 @@ RunState = Literal[
     "watchdog",
     "guest-panicked",
     "colo",
+]
+
+
+LibvirtDomainState = Literal[
+    "nostate",
+    "running",
+    "blocked",
+    "paused",
+    "shutdown",
+    "shutoff",
+    "crashed",
+    "pmsuspended",
 ]
 
 
@@ -1067,6 +1188,401 @@ class JobStatusChange(Event):
         return v
 
 
+class LibvirtAgentLifecycle(Event):
+    """libvirt: the guest agent (dis)connected (VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE).
+
+    libvirt's domain event ``LIBVIRT_AGENT_LIFECYCLE``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_AGENT_LIFECYCLE"
+
+    @property
+    def state(self) -> LibvirtAgentState:
+        """connected or disconnected"""
+        v: LibvirtAgentState = self.data["state"]
+        return v
+
+    @property
+    def reason(self) -> LibvirtAgentReason:
+        """why"""
+        v: LibvirtAgentReason = self.data["reason"]
+        return v
+
+
+class LibvirtBalloonChange(Event):
+    """libvirt: the balloon's size changed (VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE).
+
+    libvirt's domain event ``LIBVIRT_BALLOON_CHANGE``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_BALLOON_CHANGE"
+
+    @property
+    def actual(self) -> int:
+        """the guest's memory now, in KiB"""
+        v: int = self.data["actual"]
+        return v
+
+
+class LibvirtBlockJob(Event):
+    """libvirt: a block job changed state (VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2).
+
+    libvirt's domain event ``LIBVIRT_BLOCK_JOB``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_BLOCK_JOB"
+
+    @property
+    def disk(self) -> str:
+        """the disk's target (vda) or source path"""
+        v: str = self.data["disk"]
+        return v
+
+    @property
+    def type(self) -> LibvirtBlockJobType:
+        """the kind of job"""
+        v: LibvirtBlockJobType = self.data["type"]
+        return v
+
+    @property
+    def status(self) -> LibvirtBlockJobStatus:
+        """how it stands"""
+        v: LibvirtBlockJobStatus = self.data["status"]
+        return v
+
+
+class LibvirtBlockThreshold(Event):
+    """libvirt: a disk's write threshold was crossed (VIR_DOMAIN_EVENT_ID_BLOCK_THRESHOLD; set with virsh
+    domblkthreshold).
+
+    libvirt's domain event ``LIBVIRT_BLOCK_THRESHOLD``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_BLOCK_THRESHOLD"
+
+    @property
+    def dev(self) -> str:
+        """the disk's target (vda) or vda[1] for a backing image"""
+        v: str = self.data["dev"]
+        return v
+
+    @property
+    def path(self) -> str | None:
+        """the image's source path"""
+        v: str | None = self.data.get("path")
+        return v
+
+    @property
+    def threshold(self) -> int:
+        """the threshold that was crossed, in bytes"""
+        v: int = self.data["threshold"]
+        return v
+
+    @property
+    def excess(self) -> int:
+        """bytes written beyond the threshold"""
+        v: int = self.data["excess"]
+        return v
+
+
+class LibvirtControlError(Event):
+    """libvirt: libvirt lost control of the domain's monitor (VIR_DOMAIN_EVENT_ID_CONTROL_ERROR).
+
+    libvirt's domain event ``LIBVIRT_CONTROL_ERROR``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_CONTROL_ERROR"
+
+
+class LibvirtDeviceAdded(Event):
+    """libvirt: a device was hot-plugged (VIR_DOMAIN_EVENT_ID_DEVICE_ADDED).
+
+    libvirt's domain event ``LIBVIRT_DEVICE_ADDED``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_DEVICE_ADDED"
+
+    @property
+    def alias(self) -> str:
+        """the device's libvirt alias (<alias name=...>, e.g. virtio-disk0, ua-usb1)"""
+        v: str = self.data["alias"]
+        return v
+
+
+class LibvirtDeviceRemovalFailed(Event):
+    """libvirt: the guest refused to release a device (VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED).
+
+    libvirt's domain event ``LIBVIRT_DEVICE_REMOVAL_FAILED``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_DEVICE_REMOVAL_FAILED"
+
+    @property
+    def alias(self) -> str:
+        """the device's libvirt alias (<alias name=...>, e.g. virtio-disk0, ua-usb1)"""
+        v: str = self.data["alias"]
+        return v
+
+
+class LibvirtDeviceRemoved(Event):
+    """libvirt: a device was hot-unplugged (VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED).
+
+    libvirt's domain event ``LIBVIRT_DEVICE_REMOVED``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_DEVICE_REMOVED"
+
+    @property
+    def alias(self) -> str:
+        """the device's libvirt alias (<alias name=...>, e.g. virtio-disk0, ua-usb1)"""
+        v: str = self.data["alias"]
+        return v
+
+
+class LibvirtDiskChange(Event):
+    """libvirt: a disk's media was changed or dropped (VIR_DOMAIN_EVENT_ID_DISK_CHANGE).
+
+    libvirt's domain event ``LIBVIRT_DISK_CHANGE``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_DISK_CHANGE"
+
+    @property
+    def old_path(self) -> str | None:
+        """the old source path"""
+        v: str | None = self.data.get("old_path")
+        return v
+
+    @property
+    def new_path(self) -> str | None:
+        """the new source path"""
+        v: str | None = self.data.get("new_path")
+        return v
+
+    @property
+    def alias(self) -> str:
+        """the device's libvirt alias (<alias name=...>, e.g. virtio-disk0, ua-usb1)"""
+        v: str = self.data["alias"]
+        return v
+
+    @property
+    def reason(self) -> LibvirtDiskChangeReason:
+        """why"""
+        v: LibvirtDiskChangeReason = self.data["reason"]
+        return v
+
+
+class LibvirtIoErrorReason(Event):
+    """libvirt: a disk I/O error, with the disk's alias and source path
+    (VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON).
+
+    libvirt's domain event ``LIBVIRT_IO_ERROR_REASON``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_IO_ERROR_REASON"
+
+    @property
+    def path(self) -> str:
+        """the disk's source path (empty for network disks)"""
+        v: str = self.data["path"]
+        return v
+
+    @property
+    def alias(self) -> str:
+        """the device's libvirt alias (<alias name=...>, e.g. virtio-disk0, ua-usb1)"""
+        v: str = self.data["alias"]
+        return v
+
+    @property
+    def action(self) -> LibvirtIOErrorAction:
+        """what the hypervisor did"""
+        v: LibvirtIOErrorAction = self.data["action"]
+        return v
+
+    @property
+    def reason(self) -> str:
+        """the error: 'enospc' when the host is out of space, else empty or QEMU's reason"""
+        v: str = self.data["reason"]
+        return v
+
+
+class LibvirtJobCompleted(Event):
+    """libvirt: a domain job (migration, save, dump) completed (VIR_DOMAIN_EVENT_ID_JOB_COMPLETED).
+
+    libvirt's domain event ``LIBVIRT_JOB_COMPLETED``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_JOB_COMPLETED"
+
+    @property
+    def stats(self) -> Any:
+        """the job's statistics, libvirt's typed parameters"""
+        v: Any = self.data["stats"]
+        return v
+
+
+class LibvirtLifecycle(Event):
+    """libvirt: the domain was defined, undefined, started, suspended, resumed, stopped, shut down,
+    PM-suspended or crashed (VIR_DOMAIN_EVENT_ID_LIFECYCLE).
+
+    libvirt's domain event ``LIBVIRT_LIFECYCLE``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_LIFECYCLE"
+
+    @property
+    def event(self) -> LibvirtLifecycleEvent:
+        """what happened"""
+        v: LibvirtLifecycleEvent = self.data["event"]
+        return v
+
+    @property
+    def detail(self) -> LibvirtLifecycleDetail:
+        """why (libvirt's detail for that event)"""
+        v: LibvirtLifecycleDetail = self.data["detail"]
+        return v
+
+
+class LibvirtMemoryFailure(Event):
+    """libvirt: a hardware memory error (VIR_DOMAIN_EVENT_ID_MEMORY_FAILURE).
+
+    libvirt's domain event ``LIBVIRT_MEMORY_FAILURE``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_MEMORY_FAILURE"
+
+    @property
+    def recipient(self) -> LibvirtMemoryFailureRecipient:
+        """who saw it"""
+        v: LibvirtMemoryFailureRecipient = self.data["recipient"]
+        return v
+
+    @property
+    def action(self) -> LibvirtMemoryFailureAction:
+        """what was done"""
+        v: LibvirtMemoryFailureAction = self.data["action"]
+        return v
+
+    @property
+    def action_required(self) -> bool:
+        """whether the error must be handled"""
+        v: bool = self.data["action_required"]
+        return v
+
+    @property
+    def recursive(self) -> bool:
+        """whether it happened while handling another one"""
+        v: bool = self.data["recursive"]
+        return v
+
+
+class LibvirtPmsuspend(Event):
+    """libvirt: the guest suspended to RAM (VIR_DOMAIN_EVENT_ID_PMSUSPEND).
+
+    libvirt's domain event ``LIBVIRT_PMSUSPEND``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_PMSUSPEND"
+
+
+class LibvirtPmsuspendDisk(Event):
+    """libvirt: the guest suspended to disk (VIR_DOMAIN_EVENT_ID_PMSUSPEND_DISK).
+
+    libvirt's domain event ``LIBVIRT_PMSUSPEND_DISK``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_PMSUSPEND_DISK"
+
+
+class LibvirtPmwakeup(Event):
+    """libvirt: the guest woke up (VIR_DOMAIN_EVENT_ID_PMWAKEUP).
+
+    libvirt's domain event ``LIBVIRT_PMWAKEUP``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_PMWAKEUP"
+
+
+class LibvirtReboot(Event):
+    """libvirt: the guest rebooted (VIR_DOMAIN_EVENT_ID_REBOOT).
+
+    libvirt's domain event ``LIBVIRT_REBOOT``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_REBOOT"
+
+
+class LibvirtRtcChange(Event):
+    """libvirt: the guest changed its RTC (VIR_DOMAIN_EVENT_ID_RTC_CHANGE).
+
+    libvirt's domain event ``LIBVIRT_RTC_CHANGE``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_RTC_CHANGE"
+
+    @property
+    def offset(self) -> int:
+        """new offset from the host's UTC, in seconds"""
+        v: int = self.data["offset"]
+        return v
+
+
+class LibvirtTrayChange(Event):
+    """libvirt: a removable disk's tray moved (VIR_DOMAIN_EVENT_ID_TRAY_CHANGE).
+
+    libvirt's domain event ``LIBVIRT_TRAY_CHANGE``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_TRAY_CHANGE"
+
+    @property
+    def alias(self) -> str:
+        """the device's libvirt alias (<alias name=...>, e.g. virtio-disk0, ua-usb1)"""
+        v: str = self.data["alias"]
+        return v
+
+    @property
+    def reason(self) -> LibvirtTrayChangeReason:
+        """open or close"""
+        v: LibvirtTrayChangeReason = self.data["reason"]
+        return v
+
+
+class LibvirtWatchdog(Event):
+    """libvirt: the guest's watchdog fired (VIR_DOMAIN_EVENT_ID_WATCHDOG).
+
+    libvirt's domain event ``LIBVIRT_WATCHDOG``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "LIBVIRT_WATCHDOG"
+
+    @property
+    def action(self) -> LibvirtWatchdogAction:
+        """what the hypervisor did"""
+        v: LibvirtWatchdogAction = self.data["action"]
+        return v
+
+
 class MemoryDeviceSizeChange(Event):
     """Emitted when the size of a memory device changes. Only emitted for memory devices that can actually
     change the size (e.g., virtio-mem due to guest action).
@@ -1547,6 +2063,24 @@ class ReactorVmConnected(Event):
     def qemu_version(self) -> str:
         """QEMU's version (major.minor.micro)"""
         v: str = self.data["qemu_version"]
+        return v
+
+    @property
+    def state(self) -> LibvirtDomainState | None:
+        """libvirt VMs: libvirt's domain state"""
+        v: LibvirtDomainState | None = self.data.get("state")
+        return v
+
+    @property
+    def reason(self) -> str | None:
+        """libvirt VMs: the reason of that state (paused: user, ioerror, watchdog ...)"""
+        v: str | None = self.data.get("reason")
+        return v
+
+    @property
+    def source(self) -> str | None:
+        """where the VM's events come from: 'libvirt' (absent for QMP connections)"""
+        v: str | None = self.data.get("source")
         return v
 
 
@@ -2031,6 +2565,26 @@ EVENT_CLASSES: dict[str, type[Event]] = {
     "GUEST_PVSHUTDOWN": GuestPvshutdown,
     "HV_BALLOON_STATUS_REPORT": HvBalloonStatusReport,
     "JOB_STATUS_CHANGE": JobStatusChange,
+    "LIBVIRT_AGENT_LIFECYCLE": LibvirtAgentLifecycle,
+    "LIBVIRT_BALLOON_CHANGE": LibvirtBalloonChange,
+    "LIBVIRT_BLOCK_JOB": LibvirtBlockJob,
+    "LIBVIRT_BLOCK_THRESHOLD": LibvirtBlockThreshold,
+    "LIBVIRT_CONTROL_ERROR": LibvirtControlError,
+    "LIBVIRT_DEVICE_ADDED": LibvirtDeviceAdded,
+    "LIBVIRT_DEVICE_REMOVAL_FAILED": LibvirtDeviceRemovalFailed,
+    "LIBVIRT_DEVICE_REMOVED": LibvirtDeviceRemoved,
+    "LIBVIRT_DISK_CHANGE": LibvirtDiskChange,
+    "LIBVIRT_IO_ERROR_REASON": LibvirtIoErrorReason,
+    "LIBVIRT_JOB_COMPLETED": LibvirtJobCompleted,
+    "LIBVIRT_LIFECYCLE": LibvirtLifecycle,
+    "LIBVIRT_MEMORY_FAILURE": LibvirtMemoryFailure,
+    "LIBVIRT_PMSUSPEND": LibvirtPmsuspend,
+    "LIBVIRT_PMSUSPEND_DISK": LibvirtPmsuspendDisk,
+    "LIBVIRT_PMWAKEUP": LibvirtPmwakeup,
+    "LIBVIRT_REBOOT": LibvirtReboot,
+    "LIBVIRT_RTC_CHANGE": LibvirtRtcChange,
+    "LIBVIRT_TRAY_CHANGE": LibvirtTrayChange,
+    "LIBVIRT_WATCHDOG": LibvirtWatchdog,
     "MEMORY_DEVICE_SIZE_CHANGE": MemoryDeviceSizeChange,
     "MEMORY_FAILURE": MemoryFailure,
     "MEM_UNPLUG_ERROR": MemUnplugError,

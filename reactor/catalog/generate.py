@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from reactor.catalog.builtin import BUILTIN_EVENTS
+from reactor.catalog.catalog import Catalog
 from reactor.catalog.qapi import Doc, Schema, load_schema
 from reactor.catalog.schema import EventSchema, TypeSpec, event_from_json, event_to_json
 from reactor.errors import CatalogError
@@ -353,8 +354,12 @@ class _PyWriter:
 
 def render_events_py(catalog: Json) -> str:
     """The text of reactor/events.py for ``catalog`` plus reactor's built-in events."""
-    events: dict[str, EventSchema] = {n: event_from_json(n, e) for n, e in catalog["events"].items()}
-    events.update(BUILTIN_EVENTS)
+    from reactor.libvirt.catalog import with_libvirt_events  # libvirt's typed events get classes too
+
+    base: dict[str, EventSchema] = {n: event_from_json(n, e) for n, e in catalog["events"].items()}
+    base.update(BUILTIN_EVENTS)
+    full = with_libvirt_events(Catalog(base, qemu_versions=tuple(catalog["qemu_versions"])))
+    events: dict[str, EventSchema] = {n: s for n in full.names() if (s := full.get(n)) is not None}
     names = sorted(events)
     classes = {n: class_name(n) for n in names}
     if len(set(classes.values())) != len(classes):
@@ -364,7 +369,10 @@ def render_events_py(catalog: Json) -> str:
     for n in names:
         e = events[n]
         cls = classes[n]
-        where = f"reactor's own event ``{n}``" if e.builtin else f"QMP event ``{n}``"
+        if n.startswith("LIBVIRT_"):
+            where = f"libvirt's domain event ``{n}``"
+        else:
+            where = f"reactor's own event ``{n}``" if e.builtin else f"QMP event ``{n}``"
         if e.versions:
             where += f" (QEMU {', '.join(e.versions)})"
         lines = [f"class {cls}(Event):"]
