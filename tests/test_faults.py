@@ -43,6 +43,7 @@ from reactor.config import parse_config
 from reactor.daemon import Daemon, serve
 from reactor.journal import RunRecord
 from reactor.looplag import LoopLag
+from reactor.testing.qemu import qcow2_disk
 
 __all__ = ["fresh_broker"]
 
@@ -202,6 +203,54 @@ async def test_frozen_qemu_times_out_commands_then_recovers(qemu_vm_factory: Qem
             assert runs[-1].steps[0].result["status"] == "running"
         vm_conn = daemon.fleet.get("frozen") if daemon.fleet is not None else None
         assert vm_conn is not None and vm_conn.connected
+
+
+SNAPSHOT_RULES = """
+rules:
+  - name: snap
+    on: STOP
+    actions:
+      - snapshot: {name: crash, mode: internal, devices: [q0], keep: 2}
+"""
+
+
+@pytest.mark.qemu
+async def test_qemu_killed_mid_snapshot_ends_the_run_and_leaves_a_sound_image(
+    qemu_vm_factory: QemuVMFactory, tmp_path: Path
+) -> None:
+    """QEMU SIGKILLed while the snapshot job runs: the run fails at once (recorded); the qcow2 passes
+    ``qemu-img check``; after a restart on the same image the next snapshot succeeds."""
+    disk = qcow2_disk(tmp_path / "disk.qcow2")
+    vm = await make_vm(qemu_vm_factory, tmp_path, "snappy", disks=[disk], memory_mb=512)
+    cfg = write_config(tmp_path, ["snappy"], SNAPSHOT_RULES)
+    state = tmp_path / "state"
+    async with running(cfg) as daemon:
+        await connected(daemon, "snappy")
+        async with Monitor() as mon:
+            await mon.connect(vm.qmp_path)
+            await mon.execute("cont")
+            await mon.expect("RESUME")
+            await mon.execute("stop")
+            await mon.expect("JOB_STATUS_CHANGE", status="running")
+            t_kill = time.monotonic()
+            await vm.kill()
+        (run,) = await wait_runs(state, lambda rs: any(r.ended for r in rs), rule="snap")
+        assert time.monotonic() - t_kill < 5.0
+        assert run.status == "failed", summary(run)
+        assert "snappy" in (run.steps[0].error or ""), run.steps[0].error
+        check = await asyncio.to_thread(subprocess.run, ["qemu-img", "check", str(disk.path)],
+                                        capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        await vm.start()
+        await connected(daemon, "snappy", timeout=15)
+        async with Monitor() as mon:
+            await mon.connect(vm.qmp_path)
+            await mon.execute("cont")
+            await mon.expect("RESUME")
+            await mon.execute("stop")
+            runs = await wait_runs(state, lambda rs: sum(1 for r in rs if r.ended) >= 2, rule="snap", timeout=60)
+    assert runs[-1].status == "ok", summary(runs[-1])
 
 
 # --- the broker killed during a QoS 1 stream -------------------------------------------------------
