@@ -118,7 +118,7 @@ async def _snapshot(ctx: ActionContext, args: _SnapshotArgs) -> Any:
 def _registry() -> Registry:
     reg = builtin_registry()
     for spec in LIBVIRT_ACTIONS:
-        reg.add(spec)
+        assert spec.name in reg, f"{spec.name} is a built-in action"
     if "qmp" not in reg:
         reg.add(action("qmp", shorthand="execute")(_qmp))
     if "snapshot" not in reg:
