@@ -23,13 +23,14 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from .action import Resource
+from .action import Resource, VMHandle
 from .catalog import default_catalog
 from .config import Config
 from .engine import Engine
@@ -161,6 +162,11 @@ class Daemon:
 
             if MqttHub not in classes:
                 classes.append(MqttHub)
+        if (config or self._config).section("libvirt"):
+            from .libvirt.hub import LibvirtHub  # libvirt-python is imported only when it connects
+
+            if LibvirtHub not in classes:
+                classes.append(LibvirtHub)
         return classes
 
     def _services(self) -> list[Resource]:
@@ -392,8 +398,19 @@ class Daemon:
             data: dict[str, Any] = {"ok": result.ok, "errors": list(result.errors), "rules": result.rules}
             self.engine.emit("REACTOR_RULES_RELOADED", data, vm=DAEMON_VM, host=self.host)
 
-    def _vm(self, name: str) -> VMConnection | None:
-        return self.fleet.get(name) if self.fleet is not None else None
+    def _vm(self, name: str) -> VMHandle | None:
+        """A VM by name: a QMP connection, else a libvirt domain (a QMP VM wins a name clash)."""
+        vm: VMHandle | None = self.fleet.get(name) if self.fleet is not None else None
+        if vm is None and self._libvirt is not None:
+            vm = self._libvirt.get(name)
+        return vm
+
+    @property
+    def _libvirt(self) -> Any:
+        for cls, res in self.resources.items():
+            if cls.__name__ == "LibvirtHub":
+                return res
+        return None
 
     def _labels(self, name: str) -> Mapping[str, str]:
         vm = self._vm(name)
@@ -452,9 +469,19 @@ def _tune_gc() -> None:
 
 def run_daemon(config: Config, *, dry_run: bool = False, watch: bool = True) -> int:
     """The body of ``reactor run``: 0 after a clean stop."""
+    from .engine import abandoned_actions
+
     async def main() -> None:
         daemon = Daemon(config, dry_run=dry_run, watch=watch, tune_gc=True)
         await serve(daemon)
+        stuck = abandoned_actions()
+        if stuck:
+            # the journal is closed and everything else stopped; waiting for actions that ignore
+            # cancellation would hang the exit forever
+            log.error("exiting with %d abandoned action(s) still running: %s", len(stuck),
+                      ", ".join(t.get_name() for t in stuck))
+            logging.shutdown()
+            os._exit(0)
 
     try:
         asyncio.run(main())

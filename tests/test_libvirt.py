@@ -429,3 +429,50 @@ async def test_guest_disk_full_notified_then_resumed(
             assert vm.status == "running"
         finally:
             dom.destroy()
+
+
+@pytest.mark.qemu
+async def test_daemon_with_libvirt_section_resumes_through_libvirt(tmp_path: Path,
+                                                                     libvirtd: LibvirtDaemon) -> None:  # noqa: F811
+    """The real daemon: `libvirt:` in the config starts the source; `qmp: cont` on a libvirt VM is virDomainResume."""
+    from reactor.config import parse_config
+    from reactor.daemon import Daemon, serve
+    from reactor.journal import Journal
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "resume.yaml").write_text(RESUME_ON_USER_PAUSE)
+    cfg_path = tmp_path / "reactor.yaml"
+    cfg_path.write_text(f"rules: rules/\nstate_dir: state\nlibvirt:\n  - uri: {libvirtd.uri}\n    domains: ['dm*']\n")
+    daemon = Daemon(parse_config(cfg_path.read_text(), cfg_path), watch=False)
+    task = asyncio.create_task(serve(daemon, install_signals=False))
+    conn = _conn(libvirtd)
+    dom = None
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 30)
+        dom = conn.defineXML(GUESTLESS.format(name="dm1"))
+        dom.create()
+        deadline = time.monotonic() + 30
+        while daemon._vm("dm1") is None or not daemon._vm("dm1").connected:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the libvirt domain never showed up in the daemon"
+            await asyncio.sleep(0.1)
+        dom.suspend()
+        while dom.state()[0] != 1:  # VIR_DOMAIN_RUNNING again: resumed by the rule
+            assert time.monotonic() < deadline, "the rule did not resume the domain"
+            await asyncio.sleep(0.1)
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 60)
+        if dom is not None:
+            with contextlib.suppress(Exception):
+                dom.destroy()
+            with contextlib.suppress(Exception):
+                dom.undefine()
+    j = Journal(tmp_path / "state" / "journal.db")
+    j.open_sync(readonly=True)
+    try:
+        runs = j.runs(rule="resume-user-pause")
+    finally:
+        j.close_sync()
+    assert runs and runs[0].status == "ok" and runs[0].vm == "dm1"
+    assert [(s.action, s.status) for s in runs[0].steps] == [("qmp", "ok"), ("wait_for", "ok")]
