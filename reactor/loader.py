@@ -302,7 +302,8 @@ class _Loader:
 
     def throttle(self, node: Node | None, schemas: list[EventSchema] | None) -> Throttle | None:
         if not isinstance(node, MapNode):
-            self.err(node.pos if node else Position("?", 1, 1), "throttle must be a mapping {max, within, per}")
+            self.err(node.pos if node is not None else Position("?", 1, 1),  # an empty list is falsy
+                     "throttle must be a mapping {max, within, per}")
             return None
         for key in node.entries:
             if key not in ("max", "within", "per"):
