@@ -248,6 +248,8 @@ class Catalog:
             timestamp = time.time()
         else:
             timestamp = _timestamp(name, ts)
+        if not _MIN_TIME < timestamp < _MAX_TIME:  # also NaN; a datetime must be able to hold it
+            raise EventError(f"{name}: timestamp {timestamp!r} is out of range")
         check = self._checks.get(name)
         if check is None:
             schema = self._events.get(name)
@@ -319,6 +321,11 @@ class Catalog:
             "qemu_versions": list(self.qemu_versions),
             "events": {n: event_to_json(self._events[n]) for n in self._names},
         }
+
+
+#: Timestamps a datetime can hold (years 1 to 9999), in seconds since the epoch.
+_MIN_TIME = -62135596800.0
+_MAX_TIME = 253402300799.0
 
 
 def _timestamp(name: str, ts: Any) -> float:
