@@ -2,7 +2,9 @@
 
 ``argv`` is a list; each entry, rendered from templates, stays exactly one
 argument (no word splitting, no globbing, no shell).  The environment is
-minimal and explicit: ``PATH`` plus what ``env`` gives.  The event as JSON is
+minimal and explicit: ``PATH`` plus what ``env`` gives; the values of
+secret-named entries (``API_TOKEN``, ``PASSWORD`` ...) are scrubbed from the
+output and error the step records.  The event as JSON is
 the program's stdin unless ``stdin`` says otherwise.  On timeout the whole
 process group is killed.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 
 from ..action import ActionContext, Duration, action
+from ..arguments import _SECRET_KEY, REDACTED
 from ..errors import ActionError
 from ..template import to_jsonable
 
@@ -85,12 +88,25 @@ async def EXEC(ctx: ActionContext, args: ExecArgs) -> dict[str, Any]:
         if isinstance(err, TimeoutError):
             raise TimeoutError(f"exec {args.argv[0]!r} did not finish within {args.timeout:g}s (killed)") from err
         raise
-    stderr = err_out.decode(errors="replace")
-    result = {"returncode": code, "stdout": out.decode(errors="replace"), "stderr": stderr}
+    secrets = _secret_env_values(args.env)
+    stderr = _scrub(err_out.decode(errors="replace"), secrets)
+    result = {"returncode": code, "stdout": _scrub(out.decode(errors="replace"), secrets), "stderr": stderr}
     if code != 0 and args.check:
         tail = stderr.strip().splitlines()[-1:] or [""]
         raise ActionError(f"exec {args.argv[0]!r} exited with {code}" + (f": {tail[0]}" if tail[0] else ""))
     return result
+
+
+def _secret_env_values(env: dict[str, str]) -> list[str]:
+    """Values of ``env`` entries whose names say they are secrets (``API_TOKEN``, ``DB_PASSWORD`` ...)."""
+    return [v for k, v in env.items() if _SECRET_KEY.search(k) and len(v) >= 4]
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    """The program's output with secret env values replaced (a program may echo them: ``curl -v``)."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
