@@ -48,13 +48,12 @@ class Bus:
         ok = True
         if len(q) >= self.per_vm or self._size >= self.total:
             self.dropped[vm] += 1
-            ok = False
-            if q:
-                q.popleft()
-                self._size -= 1
-            else:
+            if not q:
                 return False
-        if not q:
+            q.popleft()  # the VM stays in the rotation: it is there already, its queue is not empty
+            self._size -= 1
+            ok = False
+        elif not q:
             self._ready.append(vm)
         q.append(event)
         self._size += 1
