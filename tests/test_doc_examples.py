@@ -100,9 +100,9 @@ def extract(path: Path) -> list[Example]:
                 obj = json.loads(snippet)
             except json.JSONDecodeError:
                 obj = None
-            if obj is None or (isinstance(obj, dict) and "event" in obj):
-                if obj is not None or '"event"' in snippet:
-                    out.append(Example(f"{path.parent.name}/{path.name}:{start + 1}", snippet, obj))
+            is_event = isinstance(obj, dict) and "event" in obj
+            if is_event or (obj is None and '"event"' in snippet):
+                out.append(Example(f"{path.parent.name}/{path.name}:{start + 1}", snippet, obj))
         i += 1
     return out
 
