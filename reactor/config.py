@@ -26,7 +26,7 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _COMMAND_GLOB = re.compile(r"^[a-z0-9_*?\[\]!-]+$")
 
 TOP_KEYS = ("rules", "plugins", "state_dir", "host", "vms", "discover", "listen", "mqtt", "http", "log", "journal",
-            "sources", "qmp", "bus", "libvirt")
+            "sources", "qmp", "bus", "libvirt", "fleet")
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +393,16 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
             extra["libvirt"] = parse_libvirt(ln_)
         except SourceError as err:
             p.errors.append(err)
+    fn_ = root.get("fleet")
+    if fn_ is not None and not (isinstance(fn_, ScalarNode) and fn_.value is None):
+        from .remote import parse_fleet
+
+        try:
+            extra["fleet"] = parse_fleet(fn_)
+        except SourceError as err:
+            p.errors.append(err)
+        if not mqtt:
+            p.err(root.key_pos("fleet"), "fleet: needs a broker in the mqtt: section")
     for name, fn in (sections or {}).items():
         sn = root.get(name)
         if sn is not None:

@@ -162,6 +162,11 @@ class Daemon:
 
             if MqttHub not in classes:
                 classes.append(MqttHub)
+        if (config or self._config).section("fleet") is not None:
+            from .remote import FleetLink
+
+            if FleetLink not in classes:
+                classes.append(FleetLink)
         if (config or self._config).section("libvirt"):
             from .libvirt.hub import LibvirtHub  # libvirt-python is imported only when it connects
 
@@ -403,6 +408,12 @@ class Daemon:
         vm: VMHandle | None = self.fleet.get(name) if self.fleet is not None else None
         if vm is None and self._libvirt is not None:
             vm = self._libvirt.get(name)
+        if vm is None and "/" in name:  # HOST/VM: a VM on another host (fleet mode)
+            from .remote import FleetLink
+
+            link = self.resources.get(FleetLink)
+            if isinstance(link, FleetLink):
+                vm = link.vm(name)
         return vm
 
     @property
