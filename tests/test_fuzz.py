@@ -20,8 +20,8 @@ through the real code and asserts the property of docs/reliability.md
 * templates and ``if`` expressions rendered with hostile event data: a value
   or a :class:`TemplateError`, within a time bound.
 
-Examples per target: ``REACTOR_FUZZ_EXAMPLES`` (default 200; CI's nightly
-sets more).  ``pytest tests/test_fuzz.py -s`` prints how many ran.
+Examples per target: ``REACTOR_FUZZ_EXAMPLES`` (default 200; set 2000
+or more for a long run).  ``pytest tests/test_fuzz.py -s`` prints how many ran.
 """
 
 from __future__ import annotations
