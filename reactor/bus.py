@@ -3,10 +3,13 @@
 Sources put events on the bus synchronously; the engine takes them in
 batches.  Events of one VM stay in arrival order.  Overflow policy
 (stated, counted, never silent): each VM's queue holds at most ``per_vm``
-events and the whole bus at most ``total``; when either is full, the oldest
-queued event *of the VM that is putting* is dropped (a flooding VM loses its
-own backlog, never another VM's events); if that VM has nothing queued, the
-new event is dropped.  Drops are counted per VM.
+events and the whole bus at most ``total``.  When the VM's own queue is full,
+its oldest queued event is dropped.  When the whole bus is full, the oldest
+event of the VM with the longest queue (the *hog*, tracked as events are put)
+is dropped, if that queue is longer than the putting VM's; otherwise the
+putting VM's oldest, or, if it has nothing queued, the new event.  So a
+flooding VM loses its own backlog, never a quieter VM's events.  Drops are
+counted per VM (the VM whose event was dropped).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Bus:
         self._wakeup = asyncio.Event()
         self.dropped: Counter[str] = Counter()
         self.put_count = 0
+        self._hog = ""  # the VM with the longest queue, as far as puts have seen
 
     def __len__(self) -> int:
         return self._size
@@ -46,16 +50,25 @@ class Bus:
         if q is None:
             q = self._queues[vm] = deque()
         ok = True
-        if len(q) >= self.per_vm or self._size >= self.total:
-            self.dropped[vm] += 1
-            if not q:
-                return False
-            q.popleft()  # the VM stays in the rotation: it is there already, its queue is not empty
-            self._size -= 1
-            ok = False
-        elif not q:
+        n = len(q)
+        if n >= self.per_vm or self._size >= self.total:
+            hq = self._queues.get(self._hog) if n < self.per_vm else None
+            if hq is not None and len(hq) > max(n, 1):
+                hq.popleft()  # the hog pays (it keeps at least one event: it stays in the rotation)
+                self.dropped[self._hog] += 1
+                self._size -= 1
+            else:
+                self.dropped[vm] += 1
+                if not q:
+                    return False
+                q.popleft()  # the VM stays in the rotation: it is there already, its queue is not empty
+                self._size -= 1
+                ok = False
+        if not n:
             self._ready.append(vm)
         q.append(event)
+        if n >= len(self._queues.get(self._hog) or ()):
+            self._hog = vm
         self._size += 1
         self._wakeup.set()
         return ok
