@@ -253,6 +253,43 @@ async def test_qemu_killed_mid_snapshot_ends_the_run_and_leaves_a_sound_image(
     assert runs[-1].status == "ok", summary(runs[-1])
 
 
+FLOOD_RULES = """
+rules:
+  - name: resume
+    on: STOP
+    vms: quiet
+    actions:
+      - qmp: cont
+"""
+
+
+async def test_a_flood_past_the_bus_bounds_drops_by_policy_and_the_quiet_vm_is_served(tmp_path: Path) -> None:
+    """A VM flooding past ``bus.total``: its events are dropped and counted, the engine keeps running,
+    a quiet VM's STOPs (some dropped by the same policy while the bus is full) still get their ``cont``."""
+    extra = "bus: {per_vm: 2000, total: 50}\n"
+    async with site(tmp_path, FLOOD_RULES, vms=("flood", "quiet"), extra=extra) as s:
+        flood, quiet = s.fakes["flood"], s.fakes["quiet"]
+        engine = s.daemon.engine
+        assert engine is not None
+        for _ in range(5):
+            flood.emit("RESUME")
+        for burst in range(20):
+            flood.send_raw(b"".join(
+                b'{"event": "RTC_CHANGE", "data": {"offset": %d, "qom-path": "/rtc"}, '
+                b'"timestamp": {"seconds": 1, "microseconds": 0}}\r\n' % i for i in range(2000)))
+            quiet.emit("STOP")
+            quiet.emit("STOP")
+            await asyncio.sleep(0.01)
+        await eventually(lambda: count(quiet, "cont") >= 1, 10)
+        assert engine.bus.dropped["flood"] > 0
+        await asyncio.sleep(0.5)
+        tasks = {t.get_name(): t for t in asyncio.all_tasks()}
+        assert not tasks["reactor.engine"].done()
+        quiet.emit("STOP")  # after the flood: served at once
+        before = count(quiet, "cont")
+        await eventually(lambda: count(quiet, "cont") > before, 5)
+
+
 # --- the broker killed during a QoS 1 stream -------------------------------------------------------
 
 STREAM_RULES = """
