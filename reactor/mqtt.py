@@ -43,6 +43,7 @@ from typing import Any, Literal, Protocol, cast
 
 import aiomqtt
 import orjson
+import paho.mqtt.client as paho_client
 from aiomqtt.exceptions import MqttConnectError
 
 from .action import DaemonContext, Resource
@@ -73,6 +74,8 @@ log = logging.getLogger(__name__)
 
 #: Most messages handed to the client and not yet acknowledged, per broker.
 SEND_WINDOW = 1000
+#: Most messages encoded into one write.
+BATCH = 256
 #: The mirror's queue between the bus callback and its drain task.
 MIRROR_QUEUE = 10000
 #: The name under which outbox drops are recorded in the journal's events.
@@ -393,7 +396,7 @@ class OutboxStore(Protocol):
 class OutMessage:
     """One message waiting in (or sent from) an outbox.  ``id`` is the journal's id (0: not journaled)."""
 
-    __slots__ = ("id", "topic", "payload", "qos", "retain", "waiter")
+    __slots__ = ("id", "topic", "payload", "qos", "retain", "waiter", "dup")
 
     def __init__(
         self, topic: str, payload: bytes, qos: int, retain: bool, msg_id: int = 0,
@@ -405,6 +408,8 @@ class OutMessage:
         self.qos = qos
         self.retain = retain
         self.waiter = waiter
+        #: Sent before without an acknowledgement (the DUP flag of its next PUBLISH).
+        self.dup = False
 
     def __repr__(self) -> str:
         return f"<OutMessage #{self.id} {self.topic!r} qos={self.qos} {len(self.payload)}B>"
@@ -448,14 +453,17 @@ class Outbox:
         self.config = config
         self.store = store
         self.queue: collections.deque[OutMessage] = collections.deque()
-        self.inflight: dict[int, OutMessage] = {}
+        self.inflight: dict[int, OutMessage | list[OutMessage]] = {}
+        self.inflight_count = 0
         self.dropped = 0
         self.acked = 0
+        #: Messages put back after a connection dropped before their acknowledgement.
+        self.resent = 0
         self.changed = asyncio.Event()
         self._warn = _RateLimited()
 
     def __len__(self) -> int:
-        return len(self.queue) + len(self.inflight)
+        return len(self.queue) + self.inflight_count
 
     def load(self) -> int:
         """Put the journal's unacknowledged messages (from a previous run) first; their count."""
@@ -473,7 +481,7 @@ class Outbox:
         waiter: asyncio.Future[None] | None = None,
     ) -> OutMessage | None:  # fmt: skip
         """Queue a message; None when it was refused (``drop-new`` and full)."""
-        if len(self.queue) + len(self.inflight) >= self.config.max:
+        if len(self.queue) + self.inflight_count >= self.config.max:
             if self.config.policy == "drop-oldest" and self.queue:
                 self._drop(self.queue.popleft())
             else:
@@ -509,29 +517,40 @@ class Outbox:
             data = {"broker": self.broker, "policy": self.config.policy, "topic": topic, "dropped": self.dropped}
             record(DROP_EVENT, "-", None, time.time(), data)
 
-    def sent(self, mid: int, msg: OutMessage) -> None:
-        self.inflight[mid] = msg
+    def sent(self, mid: int, entry: OutMessage | list[OutMessage]) -> None:
+        """``entry`` was handed to the client as message id ``mid``."""
+        self.inflight[mid] = entry
+        self.inflight_count += len(entry) if isinstance(entry, list) else 1
 
     def ack(self, mid: int, error: str | None = None) -> None:
         """The broker acknowledged (or, with ``error``, refused) message ``mid``."""
-        msg = self.inflight.pop(mid, None)
-        if msg is None:
+        entry = self.inflight.pop(mid, None)
+        if entry is None:
             return
-        self.acked += 1
-        if msg.id and self.store is not None:
-            self.store.outbox_ack(msg.id)
-        if msg.waiter is not None and not msg.waiter.done():
-            if error is None:
-                msg.waiter.set_result(None)
-            else:
-                msg.waiter.set_exception(MqttError(f"mqtt[{self.broker}]: broker refused {msg.topic}: {error}"))
+        msgs = entry if isinstance(entry, list) else (entry,)
+        self.inflight_count -= len(msgs)
+        for msg in msgs:
+            self.acked += 1
+            if msg.id and self.store is not None:
+                self.store.outbox_ack(msg.id)
+            if msg.waiter is not None and not msg.waiter.done():
+                if error is None:
+                    msg.waiter.set_result(None)
+                else:
+                    msg.waiter.set_exception(MqttError(f"mqtt[{self.broker}]: broker refused {msg.topic}: {error}"))
         if not self.changed.is_set():
             self.changed.set()
 
     def requeue_inflight(self) -> int:
         """A connection dropped: unacknowledged messages go back to the front, in order."""
-        msgs = list(self.inflight.values())
+        msgs: list[OutMessage] = []
+        for entry in self.inflight.values():
+            msgs.extend(entry if isinstance(entry, list) else (entry,))
         self.inflight.clear()
+        self.inflight_count = 0
+        for m in msgs:
+            m.dup = m.qos > 0
+        self.resent += len(msgs)
         self.queue.extendleft(reversed(msgs))
         return len(msgs)
 
@@ -687,6 +706,114 @@ class _Source:
         self.received += 1
         self.echo(ev)
         self.emit(ev)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
+
+
+class _Batcher:
+    """Publishes many QoS 0/1 messages as one write through the paho client's own send queue.
+
+    paho's ``publish()`` costs tens of microseconds per message (message objects,
+    locks, one ``send()`` each) and its PUBACK handling builds property objects
+    per acknowledgement; that caps a mirror at a few thousand events/s.  This
+    encodes a batch of PUBLISH packets into one buffer, queues it with
+    ``_packet_queue`` (so it stays ordered with paho's other packets and is
+    written by the same event-loop writer), and takes the PUBACKs of its own
+    message ids before paho looks for them.  QoS 2 messages still go through
+    ``publish()``.  :meth:`attach` returns None when the paho version lacks the
+    internals used, and the link then uses ``publish()`` for everything.
+    """
+
+    PUBLISH = 0x30
+
+    def __init__(self, paho: Any, v5: bool, outbox: Outbox) -> None:
+        self.paho = paho
+        self.v5 = v5
+        self.outbox = outbox
+        self.mids: set[int] = set()
+        self._topics: dict[str, bytes] = {}
+        self._info = paho_client.MQTTMessageInfo
+        base = paho._handle_pubackcomp
+
+        def handle_pubackcomp(cmd: str) -> Any:
+            packet = paho._in_packet["packet"]
+            if cmd == "PUBACK" and len(packet) >= 2:
+                mid = (packet[0] << 8) | packet[1]
+                if mid in self.mids:
+                    self.mids.discard(mid)
+                    code = packet[2] if self.v5 and len(packet) > 2 else 0
+                    self.outbox.ack(mid, f"reason code {code:#x}" if code >= 0x80 else None)
+                    return 0
+            return base(cmd)
+
+        paho._handle_pubackcomp = handle_pubackcomp
+
+        # paho reads at most len(its own in-flight messages) packets per readable event,
+        # one event-loop turn per PUBACK of ours; read until the socket is drained instead.
+        def loop_read(max_packets: int = 1) -> Any:
+            n = max(len(paho._out_messages) + len(paho._in_messages) + len(self.mids), 1)
+            for _ in range(n):
+                if paho._sock is None:
+                    return paho_client.MQTT_ERR_NO_CONN
+                rc = paho._packet_read()
+                if rc > 0:
+                    return paho._loop_rc_handle(rc)
+                if rc == paho_client.MQTT_ERR_AGAIN:
+                    break
+            return paho_client.MQTT_ERR_SUCCESS
+
+        paho.loop_read = loop_read
+
+    @classmethod
+    def attach(cls, paho: Any, v5: bool, outbox: Outbox) -> _Batcher | None:
+        needed = ("_handle_pubackcomp", "_packet_queue", "_mid_generate", "_in_packet", "_packet_read",
+                  "_loop_rc_handle", "_sock", "_out_messages", "_in_messages")  # fmt: skip
+        if not all(hasattr(paho, n) for n in needed) or not hasattr(paho_client, "MQTT_ERR_AGAIN"):
+            return None
+        return cls(paho, v5, outbox)
+
+    def _topic(self, topic: str) -> bytes:
+        b = self._topics.get(topic)
+        if b is None:
+            raw = topic.encode()
+            b = len(raw).to_bytes(2, "big") + raw
+            if len(self._topics) < 10000:
+                self._topics[topic] = b
+        return b
+
+    def send(self, msgs: list[OutMessage]) -> None:
+        """Encode and queue ``msgs`` (QoS 0/1) as one write; record them in flight."""
+        paho = self.paho
+        mid_gen = paho._mid_generate
+        sent = self.outbox.sent
+        props = b"\x00" if self.v5 else b""
+        parts: list[bytes] = []
+        qos0: list[OutMessage] = []
+        for m in msgs:
+            t = self._topic(m.topic)
+            if m.qos:
+                mid = mid_gen()
+                self.mids.add(mid)
+                sent(mid, m)
+                body_len = len(t) + 2 + len(props) + len(m.payload)
+                first = 0x3A if m.dup else 0x32
+                parts += (bytes((first | m.retain,)), _varint(body_len), t, mid.to_bytes(2, "big"), props, m.payload)
+            else:
+                qos0.append(m)
+                body_len = len(t) + len(props) + len(m.payload)
+                parts += (bytes((0x30 | m.retain,)), _varint(body_len), t, props, m.payload)
+        mid = mid_gen()
+        if qos0:
+            sent(mid, qos0)  # done when the buffer is written (paho calls on_publish for it)
+        blob = b"".join(parts)
+        paho._packet_queue(self.PUBLISH, blob, mid, 0, self._info(mid))
 
 
 class BrokerLink:
@@ -876,26 +1003,31 @@ class BrokerLink:
     async def _drain(self, paho: Any) -> None:
         outbox = self.outbox
         queue = outbox.queue
-        inflight = outbox.inflight
+        batcher = _Batcher.attach(paho, self.config.protocol == "5", outbox)
         publish = paho.publish
         ok = 0  # MQTT_ERR_SUCCESS
         while True:
             outbox.changed.clear()
-            n = 0
-            while queue and len(inflight) < SEND_WINDOW:
-                msg = queue.popleft()
-                info = publish(msg.topic, msg.payload, msg.qos, msg.retain)
-                if info.rc != ok:
-                    queue.appendleft(msg)
-                    self.last_error = f"publish failed: {info.rc}"
+            while queue:
+                room = min(BATCH, SEND_WINDOW - outbox.inflight_count)
+                if room < min(BATCH, len(queue)):
+                    break  # wait for acknowledgements to make room for a whole batch
+                if not paho.is_connected():
                     return
-                inflight[info.mid] = msg
-                if info.is_published():  # QoS 0 written at once
-                    outbox.ack(info.mid)
-                n += 1
-                if n >= 256:
-                    n = 0
-                    await asyncio.sleep(0)
+                if batcher is not None and queue[0].qos < 2:
+                    batch: list[OutMessage] = []
+                    while queue and len(batch) < room and queue[0].qos < 2:
+                        batch.append(queue.popleft())
+                    batcher.send(batch)
+                else:
+                    msg = queue.popleft()
+                    info = publish(msg.topic, msg.payload, msg.qos, msg.retain)
+                    if info.rc != ok:
+                        queue.appendleft(msg)
+                        self.last_error = f"publish failed: {info.rc}"
+                        return
+                    outbox.sent(info.mid, msg)
+                await asyncio.sleep(0)  # let the writer and the reader run
             await outbox.changed.wait()
 
     async def close(self) -> None:
@@ -914,9 +1046,10 @@ class BrokerLink:
             "state": self.state.value,
             "connects": self.connects,
             "queued": len(self.outbox.queue),
-            "inflight": len(self.outbox.inflight),
+            "inflight": self.outbox.inflight_count,
             "acked": self.outbox.acked,
             "dropped": self.outbox.dropped,
+            "resent": self.outbox.resent,
         }
         if self.mirror is not None:
             out["mirror_published"] = self.mirror.published

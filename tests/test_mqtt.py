@@ -165,6 +165,7 @@ class Subscriber:
     def __init__(self, port: int, topic: str, *, qos: int = 1, client_id: str = "test-sub", **kw: Any) -> None:
         self.port, self.topic, self.qos, self.client_id, self.kw = port, topic, qos, client_id, kw
         self.messages: list[aiomqtt.Message] = []
+        self.connects = 0
         self.dups: list[bool] = []  # the DUP flag of each message: a broker's redelivery
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -183,6 +184,7 @@ class Subscriber:
 
                 client._client.on_message = on_message
                 async with client as c:
+                    self.connects += 1
                     await c.subscribe(self.topic, qos=self.qos)
                     self.ready.set()
                     async for m in c.messages:
@@ -320,6 +322,50 @@ async def test_action_qos0_and_qos1_delivery(mosquitto: Broker, protocol: str) -
     assert orjson.loads(by_topic[f"{topic}/c"]) == {"x": 1}
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_qos0_qos1_qos2_in_order_at_volume(mosquitto: Broker, protocol: str) -> None:
+    n = 3000
+    topic = f"t/mixed/{protocol}"
+    async with (
+        # The subscription is QoS 1: paho's inbound QoS 2 handling stalls now and then under load.
+        Subscriber(mosquitto.port, f"{topic}/#", qos=1, client_id=f"sub-mixed-{protocol}") as sub,
+        running_hub({"main": cfg(mosquitto, protocol=protocol)}) as (hub, _),
+    ):
+        await connected(hub)
+        link = hub.link()
+        waiters = []
+        for i in range(n):
+            w = link.publish(f"{topic}/a", str(i).encode(), (0, 1, 1)[i % 3], wait=i % 500 == 1)
+            if w is not None:
+                waiters.append(w)
+            if i % 700 == 0:
+                await asyncio.sleep(0)
+        qos2 = [link.publish(f"{topic}/b", str(i).encode(), 2, wait=True) for i in range(50)]
+        async with asyncio.timeout(20):
+            await asyncio.gather(*waiters)
+
+        def count(suffix: str, qos: int) -> int:
+            return sum(1 for m in sub.messages if m.topic.value.endswith(suffix) and m.qos == qos)
+
+        async with asyncio.timeout(20):
+            await asyncio.gather(*(w for w in qos2 if w is not None))  # PUBCOMP for every QoS 2 message
+        try:
+            await until(lambda: count("/a", 1) >= n * 2 // 3, 20)
+        except TimeoutError:
+            raise AssertionError(
+                f"a1={count('/a', 1)} total={len(sub.messages)} stats={hub.stats()} connects={sub.connects}"
+            ) from None
+        assert link.outbox.dropped == 0
+    a = [int(bytes(m.payload)) for m in sub.messages if m.topic.value.endswith("/a")]
+    b = [int(bytes(m.payload)) for m in sub.messages if m.topic.value.endswith("/b")]
+    # QoS 1: all, in order.  QoS 0 may be dropped by the broker, never reordered among itself;
+    # the broker keeps order per QoS level (QoS 0 may overtake QoS 1 held in its in-flight window).
+    assert [x for x in a if x % 3] == [x for x in range(n) if x % 3]
+    assert b == sorted(b)  # what the subscriber got of QoS 2 (downgraded to 1), in order
+    qos0 = [x for x in a if x % 3 == 0]
+    assert qos0 == sorted(set(qos0)) and len(qos0) > n // 3 // 2
+
+
 async def test_unknown_broker_is_an_action_error(mosquitto: Broker) -> None:
     async with running_hub({"main": cfg(mosquitto)}) as (hub, _):
         ctx = Ctx(ev(), {MqttHub: hub})
@@ -411,20 +457,22 @@ async def test_broker_restart_mid_stream_qos1_exactly_once_in_order(fresh_broker
                     await asyncio.to_thread(fresh_broker.restart, signal.SIGTERM, 0.3)
             await until(lambda: not (link.outbox.queue or link.outbox.inflight), 20)
             assert link.connects >= 2
+            resent = link.outbox.resent
             assert LinkState.BACKOFF in link.states or LinkState.CONNECTING in link.states[2:]
         await sub.wait_count(n, timeout=20)
         await asyncio.sleep(0.3)  # any duplicate would arrive now
     got = [int(p) for p in sub.payloads()]
-    # The broker may redeliver (DUP set) what it had sent to the subscriber without seeing
-    # its PUBACK before the stop; reactor itself sends each message once more at most and
-    # only when its PUBACK was missing: nothing without DUP may repeat.
-    seen: set[int] = set()
-    repeats = []
+    # Everything arrives, first arrivals in order.  Repeats: the broker's own redeliveries to the
+    # subscriber (DUP set), and messages reactor sent again because the connection dropped before
+    # their PUBACK (at-least-once; at most once more each, never more than were unacknowledged).
+    seen: dict[int, int] = {}
+    repeats = 0
     for g, dup in zip(got, sub.dups, strict=True):
         if g in seen and not dup:
-            repeats.append(g)
-        seen.add(g)
-    assert repeats == []
+            repeats += 1
+            assert seen[g] == 1, f"message {g} arrived three times"
+        seen[g] = seen.get(g, 0) + (not dup)
+    assert repeats <= resent
     assert list(dict.fromkeys(got)) == list(range(n))
 
 
