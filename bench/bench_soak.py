@@ -323,8 +323,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_csv is not None:
         with args.from_csv.open() as f:
-            samples = [Sample(**{k: float(v) if k not in ("fds", "offered") else int(v) for k, v in row.items()})
-                       for row in csv.DictReader(f)]
+            samples = [Sample(t=float(r["t"]), rss_mb=float(r["rss_mb"]), fds=int(r["fds"]),
+                              events=float(r["events"]), runs=float(r["runs"]),
+                              bus_dropped=float(r["bus_dropped"]), journal_rows=float(r["journal_rows"]),
+                              journal_healthy=float(r["journal_healthy"]), offered=int(r["offered"]))
+                       for r in csv.DictReader(f)]
         keys = ("offered", "dispatched", "bus_dropped", "journal_dropped", "journal_write_errors",
                 "journal_healthy", "runs", "journal_size_mb", "exit_code")
         old = json.loads(args.final.read_text()) if args.final is not None else {}
