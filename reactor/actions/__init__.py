@@ -6,19 +6,13 @@ from ..action import ActionSpec
 from .emit import EMIT
 from .exec import EXEC
 from .log import LOG
+from .mqtt import MQTT
+from .qmp import QMP
 from .sleep import SLEEP
+from .snapshot import SNAPSHOT
+from .wait_for import WAIT_FOR
+from .webhook import WEBHOOK
 
 __all__ = ["BUILTINS"]
 
-BUILTINS: list[ActionSpec] = [EMIT, EXEC, LOG, SLEEP]
-
-from .qmp import QMP  # noqa: E402
-from .snapshot import SNAPSHOT  # noqa: E402
-from .wait_for import WAIT_FOR  # noqa: E402
-
-BUILTINS += [QMP, SNAPSHOT, WAIT_FOR]
-
-from .mqtt import MQTT  # noqa: E402
-from .webhook import WEBHOOK  # noqa: E402
-
-BUILTINS += [MQTT, WEBHOOK]
+BUILTINS: list[ActionSpec] = [EMIT, EXEC, LOG, MQTT, QMP, SLEEP, SNAPSHOT, WAIT_FOR, WEBHOOK]
