@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from .action import ActionSpec, Duration
 from .duration import parse_duration
 from .errors import Position, RuleError, TemplateError
-from .source import MapNode, Node, ScalarNode, SeqNode, close_match
+from .source import MapNode, Node, ScalarNode, SeqNode, close_match, kind_of
 from .template import Template, compile_template, is_template
 
 __all__ = ["Arguments", "compile_arguments", "convert", "describe_type", "redact"]
@@ -53,14 +53,6 @@ def describe_type(hint: Any) -> str:
     return str(hint)
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "mapping"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
     """Convert a plain value to ``hint``; ValueError with a user-facing message.
 
@@ -87,7 +79,7 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
                 return convert(opt, value, rendered=rendered)
             except ValueError as err:
                 errors.append(str(err))
-        raise ValueError(f"expected {describe_type(hint)}, got {_kind(value)} {value!r}")
+        raise ValueError(f"expected {describe_type(hint)}, got {kind_of(value)} {value!r}")
     if origin is Literal:
         choices = get_args(hint)
         if value in choices and not isinstance(value, bool):
@@ -95,7 +87,7 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
         raise ValueError(f"{value!r} is not one of {', '.join(str(c) for c in choices)}")
     if origin in (list, typing.Sequence, tuple):
         if not isinstance(value, list):
-            raise ValueError(f"expected a list, got {_kind(value)}")
+            raise ValueError(f"expected a list, got {kind_of(value)}")
         (item,) = get_args(hint)[:1] or (Any,)
         items = []
         for i, v in enumerate(value):
@@ -106,7 +98,7 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
         return items
     if origin in (dict, Mapping, typing.Mapping):
         if not isinstance(value, Mapping):
-            raise ValueError(f"expected a mapping, got {_kind(value)}")
+            raise ValueError(f"expected a mapping, got {kind_of(value)}")
         args = get_args(hint)
         vt = args[1] if len(args) == 2 else Any
         entries = {}
@@ -118,7 +110,7 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
         return entries
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, Mapping):
-            raise ValueError(f"expected a mapping, got {_kind(value)}")
+            raise ValueError(f"expected a mapping, got {kind_of(value)}")
         return _construct(hint, value, rendered)
     if hint is str:
         if isinstance(value, str):
@@ -127,13 +119,13 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
             return str(value)
         if rendered and value is not None:
             return str(value)
-        raise ValueError(f"expected a string, got {_kind(value)}")
+        raise ValueError(f"expected a string, got {kind_of(value)}")
     if hint is bool:
         if isinstance(value, bool):
             return value
         if rendered and isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no"):
             return value.strip().lower() in ("true", "yes")
-        raise ValueError(f"expected a boolean, got {_kind(value)} {value!r}")
+        raise ValueError(f"expected a boolean, got {kind_of(value)} {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -142,7 +134,7 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
                 return int(value.strip())
             except ValueError:
                 pass
-        raise ValueError(f"expected an integer, got {_kind(value)} {value!r}")
+        raise ValueError(f"expected an integer, got {kind_of(value)} {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -151,10 +143,10 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
                 return float(value.strip())
             except ValueError:
                 pass
-        raise ValueError(f"expected a number, got {_kind(value)} {value!r}")
+        raise ValueError(f"expected a number, got {kind_of(value)} {value!r}")
     if isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise ValueError(f"expected {describe_type(hint)}, got {_kind(value)}")
+    raise ValueError(f"expected {describe_type(hint)}, got {kind_of(value)}")
 
 
 def _construct(cls: type, value: Mapping[str, Any], rendered: bool) -> Any:

@@ -446,6 +446,7 @@ class Engine:
         self.set_rules(rules)
         self._tg: asyncio.TaskGroup | None = None
         self._stopping: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None   # set when the last run in flight ends (while draining)
         self._active: dict[tuple[str, str], list[Run]] = {}
         self._queued: dict[tuple[str, str], deque[tuple[Event, int | None, int]]] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
@@ -535,9 +536,11 @@ class Engine:
             self.bus.interrupt()
 
     async def _drain(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        while self.runs_in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self.runs_in_flight:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
         if self.runs_in_flight:
             log.warning("stopping: cancelling %d run(s) still in flight", self.runs_in_flight)
             for runs in list(self._active.values()):
@@ -717,6 +720,8 @@ class Engine:
 
     def run_finished(self, run: Run) -> None:
         self.runs_in_flight -= 1
+        if not self.runs_in_flight and self._idle is not None:
+            self._idle.set()
         key = (run.rule, run.vm.name)
         active = self._active.get(key)
         if active is not None:

@@ -23,7 +23,7 @@ from .catalog.schema import EventSchema, TypeSpec
 from .errors import Position, RuleError
 from .event import Event
 from .rule import Predicate, Rule
-from .source import MapNode, Node, ScalarNode, SeqNode, close_match
+from .source import MapNode, Node, ScalarNode, SeqNode, close_match, kind_of
 
 __all__ = ["OPERATORS", "Matcher", "compile_match", "explain_match"]
 
@@ -125,22 +125,6 @@ def _op(op: str, get: Callable[[Mapping[str, Any]], Any], lit: Any) -> Predicate
 
 # --- load-time checking -------------------------------------------------------------------
 
-def _kind_of(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    return "mapping"
-
-
 def _literal_problem(ts: TypeSpec, value: Any) -> str | None:
     """Why ``value`` cannot be a value of ``ts`` (None when it can)."""
     k = ts.kind
@@ -151,7 +135,7 @@ def _literal_problem(ts: TypeSpec, value: Any) -> str | None:
         return None if not ts.choices or any(p is None for p in probs) else f"{value!r} does not fit {ts}"
     if k == "enum":
         if not isinstance(value, str):
-            return f"expected one of {', '.join(ts.values)}, got {_kind_of(value)} {value!r}"
+            return f"expected one of {', '.join(ts.values)}, got {kind_of(value)} {value!r}"
         if ts.values and value not in ts.values:
             return f"{value!r} is not one of {', '.join(ts.values)}"
         return None
@@ -169,7 +153,7 @@ def _literal_problem(ts: TypeSpec, value: Any) -> str | None:
         return None
     want = {"str": "a string", "int": "an integer", "number": "a number", "bool": "a boolean (true/false)",
             "null": "null", "object": "a mapping", "array": "a list"}[k]
-    return f"expected {want}, got {_kind_of(value)} {value!r}"
+    return f"expected {want}, got {kind_of(value)} {value!r}"
 
 
 class _Compiler:
@@ -286,17 +270,17 @@ class _Compiler:
                 return None
         elif op in ("lt", "le", "gt", "ge"):
             if not (_num(value) or isinstance(value, str)):
-                self.err(arg.pos, f"{path}: {op} takes a number, got {_kind_of(value)} {value!r}")
+                self.err(arg.pos, f"{path}: {op} takes a number, got {kind_of(value)} {value!r}")
                 return None
             for _ev, ts in types or []:
                 if ts.kind not in ("int", "number", "str", "any", "alternate") or (
                     ts.kind == "str" and not isinstance(value, str)) or (
                     ts.kind in ("int", "number") and not _num(value)):
-                    self.err(arg.pos, f"{path}: {op} cannot compare {ts} with {_kind_of(value)} {value!r}")
+                    self.err(arg.pos, f"{path}: {op} cannot compare {ts} with {kind_of(value)} {value!r}")
                     return None
         elif op in ("regex", "glob"):
             if not isinstance(value, str):
-                self.err(arg.pos, f"{path}: {op} takes a string pattern, got {_kind_of(value)}")
+                self.err(arg.pos, f"{path}: {op} takes a string pattern, got {kind_of(value)}")
                 return None
             if op == "regex":
                 try:
@@ -315,13 +299,13 @@ class _Compiler:
                         return None
                 elif ts.kind == "str":
                     if not isinstance(value, str):
-                        self.err(arg.pos, f"{path}: contains on a string takes a string, got {_kind_of(value)}")
+                        self.err(arg.pos, f"{path}: contains on a string takes a string, got {kind_of(value)}")
                         return None
                 elif ts.kind not in ("any", "object", "alternate"):
                     self.err(arg.pos, f"{path}: contains needs a string, list or mapping field, but it is {ts}")
                     return None
         elif op == "exists" and not isinstance(value, bool):
-            self.err(arg.pos, f"{path}: exists takes true or false, got {_kind_of(value)} {value!r}")
+            self.err(arg.pos, f"{path}: exists takes true or false, got {kind_of(value)} {value!r}")
             return None
         return _op(op, get, value)
 

@@ -17,7 +17,7 @@ import yaml
 
 from .errors import Position, SourceError
 
-__all__ = ["MapNode", "Node", "ScalarNode", "SeqNode", "close_match", "parse"]
+__all__ = ["MapNode", "Node", "ScalarNode", "SeqNode", "close_match", "kind_of", "parse"]
 
 try:
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -58,7 +58,7 @@ class ScalarNode(Node):
 
     @property
     def kind(self) -> str:
-        return _type_name(self.value)
+        return kind_of(self.value)
 
     def __repr__(self) -> str:
         return f"ScalarNode({self.value!r} @ {self.pos})"
@@ -125,7 +125,8 @@ class MapNode(Node):
             yield k, e.value
 
 
-def _type_name(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """The kind of a YAML value, as messages name it: null, boolean, integer, number, string, list, mapping."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -136,6 +137,10 @@ def _type_name(value: Any) -> str:
         return "number"
     if isinstance(value, str):
         return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, dict):
+        return "mapping"
     return type(value).__name__
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import fnmatch
 import logging
 import random
@@ -45,6 +44,7 @@ from typing import Any
 from ..engine import status_after
 from ..errors import EventError, QMPConnectionError
 from ..event import Event
+from ..qmp import VMState
 from .catalog import (
     AGENT_REASONS,
     AGENT_STATES,
@@ -78,14 +78,8 @@ class LibvirtConnectionError(QMPConnectionError):
     """libvirtd could not be reached, or the connection was lost."""
 
 
-class LinkState(enum.Enum):
-    """Where a :class:`LibvirtSource`'s supervisor is."""
-
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-    STOPPED = "stopped"
+#: Where a :class:`LibvirtSource`'s supervisor is: the same states as a QMP connection's.
+LinkState = VMState
 
 
 def _io_error(p: tuple[Any, ...]) -> dict[str, Any]:
