@@ -286,7 +286,7 @@ class FleetLink(Resource):
                 try:
                     await self._session()
                     attempt = 0
-                except aiomqtt.MqttError as err:
+                except Exception as err:  # the connection's boundary: log, back off, reconnect
                     log.warning("fleet: %s:%d: %s", self.broker.host, self.broker.port, err)
                 finally:
                     self.connected.clear()
@@ -320,21 +320,26 @@ class FleetLink(Resource):
                 closing.cancel()
 
     async def _read(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
-        p = self.prefix
-        n = len(p.split("/"))
-        async for message in client.messages:
-            topic = message.topic.value
-            raw = message.payload
-            payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else str(raw or "").encode()
-            parts = topic.split("/")[n:]
-            if len(parts) >= 4 and parts[2] == "event":
-                self._on_event(parts[0], parts[1], payload)
-            elif len(parts) == 3 and parts[1] == "reply":
-                self._on_reply(payload)
-            elif len(parts) == 3 and parts[2] == "command" and parts[0] == self.host:
-                self._on_command(client, parts[1], payload, tg)
-            else:
-                self.view.handle(topic, payload)
+        n = len(self.prefix.split("/"))
+        try:
+            async for message in client.messages:
+                self._dispatch(client, message, n, tg)
+        except aiomqtt.MqttError as err:
+            log.warning("fleet: connection lost: %s", err)
+
+    def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message, n: int, tg: asyncio.TaskGroup) -> None:
+        topic = message.topic.value
+        raw = message.payload
+        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else str(raw or "").encode()
+        parts = topic.split("/")[n:]
+        if len(parts) >= 4 and parts[2] == "event":
+            self._on_event(parts[0], parts[1], payload)
+        elif len(parts) == 3 and parts[1] == "reply":
+            self._on_reply(payload)
+        elif len(parts) == 3 and parts[2] == "command" and parts[0] == self.host:
+            self._on_command(client, parts[1], payload, tg)
+        else:
+            self.view.handle(topic, payload)
 
     # -- events ------------------------------------------------------------------------
     def _on_event(self, t_host: str, t_vm: str, payload: bytes) -> None:

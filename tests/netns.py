@@ -157,7 +157,7 @@ class FleetNet:
         d = self.dir / host
         d.mkdir(exist_ok=True)
         lines = [
-            "per_listener_settings false", "allow_anonymous true", "persistence true",
+            "per_listener_settings false", "allow_anonymous true", "persistence true", "user root",
             f"persistence_location {d}/", "autosave_interval 1", "max_queued_messages 1000000",
             "max_inflight_messages 1000", "set_tcp_nodelay true", "log_type error", "log_type warning",
             "log_type notice", "log_dest stdout",
