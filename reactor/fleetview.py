@@ -5,9 +5,12 @@ broker bridged to the core broker:
 
 * ``<prefix>/<host>/status``: ``online``/``offline``, retained, with ``offline``
   as the last will (the event mirror of ``reactor.mqtt``);
-* ``<prefix>/<host>/bridge``: ``1``/``0``, retained, the host broker's bridge
+* ``<prefix>-bridge/<host>``: ``1``/``0``, retained, the host broker's bridge
   notification (its last will on the core broker is ``0``: a host cut off from
-  the core shows as unreachable even though its reactor still runs);
+  the core shows as unreachable even though its reactor still runs).  It lies
+  outside ``<prefix>/#`` on purpose: the local copy of the notification (``0``
+  while disconnected) would otherwise be forwarded by ``topic <prefix>/# out``
+  after the reconnect's ``1`` and overwrite it;
 * ``<prefix>/<host>/<vm>/status``: the VM's run state, retained.
 
 :class:`FleetView` folds those messages into one picture
@@ -93,25 +96,26 @@ class FleetView:
 
     def handle(self, topic: str, payload: bytes, now: float | None = None) -> bool:
         """Fold a status message in; False when ``topic`` is not a status topic of ``prefix``."""
+        text = payload.decode("utf-8", "replace").strip()
+        now = time.time() if now is None else now
+        bridge = f"{self.prefix}-bridge/"
+        if topic.startswith(bridge) and "/" not in topic[len(bridge):]:
+            h = self._host(topic[len(bridge):])
+            value = {"1": "connected", "0": "disconnected"}.get(text, text)
+            if h["bridge"] != value:
+                h["bridge"] = value
+                h["since"] = now
+            return True
         parts = topic.split("/")
         base = self.prefix.split("/")
         n = len(base)
         if parts[:n] != base:
             return False
         rest = parts[n:]
-        text = payload.decode("utf-8", "replace").strip()
-        now = time.time() if now is None else now
         if len(rest) == 2 and rest[1] == "status":
             h = self._host(rest[0])
             if h["reactor"] != text:
                 h["reactor"] = text
-                h["since"] = now
-            return True
-        if len(rest) == 2 and rest[1] == "bridge":
-            h = self._host(rest[0])
-            value = {"1": "connected", "0": "disconnected"}.get(text, text)
-            if h["bridge"] != value:
-                h["bridge"] = value
                 h["since"] = now
             return True
         if len(rest) == 3 and rest[2] == "status":
@@ -176,7 +180,7 @@ async def fetch_status(
     """Read the retained status topics from a broker for ``wait`` seconds; the :meth:`FleetView.snapshot`."""
     view = FleetView(prefix)
     async with aiomqtt.Client(host, port, username=username, password=password, timeout=10) as client:
-        await client.subscribe([(f"{prefix}/+/status", 0), (f"{prefix}/+/bridge", 0), (f"{prefix}/+/+/status", 0)])
+        await client.subscribe([(f"{prefix}/+/status", 0), (f"{prefix}-bridge/+", 0), (f"{prefix}/+/+/status", 0)])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 async for message in client.messages:

@@ -273,7 +273,7 @@ class FleetLink(Resource):
 
     def _topics(self) -> list[tuple[str, int]]:
         p = self.prefix
-        topics = [(f"{p}/+/status", 1), (f"{p}/+/bridge", 1), (f"{p}/+/+/status", 1),
+        topics = [(f"{p}/+/status", 1), (f"{p}-bridge/+", 1), (f"{p}/+/+/status", 1),
                   (f"{self.reply_topic}/+", 1), (f"{p}/{self.host}/+/command", 1)]
         if self.config.events:
             topics.append((f"{p}/+/+/event/#", 1))

@@ -23,6 +23,7 @@ line, run inside a namespace by :meth:`FleetNet.subscriber`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -171,7 +172,7 @@ class FleetNet:
                 f"connection {host}-core", f"address {CORE_ADDR}:1883", f"remote_clientid bridge-{host}",
                 "cleansession false", "bridge_protocol_version mqttv311", "try_private true",
                 "keepalive_interval 5", "restart_timeout 1 2", "start_type automatic",
-                f"notification_topic {p}/{host}/bridge", "notifications_local_only false",
+                f"notification_topic {p}-bridge/{host}", "notifications_local_only false",
                 f"topic {p}/# out 1", f"topic {p}/{host}/+/command in 1",
             ]
         path = d / "mosquitto.conf"
@@ -221,10 +222,8 @@ class FleetNet:
 
     def _kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
