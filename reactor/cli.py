@@ -346,6 +346,38 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .fleetview import fetch_status, format_status
+
+    try:
+        config = load_config(args.config)
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    fleet = config.section("fleet")
+    brokers = dict(config.mqtt)
+    if not brokers:
+        print("reactor: fleet status needs a broker in the mqtt: section", file=sys.stderr)
+        return 1
+    name = getattr(fleet, "broker", None) or next(iter(brokers))
+    b = brokers[name]
+    prefix = getattr(fleet, "prefix", None) or b.prefix
+    try:
+        snap = asyncio.run(fetch_status(b.host, b.port, prefix=prefix, wait=args.wait, username=b.username,
+                                        password=b.password.reveal() if b.password is not None else None))
+    except Exception as err:  # the command's boundary: say why
+        print(f"reactor: cannot read the fleet status from {b.host}:{b.port}: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(snap, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(format_status(snap))
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .arguments import describe_type
 
@@ -436,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", help="include the actions of this config's plugins")
     s.add_argument("-o", "--output", metavar="PATH")
     s.set_defaults(fn=cmd_schema)
+
+    s = sub.add_parser("fleet", help="fleet mode: hosts' presence and VMs' last state, from the broker")
+    s.add_argument("what", choices=["status"])
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--wait", type=float, default=1.0, help="seconds to collect retained messages (default 1)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_fleet)
 
     s = sub.add_parser("plugins", help="the actions available, where they come from, their arguments")
     s.add_argument("-c", "--config")

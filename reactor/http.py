@@ -322,6 +322,7 @@ class HttpServer(Resource):
             web.get("/api/runs", self._api_runs),
             web.get(r"/api/runs/{id:\d{1,18}}", self._api_run),
             web.get("/api/events", self._api_events),
+            web.get("/api/fleet", self._api_fleet),
         ])
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
                                max_line_size=8190, max_field_size=8190)
@@ -491,6 +492,14 @@ class HttpServer(Resource):
                 "dropped": bus.dropped.get(conn.name, 0) if bus is not None else 0,
             })
         return _json(out)
+
+    async def _api_fleet(self, request: web.Request) -> web.Response:
+        from .remote import FleetLink
+
+        link = self._daemon.resources.get(FleetLink)
+        if not isinstance(link, FleetLink):
+            raise _json_error(web.HTTPNotFound, "fleet mode is off (no fleet: section in the config)")
+        return _json(link.snapshot())
 
     async def _api_rules(self, request: web.Request) -> web.Response:
         engine = self._daemon.engine
