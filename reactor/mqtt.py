@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -68,6 +69,7 @@ __all__ = [
     "SubscribeTopic",
     "TlsConfig",
     "parse_brokers",
+    "set_no_delay",
 ]
 
 log = logging.getLogger(__name__)
@@ -953,6 +955,7 @@ class BrokerLink:
 
         paho.on_publish = on_publish
         async with client:
+            set_no_delay(client)
             self._set_state(LinkState.CONNECTED)
             self.connects += 1
             self.last_error = None
@@ -1074,6 +1077,14 @@ def _describe(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- hub
+
+
+def set_no_delay(client: aiomqtt.Client) -> None:
+    """Turn off Nagle's algorithm on a connected client: it adds ~10 ms per small message on a delayed link."""
+    sock = client._client.socket()
+    if sock is not None and hasattr(sock, "setsockopt"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttHub(Resource):

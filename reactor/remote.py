@@ -31,7 +31,6 @@ import contextlib
 import fnmatch
 import logging
 import random
-import socket
 import ssl
 import time
 import uuid
@@ -47,6 +46,7 @@ from .actions.qmp import DESTRUCTIVE, is_read_only
 from .catalog import default_catalog
 from .errors import ActionError, ConfigError, EventError, QMPCommandError
 from .fleetview import DEDUPE_PER_VM, Dedupe, FleetView
+from .mqtt import set_no_delay
 from .source import MapNode, Node, ScalarNode, SeqNode, close_match
 
 __all__ = [
@@ -303,10 +303,7 @@ class FleetLink(Resource):
     async def _session(self) -> None:
         client = self._make_client()
         async with client:
-            sock = client._client.socket()
-            if sock is not None and hasattr(sock, "setsockopt"):
-                with contextlib.suppress(OSError):  # Nagle adds ~10 ms per small message on a delayed link
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_no_delay(client)
             await client.subscribe(self._topics())
             self._client = client
             self.connects += 1

@@ -25,6 +25,9 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv python3-p
 [ -x /usr/sbin/libvirtd ] || need+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 dpkg -s libvirt-dev >/dev/null 2>&1 || need+=(libvirt-dev pkg-config gcc)
 command -v unshare >/dev/null || need+=(util-linux)
+# fleet tests: hosts as network namespaces, faults as nftables rules
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"
   as_root apt-get update -qq
@@ -50,6 +53,7 @@ say "building the tiny test guest (cached)"
 # the suites that need a real libvirtd or browser fail instead of skipping when these are set
 export REACTOR_REQUIRE_LIBVIRT=1
 export REACTOR_REQUIRE_BROWSER=1
+export REACTOR_NETNS_LONG=1   # the fleet test's 60 s outage too (about 70 s more)
 
 say "running the tests"
 set +e
