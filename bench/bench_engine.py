@@ -58,6 +58,7 @@ from reactor.catalog import default_catalog
 from reactor.clock import VirtualClock
 from reactor.engine import Engine
 from reactor.journal import Journal
+from reactor.engine import tune_gc
 from reactor.loader import load_rules_text
 from reactor.registry import Registry, builtin_registry
 from reactor.replay import replay
@@ -547,8 +548,10 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     for n in counts:
         specs = make_rules(n)
+        gc.unfreeze()   # let the previous rule set go
         rules = load_rules_text([("bench.yaml", rules_yaml(specs))], registry=registry)
         naive = naive_rules(specs)
+        tune_gc()       # as `reactor replay` and `reactor run` do after loading
         for stream_name, share in (("match", 1.0), ("quiet", 0.1)):
             stream = make_stream(specs, n_events, match_share=share)
             row: dict[str, Any] = {"rules": n, "stream": stream_name, "matching": stream.matching}

@@ -22,7 +22,7 @@ from .catalog import default_catalog
 from .clock import VirtualClock
 from .config import Config, load_config
 from .duration import parse_duration
-from .engine import Engine
+from .engine import Engine, tune_gc
 from .errors import LoadError, ReactorError
 from .loader import load_rules
 from .registry import Registry
@@ -117,6 +117,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _print_errors(err)
         return 1
     as_json = args.json
+    tune_gc()   # the rules and the catalog live for the whole replay: keep the collector off them
 
     def output(rec: dict[str, Any]) -> None:
         _print_record(rec, as_json)

