@@ -56,9 +56,8 @@ import orjson
 from reactor.action import ActionContext, action
 from reactor.catalog import default_catalog
 from reactor.clock import VirtualClock
-from reactor.engine import Engine
+from reactor.engine import Engine, tune_gc
 from reactor.journal import Journal
-from reactor.engine import tune_gc
 from reactor.loader import load_rules_text
 from reactor.registry import Registry, builtin_registry
 from reactor.replay import replay
