@@ -10,6 +10,12 @@ is dropped, if that queue is longer than the putting VM's; otherwise the
 putting VM's oldest, or, if it has nothing queued, the new event.  So a
 flooding VM loses its own backlog, never a quieter VM's events.  Drops are
 counted per VM (the VM whose event was dropped).
+
+Quiet VMs first: a VM whose queue was empty when its event arrived goes to
+the front of the round-robin, so it is served by the next :meth:`take`
+instead of waiting behind every flooding VM (the "new flows first" rule of
+fair queueing).  A flooding VM never empties its queue, so it cannot use
+this to get ahead; it keeps its turn in the rotation.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ class Bus:
                 self._size -= 1
                 ok = False
         if not n:
-            self._ready.append(vm)
+            self._ready.appendleft(vm)  # quiet VMs first (see the module docstring)
         q.append(event)
         if n >= len(self._queues.get(self._hog) or ()):
             self._hog = vm
