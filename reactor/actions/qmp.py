@@ -47,6 +47,8 @@ __all__ = [
     "CommandPolicy",
     "QmpArgs",
     "QmpPolicy",
+    "check_command",
+    "policy_refusal",
     "is_read_only",
 ]
 
@@ -95,17 +97,27 @@ class QmpArgs:
     allow_destructive: bool = False
 
 
+def check_command(command: str, allow_destructive: bool, action: str = "qmp") -> None:
+    """The load-time checks of a command name (also after each render): ValueError when refused."""
+    if not COMMAND_NAME.match(command):
+        raise ValueError(f"{command[:80]!r} is not a QMP command name (lower case, digits, - and _)")
+    if command == "qmp_capabilities":
+        raise ValueError("qmp_capabilities is negotiated by reactor itself")
+    if command in DESTRUCTIVE and not allow_destructive:
+        raise ValueError(
+            f"{command} is destructive and refused by default; if this rule really means it, "
+            f"opt in with `{action}: {{execute: {command}, allow_destructive: true}}`"
+        )
+
+
+def policy_refusal(ctx: ActionContext, command: str) -> str | None:
+    """Why the config's ``qmp.deny``/``qmp.allow`` refuse ``command`` for this run's rule (None: allowed)."""
+    return _policy(ctx).refusal(ctx.rule, command)
+
+
 def _check(args: QmpArgs) -> None:
     # Called at load for literal arguments and again after every render of templated ones.
-    if not COMMAND_NAME.match(args.execute):
-        raise ValueError(f"{args.execute[:80]!r} is not a QMP command name (lower case, digits, - and _)")
-    if args.execute == "qmp_capabilities":
-        raise ValueError("qmp_capabilities is negotiated by reactor itself")
-    if args.execute in DESTRUCTIVE and not args.allow_destructive:
-        raise ValueError(
-            f"{args.execute} is destructive and refused by default; if this rule really means it, "
-            f"opt in with `qmp: {{execute: {args.execute}, allow_destructive: true}}`"
-        )
+    check_command(args.execute, args.allow_destructive)
     if args.timeout <= 0:
         raise ValueError("timeout must be positive")
 
@@ -174,7 +186,7 @@ async def QMP(ctx: ActionContext, args: QmpArgs) -> Any:
     """Run QMP command ``execute`` with ``arguments`` on the event's VM (or ``vm``); the result is its
     ``return`` value.  Fails with QEMU's error class and description, or after ``timeout`` (default 10s).
     Destructive commands (``quit``, ``human-monitor-command`` ...) need ``allow_destructive: true``."""
-    refusal = _policy(ctx).refusal(ctx.rule, args.execute)
+    refusal = policy_refusal(ctx, args.execute)
     if refusal is not None:
         raise ActionError(refusal)
     vm = ctx.vm if args.vm is None else ctx.vm_named(args.vm)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..action import ActionContext, ActionSpec, VMHandle, action
+from ..actions.qmp import QmpPolicy, check_command, policy_refusal
 from ..errors import ActionError
 from .domain import REACTOR_SNAPSHOT, LibvirtVM
 
@@ -30,6 +31,12 @@ class LibvirtQmpArgs:
     execute: str
     arguments: dict[str, Any] | None = None
     vm: str | None = None
+    #: Opt in to a destructive command (the same deny-list as the ``qmp`` action).
+    allow_destructive: bool = False
+
+
+def _check_qmp(args: LibvirtQmpArgs) -> None:
+    check_command(args.execute, args.allow_destructive, "libvirt_qmp")
 
 
 def _target(ctx: ActionContext, name: str | None) -> VMHandle:
@@ -43,6 +50,9 @@ def _read_only(args: Any) -> bool:
 
 async def _libvirt_qmp(ctx: ActionContext, args: LibvirtQmpArgs) -> Any:
     """Run a QMP command; on a libvirt VM through libvirt's monitor passthrough (which taints the domain)."""
+    refusal = policy_refusal(ctx, args.execute)
+    if refusal is not None:
+        raise ActionError(refusal)
     vm = _target(ctx, args.vm)
     if isinstance(vm, LibvirtVM):
         ctx.log.info("%s: %s through libvirt's monitor passthrough (libvirt marks the domain tainted)",
@@ -51,7 +61,8 @@ async def _libvirt_qmp(ctx: ActionContext, args: LibvirtQmpArgs) -> Any:
     return await vm.execute(args.execute, args.arguments)
 
 
-LIBVIRT_QMP: ActionSpec = action("libvirt_qmp", shorthand="execute", mutating=_read_only)(_libvirt_qmp)
+LIBVIRT_QMP: ActionSpec = action("libvirt_qmp", shorthand="execute", mutating=_read_only, check=_check_qmp,
+                                 resources=(QmpPolicy,))(_libvirt_qmp)
 
 
 @dataclass(frozen=True)
