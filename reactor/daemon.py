@@ -39,6 +39,7 @@ from .event import Event
 from .fleet import Fleet
 from .journal import Journal
 from .loader import load_rules
+from .looplag import LoopLag
 from .notify import Notifier
 from .plugins import load_registry
 from .qmp import VMConnection, VMState
@@ -88,6 +89,8 @@ class Daemon:
         self._dry_run = dry_run
         self.grace = grace
         self.notifier = notifier if notifier is not None else Notifier()
+        #: event-loop lag (a plugin blocking the loop, a storm): exported as reactor_loop_* metrics
+        self.looplag = LoopLag()
         self.watch = watch
         self.watch_interval = watch_interval
         self.watch_debounce = watch_debounce
@@ -262,6 +265,7 @@ class Daemon:
 
     # -- background tasks -------------------------------------------------------------------
     def _start_background(self, tg: asyncio.TaskGroup, journal: Journal) -> None:
+        self._background.append(tg.create_task(self.looplag.run(), name="reactor.looplag"))
         if self.notifier.watchdog_interval is not None:
             self._background.append(tg.create_task(self.notifier.watchdog(), name="reactor.watchdog"))
         if self.watch:
@@ -464,9 +468,24 @@ async def serve(daemon: Daemon, *, install_signals: bool = True) -> None:
                 loop.remove_signal_handler(sig)
 
 
+def _raise_nofile() -> None:
+    """One socket per VM: raise the soft open-file limit to the hard one (1,024 is common; 1,000 VMs need more)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, err)
+
+
 def run_daemon(config: Config, *, dry_run: bool = False, watch: bool = True) -> int:
     """The body of ``reactor run``: 0 after a clean stop."""
     from .engine import abandoned_actions
+
+    _raise_nofile()
 
     async def main() -> None:
         daemon = Daemon(config, dry_run=dry_run, watch=watch, tune_gc=True)
