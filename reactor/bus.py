@@ -11,6 +11,12 @@ putting VM's oldest, or, if it has nothing queued, the new event.  So a
 flooding VM loses its own backlog, never a quieter VM's events.  Drops are
 counted per VM (the VM whose event was dropped).
 
+Shedding at the source: QMP connections ask :meth:`shed` before building
+each event; while a VM's queue is full they drop that VM's *newest* events
+instead, unparsed into typed events (counted the same way).  In a storm the
+reader's CPU then goes to the events that will be handled, not to events the
+bus would drop a moment later.
+
 Quiet VMs first: a VM whose queue was empty when its event arrived goes to
 the front of the round-robin, so it is served by the next :meth:`take`
 instead of waiting behind every flooding VM (the "new flows first" rule of
@@ -47,6 +53,19 @@ class Bus:
     def depth(self, vm: str) -> int:
         q = self._queues.get(vm)
         return len(q) if q else 0
+
+    def shed(self, vm: str) -> bool:
+        """Whether a source should drop ``vm``'s next event before even building it (counted as a drop).
+
+        True while that VM's queue is full, or while the whole bus is full and this VM has the
+        longest queue: then :meth:`put` would only drop an event of the same VM, so a storm
+        costs the reader no parsing into typed events and no queue churn.
+        """
+        q = self._queues.get(vm)
+        if q is not None and (len(q) >= self.per_vm or (self._size >= self.total and vm == self._hog)):
+            self.dropped[vm] += 1
+            return True
+        return False
 
     def put(self, event: Event) -> bool:
         """Queue an event; False when the event (or an older one of its VM) was dropped."""

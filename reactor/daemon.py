@@ -227,7 +227,8 @@ class Daemon:
                     vms=[(v.name, v.qmp, v.labels) for v in cfg.vms],
                     discover=[(d.glob, d.labels) for d in cfg.discover],
                     listen=cfg.listen, host=cfg.host,
-                    connection={"command_timeout": cfg.qmp.command_timeout, "backoff_max": cfg.qmp.backoff_max},
+                    connection={"command_timeout": cfg.qmp.command_timeout, "backoff_max": cfg.qmp.backoff_max,
+                                "shed": engine.bus.shed},
                 )
                 self.fleet = fleet
                 engine_task = tg.create_task(engine.run(grace=self.grace), name="reactor.engine")

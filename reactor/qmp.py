@@ -369,6 +369,7 @@ class VMConnection:
         connect_timeout: float = 5.0,
         command_timeout: float = 10.0,
         max_line: int = 1 << 22,
+        shed: Callable[[str], bool] | None = None,
     ) -> None:
         if (address is None) == (sock is None):
             raise ValueError("give exactly one of address and sock")
@@ -380,6 +381,10 @@ class VMConnection:
         self._labels: Mapping[str, str] = dict(labels or {})
         self._make_event = make_event
         self._on_event = on_event
+        #: asked per event (with the VM's name): True drops it before it is built, because the consumer's
+        #: queue for this VM is full anyway (a storm); the consumer counts those drops
+        self._shed = shed
+        self.events_shed = 0
         self._on_state = on_state
         self._on_problem = on_problem
         self._namer = namer
@@ -726,6 +731,9 @@ class VMConnection:
             self._track_status(name, obj.get("data"))
         self._seq += 1
         self.events_received += 1
+        if self._shed is not None and self._shed(self._name):
+            self.events_shed += 1
+            return
         try:
             event = self._make_event(obj, vm=self._name, host=self.host, seq=self._seq)
         except EventError as err:

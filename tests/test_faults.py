@@ -288,6 +288,27 @@ async def test_a_flood_past_the_bus_bounds_drops_by_policy_and_the_quiet_vm_is_s
         await eventually(lambda: count(quiet, "cont") > before, 5)
 
 
+async def test_a_flooding_vm_is_shed_at_its_reader_while_its_queue_is_full(tmp_path: Path) -> None:
+    """While a VM's bus queue is full, its connection drops its newest events before building them: counted
+    as that VM's bus drops, never another VM's, and the VM's run state is still tracked from them."""
+    extra = "bus: {per_vm: 50, total: 100000}\n"
+    async with site(tmp_path, FLOOD_RULES, vms=("flood", "quiet"), extra=extra) as s:
+        flood, quiet = s.fakes["flood"], s.fakes["quiet"]
+        engine, fleet = s.daemon.engine, s.daemon.fleet
+        assert engine is not None and fleet is not None
+        conn = fleet.get("flood")
+        assert conn is not None
+        flood.send_raw(b"".join(
+            b'{"event": "RTC_CHANGE", "data": {"offset": %d, "qom-path": "/rtc"}, '
+            b'"timestamp": {"seconds": 1, "microseconds": 0}}\r\n' % i for i in range(20000)))
+        await eventually(lambda: conn.events_received >= 20000, 10)
+        assert conn.events_shed > 0
+        assert engine.bus.dropped["flood"] >= conn.events_shed
+        assert engine.bus.dropped["quiet"] == 0
+        quiet.emit("STOP")
+        await eventually(lambda: count(quiet, "cont") >= 1, 10)
+
+
 # --- the broker killed during a QoS 1 stream -------------------------------------------------------
 
 STREAM_RULES = """
