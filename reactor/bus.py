@@ -133,9 +133,3 @@ class Bus:
         """Wake a waiter without an event (used to stop the consumer)."""
         self._wakeup.set()
 
-    async def get(self) -> list[Event]:
-        """Wait for events, then take a batch."""
-        while not self._size:
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        return self.take()

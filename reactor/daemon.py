@@ -38,6 +38,7 @@ from .errors import LoadError
 from .event import Event
 from .fleet import Fleet
 from .journal import Journal
+from .libvirt.hub import LibvirtHub  # libvirt-python itself is imported only when it connects
 from .loader import load_rules
 from .looplag import LoopLag
 from .notify import Notifier
@@ -170,11 +171,8 @@ class Daemon:
 
             if FleetLink not in classes:
                 classes.append(FleetLink)
-        if (config or self._config).section("libvirt"):
-            from .libvirt.hub import LibvirtHub  # libvirt-python is imported only when it connects
-
-            if LibvirtHub not in classes:
-                classes.append(LibvirtHub)
+        if (config or self._config).section("libvirt") and LibvirtHub not in classes:
+            classes.append(LibvirtHub)
         return classes
 
     def _services(self) -> list[Resource]:
@@ -411,8 +409,10 @@ class Daemon:
     def _vm(self, name: str) -> VMHandle | None:
         """A VM by name: a QMP connection, else a libvirt domain (a QMP VM wins a name clash)."""
         vm: VMHandle | None = self.fleet.get(name) if self.fleet is not None else None
-        if vm is None and self._libvirt is not None:
-            vm = self._libvirt.get(name)
+        if vm is None:
+            hub = self.resources.get(LibvirtHub)
+            if isinstance(hub, LibvirtHub):
+                vm = hub.get(name)
         if vm is None and "/" in name:  # HOST/VM: a VM on another host (fleet mode)
             from .remote import FleetLink
 
@@ -420,13 +420,6 @@ class Daemon:
             if isinstance(link, FleetLink):
                 vm = link.vm(name)
         return vm
-
-    @property
-    def _libvirt(self) -> Any:
-        for cls, res in self.resources.items():
-            if cls.__name__ == "LibvirtHub":
-                return res
-        return None
 
     def _labels(self, name: str) -> Mapping[str, str]:
         vm = self._vm(name)

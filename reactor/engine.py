@@ -28,7 +28,7 @@ from .event import Event
 from .matcher import Matcher
 from .rule import Rule, RuleSet, Step
 from .throttle import Throttles
-from .view import names_for
+from .view import RuleView, names_for
 
 __all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "abandoned_actions", "status_after",
            "tune_gc"]
@@ -204,8 +204,6 @@ class Run:
         eng = self.engine
         rule = self._rule
         self.status = "running"
-        started = eng.clock.now()
-        t0 = time.perf_counter()
         error: str | None = None
         try:
             if rule.name in eng._durable:
@@ -229,9 +227,8 @@ class Run:
             log.exception("run %s of %s failed unexpectedly", self.id, rule.name)
         finally:
             eng.journal_end_run(self, error)
-            eng.stats_run(rule.name, self.status, time.perf_counter() - t0)
+            eng.stats_run(rule.name, self.status)
             eng.run_finished(self)
-            _ = started
 
     async def _run_step(self, step: Step) -> bool:
         eng = self.engine
@@ -588,7 +585,7 @@ class Engine:
                 if names is None:
                     names = names_for(event, vm, rule.name, self.clock.now(), {})
                 else:
-                    names["rule"] = names_for(event, vm, rule.name, 0, {})["rule"]
+                    names["rule"] = RuleView(rule.name)
                 try:
                     if not rule.condition.test(names):
                         continue
@@ -799,7 +796,7 @@ class Engine:
         except Exception:
             log.exception("journal: cannot record run end")
 
-    def stats_run(self, rule: str, status: str, seconds: float) -> None:
+    def stats_run(self, rule: str, status: str) -> None:
         self.run_outcomes[(rule, status)] += 1
 
     def _output(self, record: dict[str, Any]) -> None:
