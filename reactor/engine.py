@@ -431,12 +431,12 @@ class Engine:
         bus: Bus | None = None,
         resources: Mapping[type[Resource], Resource] | None = None,
     ) -> None:
-        self.catalog = catalog or default_catalog()
+        self.catalog = catalog if catalog is not None else default_catalog()
         self.clock = clock or RealClock()
         self.journal = journal
         self.dry_run = dry_run
         self.output = output
-        self.bus = bus or Bus()
+        self.bus = bus if bus is not None else Bus()   # not `or`: an empty Bus is falsy (__len__)
         self._vms = vms
         self._static: dict[str, StaticVM] = {}
         self._labels = labels

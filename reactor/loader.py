@@ -503,7 +503,8 @@ def load_rules_text(
     files: Sequence[tuple[str, str]], *, catalog: Catalog | None = None, registry: Registry | None = None
 ) -> RuleSet:
     """Load rules from ``(path, text)`` pairs; raises :class:`LoadError` with every problem."""
-    loader = _Loader(catalog or default_catalog(), registry or builtin_registry())
+    loader = _Loader(catalog if catalog is not None else default_catalog(),
+                     registry if registry is not None else builtin_registry())
     parsed = [loader.parse_file(text, path) for path, text in files]
     emitted = loader.collect_emitted(parsed)
     loader.add_emitted(emitted)

@@ -255,7 +255,7 @@ def _described(keys: dict[str, Any], wanted: tuple[str, ...], what: str) -> dict
 
 def rules_schema(*, catalog: Catalog | None = None, registry: Registry | None = None) -> dict[str, Any]:
     """The JSON Schema of a rule file."""
-    catalog = catalog or default_catalog()
+    catalog = catalog if catalog is not None else default_catalog()
     registry = registry or builtin_registry()
     defs: dict[str, Any] = {"duration": _DURATION, "template": _TEMPLATE}
     names = catalog.names()

@@ -664,3 +664,12 @@ async def test_wait_for_counts_events_since_the_previous_step_began() -> None:
     by_vm = {s["vm"]: (s["status"], s["result"], s["error"]) for s in r.of("step") if s["action"] == "await_event"}
     assert by_vm == {"vm0": ("ok", "RESUME@1001", None),
                      "vm1": ("timeout", None, "no RESUME from vm1 within 5s")}
+
+
+def test_engine_keeps_the_bus_it_is_given() -> None:
+    """An empty Bus is falsy (it has a length): the engine must still use the one passed in, limits and all."""
+    from reactor.bus import Bus
+
+    bus = Bus(per_vm=7, total=11)
+    engine = Engine(load_rules_text([("r.yaml", "rules: []\n")]), bus=bus)
+    assert engine.bus is bus and engine.bus.per_vm == 7 and engine.bus.total == 11
