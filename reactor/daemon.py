@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from .action import Resource, VMHandle
+from .bus import Bus
 from .catalog import default_catalog
 from .config import Config
 from .engine import Engine, tune_gc
@@ -198,9 +199,7 @@ class Daemon:
             self._tg = tg
             engine = Engine(self.rules, catalog=self.catalog, journal=journal, dry_run=self._dry_run,
                             vms=self._vm, labels=self._labels,
-                            bus=None)
-            engine.bus.per_vm = cfg.bus.per_vm
-            engine.bus.total = cfg.bus.total
+                            bus=Bus(per_vm=cfg.bus.per_vm, total=cfg.bus.total))
             self.engine = engine
             for cb in self._pending_subscribers:
                 engine.subscribe(cb)
