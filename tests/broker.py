@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from ports import free_port  # tests/ is on sys.path
 
-__all__ = ["Broker", "fresh_broker", "mosquitto", "start_broker"]
+__all__ = ["Broker", "free_port", "fresh_broker", "mosquitto", "start_broker"]
 
 USERNAME = "reactor"
 PASSWORD = "s3cret-Pa55"
@@ -37,12 +38,6 @@ def _need(tool: str, package: str) -> str:
     if path is None:
         pytest.skip(f"{tool} is not installed (apt-get install {package})")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -132,12 +127,28 @@ def start_broker(directory: Path) -> Broker:
     passwd = directory / "passwd"
     passwd.write_text(f"{USERNAME}:{PASSWORD}\n")
     subprocess.run([_need("mosquitto_passwd", "mosquitto"), "-U", str(passwd)], check=True, capture_output=True)
-    b = Broker(directory, free_port(), free_port(), free_port(), ca[0], other_ca)
+    os.chmod(passwd, 0o600)
+    for attempt in range(5):
+        b = Broker(directory, free_port(), free_port(), free_port(), ca[0], other_ca)
+        _write_config(b, ca[0], cert, key, passwd)
+        (directory / "mosquitto.log").unlink(missing_ok=True)
+        try:
+            b.start()
+        except RuntimeError:
+            b.stop()
+            if "Address already in use" not in b.log_text() or attempt == 4:
+                raise
+            continue  # another process took a port meanwhile: new ports
+        return b
+    raise AssertionError("unreachable")
+
+
+def _write_config(b: Broker, ca: Path, cert: Path, key: Path, passwd: Path) -> None:
     b.config.write_text(
         f"""per_listener_settings true
 {"user root" if os.geteuid() == 0 else ""}
 persistence true
-persistence_location {directory}/
+persistence_location {b.directory}/
 autosave_interval 1
 log_dest stderr
 log_type error
@@ -148,7 +159,7 @@ listener {b.port} 127.0.0.1
 allow_anonymous true
 listener {b.tls_port} 127.0.0.1
 allow_anonymous true
-cafile {ca[0]}
+cafile {ca}
 certfile {cert}
 keyfile {key}
 listener {b.auth_port} 127.0.0.1
@@ -156,9 +167,6 @@ allow_anonymous false
 password_file {passwd}
 """
     )
-    os.chmod(passwd, 0o600)
-    b.start()
-    return b
 
 
 @pytest.fixture(scope="session")

@@ -7,4 +7,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from qemu_fixtures import guest_kernel, qemu_vm_factory  # noqa: E402,F401
+from qemu_fixtures import guest_kernel, qemu_vm_factory  # noqa: F401

@@ -58,9 +58,14 @@ export REACTOR_REQUIRE_BROWSER=1
 
 say "running the tests"
 set +e
-.venv/bin/python -m pytest -q -rs "$@"
+# each test has a 240 s limit (pytest-timeout, in pyproject.toml); the whole run has 45 minutes
+timeout --signal=INT --kill-after=60 2700 .venv/bin/python -m pytest -q -rs "$@"
 rc=$?
 set -e
+if [ $rc -eq 124 ]; then
+  echo "the test run took more than 45 minutes and was stopped" >&2
+  exit 1
+fi
 if [ $rc -eq 5 ]; then
   echo "no tests were collected" >&2
   exit 1

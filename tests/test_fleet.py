@@ -195,3 +195,23 @@ async def test_vmconnection_is_what_fleet_holds(tmp_path: Path) -> None:
         await seen.wait("a", "REACTOR_VM_CONNECTED")
         f.check_rule_usage({"NOPE": set()})
         assert conn.schema_events is not None
+
+
+async def test_a_cancelled_close_lets_its_cancellation_through(tmp_path: Path) -> None:
+    """VMConnection.aclose waits for its supervisor; the caller's own cancellation must not be swallowed there.
+
+    (It was: a discovery loop cancelled while it removed a vanished VM went on scanning,
+    and the fleet's close waited for it forever.)
+    """
+    seen = Seen()
+    async with FakeQMP(tmp_path / "a.qmp") as a, fleet(seen) as f:
+        conn = f.add("a", a.address)
+        await seen.wait("a", "REACTOR_VM_CONNECTED")
+        closer = asyncio.create_task(conn.aclose())
+        await asyncio.sleep(0)   # the closer now waits for the supervisor, which is being cancelled
+        assert not closer.done()
+        closer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closer
+        await until(lambda: conn.state is VMState.STOPPED)
+

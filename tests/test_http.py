@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from fakeqmp import FakeQMP
+from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from reactor.config import parse_config
@@ -63,12 +64,6 @@ rules:
 """
 
 SECRET = "hunter2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

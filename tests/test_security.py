@@ -38,6 +38,7 @@ import pytest
 from aiohttp import web
 from broker import Broker, mosquitto
 from fakeqmp import FakeQMP
+from ports import free_port
 from test_actions_qmp import running, wait_runs, write_config
 
 from reactor.clock import VirtualClock
@@ -431,12 +432,6 @@ async def hook_server() -> AsyncIterator[tuple[str, list[web.Request]]]:
         yield f"http://127.0.0.1:{port}/hook", seen
     finally:
         await runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

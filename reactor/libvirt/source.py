@@ -301,8 +301,9 @@ class LibvirtSource:
         task = self._run_task
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({task})
+            # asyncio.wait never raises the task's outcome; a CancelledError here is the
+            # caller's own cancellation and must go on (swallowing it hung Fleet.aclose)
+            await asyncio.wait({task})
         elif task is None:
             self._set_state(LinkState.STOPPED)
 

@@ -12,7 +12,6 @@ The events can then go through rules with :func:`reactor.testing.run_rules`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import typing
 from collections.abc import Mapping
@@ -76,8 +75,7 @@ async def run_source(spec: SourceSpec | str, config: Mapping[str, Any] | Any = N
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task})  # the caller's own cancellation goes on
     if not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
     return events
