@@ -27,6 +27,7 @@ from .errors import ActionError, QMPConnectionError, ReactorError, TemplateError
 from .event import Event
 from .matcher import Matcher
 from .rule import Rule, RuleSet, Step
+from .threshold import Thresholds
 from .throttle import Throttles
 from .view import RuleView, names_for
 
@@ -34,6 +35,9 @@ __all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "aband
            "tune_gc"]
 
 log = logging.getLogger("reactor.engine")
+
+#: variables a run starts with (``vars.threshold`` of a threshold rule)
+Vars = Mapping[str, Any]
 
 Output = Callable[[dict[str, Any]], None]
 
@@ -125,7 +129,7 @@ class Run:
                  "step_seq", "task")
 
     def __init__(self, engine: Engine, rule: Rule, event: Event, vm: VMHandle, run_id: int,
-                 event_id: int | None, seq: int) -> None:
+                 event_id: int | None, seq: int, preset: Mapping[str, Any] | None = None) -> None:
         self.engine = engine
         self._rule = rule
         self._event = event
@@ -135,7 +139,7 @@ class Run:
         self.seq = seq                 # bus sequence of the triggering event
         self.step_seq = seq            # bus sequence when the previous step began
         self._step = 0
-        self._vars: dict[str, Any] = {}
+        self._vars: dict[str, Any] = dict(preset) if preset else {}   # vars.threshold of a threshold rule
         self.task: asyncio.Task[None] | None = None
         self.status = "pending"
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
@@ -442,12 +446,13 @@ class Engine:
         self._labels = labels
         self._resources = dict(resources or {})
         self.throttles = Throttles(journal.record_throttle if journal is not None else None)
+        self.thresholds = Thresholds()
         self.set_rules(rules)
         self._tg: asyncio.TaskGroup | None = None
         self._stopping: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None   # set when the last run in flight ends (while draining)
         self._active: dict[tuple[str, str], list[Run]] = {}
-        self._queued: dict[tuple[str, str], deque[tuple[Event, int | None, int]]] = {}
+        self._queued: dict[tuple[str, str], deque[tuple[Event, int | None, int, Vars | None]]] = {}
         self._waiters: dict[str, list[_Waiter]] = {}
         self._recent: dict[str, deque[tuple[int, Event]]] = {}
         self._subscribers: list[Callable[[Event], None]] = []
@@ -473,6 +478,7 @@ class Engine:
         # run acts, so a kill -9 right after (say) a `cont` cannot reopen the window
         self._durable = frozenset(r.name for r in rules.rules if r.throttle is not None and r.name not in self._inline)
         self.throttles.keep_only({r.name for r in rules.rules})
+        self.thresholds.keep_only({r.name for r in rules.rules if r.threshold is not None})
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         self._subscribers.append(callback)
@@ -599,7 +605,15 @@ class Engine:
             self.stats["matches"] += 1
             if event_id is None and journal is not None and journal.record_events == "matched":
                 event_id = self._journal_event(event)
-            self._fire(rule, event, vm, event_id, seq)
+            preset: Vars | None = None
+            if rule.threshold is not None:
+                crossing = self.thresholds.observe(rule.name, rule.threshold, event.vm, event.host, event.data,
+                                                   self.clock.now())
+                if crossing is None:   # counted; not run (not journaled either: it is not a run)
+                    self.run_outcomes[(rule.name, "below_threshold")] += 1
+                    continue
+                preset = {"threshold": crossing.as_vars()}
+            self._fire(rule, event, vm, event_id, seq, preset)
 
     def _journal_event(self, event: Event) -> int | None:
         try:
@@ -609,7 +623,8 @@ class Engine:
             log.exception("journal: cannot record event")
             return None
 
-    def _fire(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int) -> None:
+    def _fire(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int,
+              preset: Vars | None = None) -> None:
         key = (rule.name, event.vm)
         active = self._active.get(key)
         if active:
@@ -624,7 +639,7 @@ class Engine:
                     return
                 if not self._throttle_ok(rule, event, event_id):
                     return
-                q.append((event, event_id, seq))
+                q.append((event, event_id, seq, preset))
                 self._output({"type": "queued", "rule": rule.name, "vm": event.vm, "event": event.name,
                               "time": self.clock.now()})
                 return
@@ -634,17 +649,17 @@ class Engine:
                 for r in active:
                     if r.task is not None:
                         r.task.cancel()
-                self._start(rule, event, vm, event_id, seq)
+                self._start(rule, event, vm, event_id, seq, preset)
                 return
         if not self._throttle_ok(rule, event, event_id):
             return
-        self._start(rule, event, vm, event_id, seq)
+        self._start(rule, event, vm, event_id, seq, preset)
 
     def _throttle_ok(self, rule: Rule, event: Event, event_id: int | None) -> bool:
         t = rule.throttle
         if t is None:
             return True
-        if self.throttles.allow(rule.name, t, t.key(event.vm, event.data), self.clock.now()):
+        if self.throttles.allow(rule.name, t, t.key(event.vm, event.data, event.host), self.clock.now()):
             return True
         self._not_run(rule, event, event_id, "throttled", f"throttle: {t.max} per {t.within:g}s")
         return False
@@ -663,7 +678,8 @@ class Engine:
         self._output({"type": outcome, "rule": rule.name, "vm": event.vm, "event": event.name, "reason": why,
                       "time": now})
 
-    def _start(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int) -> None:
+    def _start(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int,
+               preset: Vars | None = None) -> None:
         now = self.clock.now()
         run_id: int
         if self.journal is not None:
@@ -675,7 +691,7 @@ class Engine:
                 run_id = next(self._run_ids)
         else:
             run_id = next(self._run_ids)
-        run = Run(self, rule, event, vm, run_id, event_id, seq)
+        run = Run(self, rule, event, vm, run_id, event_id, seq, preset)
         self.runs_in_flight += 1
         if self.output is not None:
             self._output({"type": "match", "rule": rule.name, "vm": event.vm, "event": event.name,
@@ -730,12 +746,12 @@ class Engine:
                 del self._active[key]
         q = self._queued.get(key)
         if q:
-            event, event_id, seq = q.popleft()
+            event, event_id, seq, preset = q.popleft()
             if not q:
                 del self._queued[key]
             rule = self._by_name.get(run.rule) or run._rule
             if self._tg is not None:
-                self._start(rule, event, run.vm, event_id, seq)
+                self._start(rule, event, run.vm, event_id, seq, preset)
 
     # -- waiting ----------------------------------------------------------------------------
     async def wait_for(self, name: str | list[str], *, match: Callable[[Event], bool] | None, vm: str,

@@ -34,7 +34,8 @@ class Verdict:
     """Why one rule would or would not run for the event.
 
     ``outcome``: ``run`` (matched, would start a run), ``queued``,
-    ``throttled``, ``dropped`` (mode), ``no-match`` or ``disabled``.
+    ``throttled``, ``dropped`` (mode), ``counted`` (toward a ``threshold``;
+    the count itself lives in the daemon's memory), ``no-match`` or ``disabled``.
     ``failed`` names the first check that failed (``enabled``, ``vms``,
     ``match``, ``if``) and ``reasons`` says how, with values.
     """
@@ -46,6 +47,7 @@ class Verdict:
     reasons: tuple[str, ...] = ()
     throttle: str | None = None
     mode: str | None = None
+    threshold: str | None = None
 
     @property
     def matched(self) -> bool:
@@ -96,6 +98,12 @@ def _one(rule: Rule, event: Event, vm: StaticVM, journal: Journal | None, now: f
                                                                "(an error counts as no match)",))
         if not value:
             return Verdict(rule.name, pos, "no-match", "if", (f"if {rule.condition.source!r} is {value!r}",))
+    if rule.threshold is not None:
+        t = rule.threshold
+        return Verdict(rule.name, pos, "counted", threshold=(
+            f"runs once {t.count} distinct {'+'.join(t.distinct)} matched within {format_duration(t.within)}"
+            + (f" per {'+'.join(t.per)}" if t.per else "")
+            + "; the count so far is in the running daemon's memory"))
     mode, busy = _mode(rule, event, journal)
     outcome = "run"
     if busy and rule.mode == "single":
@@ -112,7 +120,7 @@ def _throttle(rule: Rule, event: Event, journal: Journal | None, now: float) -> 
     t = rule.throttle
     if t is None:
         return None, True
-    key = t.key(event.vm, event.data)
+    key = t.key(event.vm, event.data, event.host)
     window = f"{t.max} per {format_duration(t.within)} per {'+'.join(t.per)} (key {key!r})"
     if journal is None:
         return f"{window}; no journal given: assuming no earlier runs", True
@@ -145,7 +153,8 @@ def _mode(rule: Rule, event: Event, journal: Journal | None) -> tuple[str, bool]
 
 
 _WORDS = {"run": "MATCH: would run", "queued": "MATCH: would be queued", "throttled": "MATCH: throttled",
-          "dropped": "MATCH: dropped (mode)", "no-match": "no match", "disabled": "disabled"}
+          "dropped": "MATCH: dropped (mode)", "counted": "MATCH: counted toward its threshold", "no-match": "no match",
+          "disabled": "disabled"}
 
 
 def format_verdicts(event: Event, verdicts: list[Verdict]) -> str:
@@ -161,6 +170,8 @@ def format_verdicts(event: Event, verdicts: list[Verdict]) -> str:
         lines.extend(f"      {r}" for r in v.reasons)
         if v.throttle:
             lines.append(f"      throttle: {v.throttle}")
+        if v.threshold:
+            lines.append(f"      threshold: {v.threshold}")
         if v.mode:
             lines.append(f"      mode {v.mode}")
     return "\n".join(lines)

@@ -513,6 +513,8 @@ class HttpServer(Resource):
             obj = rule_json(r)
             run = last.get(r.name)
             obj["last_run"] = None if run is None else run_json(run)
+            if r.threshold is not None and engine is not None:   # distinct matches counted so far, per group
+                obj["threshold"]["pending"] = engine.thresholds.pending(r.name, r.threshold, engine.clock.now())
             out.append(obj)
         return _json(out)
 
@@ -583,6 +585,9 @@ def rule_json(r: Rule) -> dict[str, Any]:
         "mode": r.mode,
         "throttle": None if r.throttle is None else {"max": r.throttle.max, "within": r.throttle.within,
                                                      "per": list(r.throttle.per)},
+        "threshold": None if r.threshold is None else {"count": r.threshold.count, "within": r.threshold.within,
+                                                       "distinct": list(r.threshold.distinct),
+                                                       "per": list(r.threshold.per)},
         "steps": [{"index": s.index, "action": s.name, "args": _redact_raw(s.action, s.args.raw),
                    "when": s.when.source if s.when is not None else None, "timeout": s.timeout,
                    "on_error": s.on_error} for s in r.steps],

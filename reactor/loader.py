@@ -22,7 +22,7 @@ from .duration import parse_duration
 from .errors import LoadError, Position, RuleError, SourceError
 from .matcher import compile_match
 from .registry import Registry, builtin_registry
-from .rule import Predicate, Retry, Rule, RuleSet, Step, Throttle, VMSelector
+from .rule import Predicate, Retry, Rule, RuleSet, Step, Threshold, Throttle, VMSelector
 from .source import MapNode, Node, ScalarNode, SeqNode, close_match, parse
 from .template import Expression, compile_expression
 
@@ -30,7 +30,7 @@ __all__ = ["RULE_KEYS", "STEP_KEYS", "find_rule_files", "load_rules", "load_rule
 
 log = logging.getLogger(__name__)
 
-RULE_KEYS = ("name", "description", "on", "vms", "match", "if", "throttle", "mode", "max_queued",
+RULE_KEYS = ("name", "description", "on", "vms", "match", "if", "throttle", "threshold", "mode", "max_queued",
              "max_parallel", "enabled", "actions")
 STEP_KEYS = ("timeout", "retry", "on_error", "register", "when")
 MODES = ("single", "queued", "parallel", "restart")
@@ -170,6 +170,7 @@ class _Loader:
                                             self.errors)
         cond = self.expression(node, "if")
         throttle = self.throttle(node.get("throttle"), schemas) if "throttle" in node else None
+        threshold = self.threshold(node.get("threshold"), schemas) if "threshold" in node else None
         mode = self.choice(node, "mode", MODES, "single")
         max_queued = self.positive_int(node, "max_queued", 10)
         max_parallel = self.positive_int(node, "max_parallel", 10)
@@ -181,7 +182,7 @@ class _Loader:
         return Rule(
             name=name, pos=node.pos, on=on_names, steps=steps, description=description, vms=vms,
             match=match, literals=literals, match_source=mnode.plain() if mnode is not None else None,
-            condition=cond, throttle=throttle, mode=mode,  # type: ignore[arg-type]
+            condition=cond, throttle=throttle, threshold=threshold, mode=mode,  # type: ignore[arg-type]
             max_queued=max_queued, max_parallel=max_parallel, enabled=enabled, index=index,
         )
 
@@ -326,31 +327,67 @@ class _Loader:
         else:
             secs = self.duration(within, "throttle.within", positive=True)
             ok = ok and secs is not None
-        per: list[str] = []
-        pnode = node.get("per")
-        if pnode is None:
-            per = ["vm"]
-        else:
-            items = list(pnode.items) if isinstance(pnode, SeqNode) else [pnode]
-            for i in items:
-                v = i.plain()
-                if v == "vm":
-                    per.append("vm")
-                elif isinstance(v, str) and v.startswith("data.") and len(v) > 5:
-                    path = v[5:]
-                    for s in schemas or []:
-                        if self.catalog.resolve(s.name, path) is None:
-                            hint = self.catalog.suggest_field(s.name, path)
-                            self.err(i.pos, f"throttle.per: {s.name} has no field {path!r}"
-                                     + (f" (did you mean 'data.{hint}'?)" if hint else ""))
-                            ok = False
-                    per.append(v)
-                else:
-                    self.err(i.pos, f"throttle.per: expected 'vm' or 'data.<field path>', got {v!r}")
-                    ok = False
-        if not ok or secs is None or mx is None:
+        per = self.event_keys(node.get("per"), "throttle.per", schemas, ("vm",))
+        if not ok or secs is None or mx is None or per is None:
             return None
-        return Throttle(max=int(mx.plain()), within=secs, per=tuple(per))
+        return Throttle(max=int(mx.plain()), within=secs, per=per)
+
+    def event_keys(self, node: Node | None, what: str, schemas: list[EventSchema] | None,
+                   default: tuple[str, ...]) -> tuple[str, ...] | None:
+        """A key list of throttle/threshold: ``vm``, ``host`` or ``data.<path>`` (checked against ``on``)."""
+        if node is None:
+            return default
+        keys: list[str] = []
+        ok = True
+        for i in list(node.items) if isinstance(node, SeqNode) else [node]:
+            v = i.plain()
+            if v in ("vm", "host"):
+                keys.append(v)
+            elif isinstance(v, str) and v.startswith("data.") and len(v) > 5:
+                path = v[5:]
+                for s in schemas or []:
+                    if self.catalog.resolve(s.name, path) is None:
+                        hint = self.catalog.suggest_field(s.name, path)
+                        self.err(i.pos, f"{what}: {s.name} has no field {path!r}"
+                                 + (f" (did you mean 'data.{hint}'?)" if hint else ""))
+                        ok = False
+                keys.append(v)
+            else:
+                self.err(i.pos, f"{what}: expected 'vm', 'host' or 'data.<field path>', got {v!r}")
+                ok = False
+        return tuple(keys) if ok else None
+
+    def threshold(self, node: Node | None, schemas: list[EventSchema] | None) -> Threshold | None:
+        keys = ["count", "within", "distinct", "per"]
+        if not isinstance(node, MapNode):
+            self.err(node.pos if node is not None else Position("?", 1, 1),
+                     "threshold must be a mapping {count, within, distinct, per}")
+            return None
+        for key in node.entries:
+            if key not in keys:
+                hint = close_match(key, keys)
+                self.err(node.key_pos(key), f"threshold: unknown key {key!r}"
+                         + (f" (did you mean {hint!r}?)" if hint else f"; keys: {', '.join(keys)}"))
+        count = node.get("count")
+        within = node.get("within")
+        ok = True
+        if count is None:
+            self.err(node.pos, "threshold: missing 'count'")
+            ok = False
+        elif not (isinstance(count, ScalarNode) and type(count.value) is int and count.value >= 1):
+            self.err(count.pos, f"threshold.count: expected a positive integer, got {count.plain()!r}")
+            ok = False
+        secs = None
+        if within is None:
+            self.err(node.pos, "threshold: missing 'within'")
+            ok = False
+        else:
+            secs = self.duration(within, "threshold.within", positive=True)
+        distinct = self.event_keys(node.get("distinct"), "threshold.distinct", schemas, ("host", "vm"))
+        per = self.event_keys(node.get("per"), "threshold.per", schemas, ())
+        if not ok or secs is None or count is None or distinct is None or per is None:
+            return None
+        return Threshold(count=int(count.plain()), within=secs, distinct=distinct, per=per)
 
     def choice(self, node: MapNode, key: str, choices: Sequence[str], default: str) -> str:
         sub = node.get(key)

@@ -16,7 +16,7 @@ from .arguments import Arguments
 from .errors import Position
 from .template import Expression
 
-__all__ = ["Mode", "Retry", "Rule", "RuleSet", "Step", "Throttle", "VMSelector"]
+__all__ = ["Mode", "Retry", "Rule", "RuleSet", "Step", "Threshold", "Throttle", "VMSelector", "event_key"]
 
 Mode = Literal["single", "queued", "parallel", "restart"]
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -50,23 +50,46 @@ class Step:
         return self.action.name
 
 
+def event_key(keys: tuple[str, ...], vm: str, data: Mapping[str, Any], host: str | None = None,
+              sep: str = "|") -> str:
+    """The values of ``keys`` ("vm", "host" or "data.<path>") for one event, joined by ``sep``."""
+    parts = []
+    for p in keys:
+        if p == "vm":
+            parts.append(vm)
+        elif p == "host":
+            parts.append(host or "")
+        else:
+            value: Any = data
+            for seg in p[5:].split("."):
+                value = value.get(seg) if isinstance(value, Mapping) else None
+            parts.append("" if value is None else str(value))
+    return sep.join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Throttle:
     max: int
     within: float
-    per: tuple[str, ...]   # "vm" or "data.<path>"
+    per: tuple[str, ...]   # "vm", "host" or "data.<path>"
 
-    def key(self, vm: str, data: Mapping[str, Any]) -> str:
-        parts = []
-        for p in self.per:
-            if p == "vm":
-                parts.append(vm)
-            else:
-                value: Any = data
-                for seg in p[5:].split("."):
-                    value = value.get(seg) if isinstance(value, Mapping) else None
-                parts.append("" if value is None else str(value))
-        return "|".join(parts)
+    def key(self, vm: str, data: Mapping[str, Any], host: str | None = None) -> str:
+        return event_key(self.per, vm, data, host)
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """Run only once ``count`` distinct matches (by ``distinct``) fell within ``within`` (per ``per`` group).
+
+    An extension of the rule language (RULES.md has no counting): "more than 5 VMs
+    on different hosts paused within a minute" is ``{count: 6, within: 1m,
+    distinct: [host, vm]}``.
+    """
+
+    count: int
+    within: float
+    distinct: tuple[str, ...]   # "vm", "host" or "data.<path>"; default (host, vm)
+    per: tuple[str, ...] = ()   # groups counted apart; default: one count for the rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +136,7 @@ class Rule:
     match_source: Any = None
     condition: Expression | None = None
     throttle: Throttle | None = None
+    threshold: Threshold | None = None
     mode: Mode = "single"
     max_queued: int = 10
     max_parallel: int = 10

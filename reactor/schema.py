@@ -201,6 +201,8 @@ def _rule_keys(events: dict[str, Any]) -> dict[str, Any]:
     one_or_more = {"anyOf": [{"$ref": "#/definitions/eventName"},
                              {"type": "array", "items": {"$ref": "#/definitions/eventName"}, "minItems": 1}]}
     globs = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]}
+    key = {"type": "string", "pattern": r"^(vm|host|data\..+)$"}
+    event_keys = {"anyOf": [key, {"type": "array", "items": key}]}
     return {
         "name": {**_NAME, "description": "Unique across all files: lower case letters, digits, _ . -"},
         "description": {"type": "string"},
@@ -219,9 +221,13 @@ def _rule_keys(events: dict[str, Any]) -> dict[str, Any]:
                      "description": "At most `max` runs per key within a sliding window.",
                      "properties": {"max": {"type": "integer", "minimum": 1},
                                     "within": {"$ref": "#/definitions/duration"},
-                                    "per": {"anyOf": [{"type": "string", "pattern": r"^(vm|data\..+)$"},
-                                                      {"type": "array", "items": {"type": "string",
-                                                                                  "pattern": r"^(vm|data\..+)$"}}]}}},
+                                    "per": event_keys}},
+        "threshold": {"type": "object", "additionalProperties": False, "required": ["count", "within"],
+                      "description": "Run once `count` distinct matches (by `distinct`, default host and VM) fell "
+                                     "within a sliding window (an extension of the rule language).",
+                      "properties": {"count": {"type": "integer", "minimum": 1},
+                                     "within": {"$ref": "#/definitions/duration"},
+                                     "distinct": event_keys, "per": event_keys}},
         "mode": {"enum": list(MODES), "default": "single",
                  "description": "What a new match does while a run for the same VM is in progress."},
         "max_queued": {"type": "integer", "minimum": 1, "default": 10},

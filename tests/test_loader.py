@@ -393,9 +393,9 @@ INVALID: list[tuple[str, str, list[tuple[int, int, str]]]] = [
         rules:
           - name: a
             on: STOP
-            throttle: {max: 1, within: 1h, per: host}
+            throttle: {max: 1, within: 1h, per: node}
             actions: [{log: x}]
-        """, [(4, 41, "throttle.per: expected 'vm' or 'data.<field path>', got 'host'")]),
+        """, [(4, 41, "throttle.per: expected 'vm', 'host' or 'data.<field path>', got 'node'")]),
     ("bad-mode", """
         rules:
           - name: a
