@@ -136,7 +136,10 @@ async function loadRules() {
          el("div", {class: "muted"}, r.file.split("/").pop() + ":" + r.line)),
       el("td", {}, r.on ? r.on.join(", ") : "*"),
       el("td", {}, r.mode, r.throttle ? el("div", {class: "muted"},
-         "≤ " + r.throttle.max + " per " + fmtSpan(r.throttle.within)) : null),
+         "≤ " + r.throttle.max + " per " + fmtSpan(r.throttle.within)) : null,
+         r.threshold ? el("div", {class: "muted"}, "when " + r.threshold.count + " distinct " +
+           r.threshold.distinct.join("+") + " in " + fmtSpan(r.threshold.within) +
+           " (" + Object.values(r.threshold.pending || {}).reduce((a, b) => Math.max(a, b), 0) + " now)") : null),
       el("td", {}, last ? el("a", {href: "#run/" + last.id}, badge(last.status), " ",
                               el("span", {class: "muted"}, fmtDateTime(last.started)))
                         : el("span", {class: "muted"}, "never")));
