@@ -66,6 +66,7 @@ from .errors import JournalError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "WAL_SIZE_LIMIT",
     "EventRecord",
     "Journal",
     "JournalStats",
@@ -75,6 +76,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Bytes the write-ahead log is truncated to after a checkpoint (``PRAGMA journal_size_limit``).
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 #: The schema version written to ``PRAGMA user_version``.
 SCHEMA_VERSION: Final = 1
@@ -484,6 +488,9 @@ class Journal:
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch to WAL (journal_mode is {mode})")
             con.execute("PRAGMA synchronous = NORMAL")
+            # after each checkpoint the WAL file is truncated to this size (it otherwise keeps
+            # the largest size it ever reached, e.g. while a reader held an old snapshot)
+            con.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         except BaseException:
             con.close()
             raise

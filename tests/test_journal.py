@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from reactor.errors import JournalError
-from reactor.journal import SCHEMA_VERSION, EventRecord, Journal, OutboxMessage, RunRecord
+from reactor.journal import SCHEMA_VERSION, WAL_SIZE_LIMIT, EventRecord, Journal, OutboxMessage, RunRecord
 
 
 def _count(path: Path, table: str) -> int:
@@ -544,3 +544,30 @@ async def test_the_hot_path_does_no_io(db: Path) -> None:
             j.record_event("X", "vm1", None, float(i), {"i": i})
         assert time.perf_counter() - t0 < 1.0
         assert j.stats.written == 0
+
+
+async def test_the_wal_shrinks_back_to_its_limit_after_a_reader_held_it_open(db: Path) -> None:
+    """A reader's old snapshot lets the WAL grow past the limit; the next checkpoint truncates it."""
+    wal = db.with_name(db.name + "-wal")
+    blob = {"pad": "x" * 4000}
+    async with Journal(db, flush_interval=60) as j:
+        j.record_event("STOP", "vm1", None, 0.0, {})
+        assert await j.flush()
+        reader = sqlite3.connect(db)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM events").fetchone()   # holds its snapshot: no checkpoint can finish
+        for i in range(6000):                                      # ~25 MB of pages
+            j.record_event("BLOCK_IO_ERROR", "vm1", None, 1.0 + i, blob)
+            if i % 500 == 0:
+                assert await j.flush()
+        assert await j.flush()
+        grown = wal.stat().st_size
+        reader.rollback()
+        reader.close()
+        for i in range(1200):                                      # past the autocheckpoint (1,000 pages)
+            j.record_event("BLOCK_IO_ERROR", "vm1", None, 1e5 + i, blob)
+            if i % 300 == 0:
+                assert await j.flush()
+        assert await j.flush()
+        assert grown > WAL_SIZE_LIMIT
+        assert wal.stat().st_size <= WAL_SIZE_LIMIT
