@@ -8,6 +8,9 @@
         net.cut("host1", direction="in")          # only core -> host1 (acknowledgements lost)
         net.heal("host1")
         net.restart_core_broker(down=1.0)
+        net.start_delay_proxy("host2", "127.0.0.1:18830", f"{CORE_ADDR}:1883", delay=0.025)
+        net.bridge_address["host2"] = "127.0.0.1:18830"; net.restart_broker("host2")  # bridge via the proxy
+        net.netem("host1", delay_ms=25)           # both ways on host1's veth (raises when netem is missing)
 
 Topology: namespace ``<tag>c`` (core) holds bridge ``br0`` with 10.231.0.1/24
 and the core mosquitto; namespace ``<tag>hN`` (hostN) holds ``eth0``
@@ -19,11 +22,18 @@ it started and deletes the namespaces (their veths go with them); it runs also
 when a test fails.  ``python tests/netns.py sub ADDR PORT FILTER OUT`` is a
 subscriber that writes each message (topic, payload, dup flag) as a JSON
 line, run inside a namespace by :meth:`FleetNet.subscriber`.
+
+Latency: this kernel has no ``netem``; :meth:`FleetNet.start_delay_proxy` runs
+``tests/delayproxy.py`` (a userspace TCP proxy adding a one-way delay each
+way) in a namespace, and ``bridge_address`` points a host's bridge at it.
+:func:`netem_missing` says why ``tc ... netem`` cannot be used, after trying it
+in a throwaway namespace; :meth:`FleetNet.netem` delays a host's veth both ways.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -34,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CORE_ADDR", "FleetNet", "available"]
+__all__ = ["CORE_ADDR", "FleetNet", "available", "netem_missing"]
 
 CORE_ADDR = "10.231.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +66,24 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=check, capture_output=True, text=True)
 
 
+@functools.cache
+def netem_missing() -> str | None:
+    """Why the netem qdisc cannot be used here (None when it can): tries it in a throwaway namespace."""
+    if shutil.which("tc") is None and not Path("/usr/sbin/tc").exists():
+        return "tc is not installed (iproute2)"
+    ns = f"rfnetem{os.getpid() % 100000}"
+    if (made := _run("ip", "netns", "add", ns, check=False)).returncode != 0:
+        return f"cannot create a namespace to try netem: {made.stderr.strip()}"
+    try:
+        cmd = ("tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms")
+        tried = _run("ip", "netns", "exec", ns, *cmd, check=False)
+        if tried.returncode != 0:
+            return f"the netem qdisc is missing: `{' '.join(cmd)}` says {tried.stderr.strip()!r}"
+        return None
+    finally:
+        _run("ip", "netns", "del", ns, check=False)
+
+
 class FleetNet:
     """Namespaces, veths, brokers and reactors of one test session."""
 
@@ -67,6 +95,8 @@ class FleetNet:
         self.prefix = prefix
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.namespaces: list[str] = []
+        #: ``ADDR:PORT`` a host's bridge connects to instead of the core (read when its broker starts).
+        self.bridge_address: dict[str, str] = {}
 
     def ns(self, host: str) -> str:
         return self.core if host in ("core", "central") else f"{self.tag}h{host.removeprefix('host')}"
@@ -167,9 +197,10 @@ class FleetNet:
             lines += [f"listener 1883 {CORE_ADDR}", "listener 1883 127.0.0.1"]
         else:
             p = self.prefix
+            address = self.bridge_address.get(host, f"{CORE_ADDR}:1883")
             lines += [
                 "listener 1883 127.0.0.1",
-                f"connection {host}-core", f"address {CORE_ADDR}:1883", f"remote_clientid bridge-{host}",
+                f"connection {host}-core", f"address {address}", f"remote_clientid bridge-{host}",
                 "cleansession false", "bridge_protocol_version mqttv311", "try_private true",
                 "keepalive_interval 5", "restart_timeout 1 2", "start_type automatic",
                 f"notification_topic {p}-bridge/{host}", "notifications_local_only false",
@@ -199,6 +230,52 @@ class FleetNet:
         self._kill(proc, signal.SIGTERM)
         time.sleep(down)
         self.start_broker("core")
+
+    def restart_broker(self, host: str) -> None:
+        """Stop ``host``'s mosquitto (SIGTERM: it saves its queue) and start it with a fresh config."""
+        proc = self.procs.pop(f"broker-{host}", None)
+        if proc is not None:
+            self._kill(proc, signal.SIGTERM)
+        self.start_broker(host)
+
+    # -- latency ----------------------------------------------------------------------
+    def start_delay_proxy(self, host: str, listen: str, target: str, delay: float, jitter: float = 0.0,
+                          nodelay: bool = True) -> Path:
+        """Run ``tests/delayproxy.py`` in ``host``'s namespace (one per host); its log."""
+        log = self.dir / f"delayproxy-{host}.log"
+        args: list[str | Path] = [PYTHON, Path(__file__).resolve().parent / "delayproxy.py", listen, target,
+                                  "--delay", str(delay), "--jitter", str(jitter)]
+        if not nodelay:
+            args.append("--no-nodelay")
+        self._spawn(f"proxy-{host}", host, *args, log=log)
+        addr, _, port = listen.rpartition(":")
+        self.wait_port(host, addr, int(port))
+        return log
+
+    def stop_delay_proxy(self, host: str) -> None:
+        proc = self.procs.pop(f"proxy-{host}", None)
+        if proc is not None:
+            self._kill(proc, signal.SIGTERM)
+
+    def quickack(self, on: bool) -> None:
+        """The core acknowledges every segment from the hosts at once (route attribute ``quickack``).
+
+        mosquitto 2.0's bridge connection keeps Nagle's algorithm on (``set_tcp_nodelay``
+        covers accepted sockets only): a reply it writes right after a PUBACK waits for the
+        core's ACK of that PUBACK, which Linux delays up to 40 ms unless the route says quickack.
+        """
+        _run("ip", "-n", self.core, "route", "replace", f"{CORE_ADDR.rsplit('.', 1)[0]}.0/24", "dev", "br0",
+             "proto", "kernel", "scope", "link", "src", CORE_ADDR, *(["quickack", "1"] if on else []))
+
+    def netem(self, host: str, delay_ms: float, jitter_ms: float = 0.0) -> None:
+        """Delay ``host``'s veth both ways with netem (CalledProcessError when the qdisc is missing)."""
+        spec = ["delay", f"{delay_ms:g}ms"] + ([f"{jitter_ms:g}ms"] if jitter_ms else [])
+        for ns, dev in ((self.ns(host), "eth0"), (self.core, f"{self.tag}v{host.removeprefix('host')}")):
+            _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "netem", *spec)
+
+    def netem_clear(self, host: str) -> None:
+        for ns, dev in ((self.ns(host), "eth0"), (self.core, f"{self.tag}v{host.removeprefix('host')}")):
+            _run("tc", "-n", ns, "qdisc", "del", "dev", dev, "root", check=False)
 
     def start_reactor(self, host: str, config: str, rules: dict[str, str] | None = None) -> Path:
         """Write ``config`` (and rule files) to ``DIR/<host>/reactor/`` and run ``reactor run`` there."""

@@ -4,25 +4,29 @@ Hosts are network namespaces (``tests/netns.py``): each runs a mosquitto
 bridged to the core broker and ``reactor run`` mirroring its VMs (fake QMP
 servers on unix sockets, driven from this process).  The central reactor runs
 in the core namespace with ``fleet: {events: true}`` and journals every event;
-the tests read its journal.  Faults are nftables drop rules on a host's veth.
+the tests read its journal.  Faults are nftables drop rules on a host's veth;
+latency (the cases at the end) a userspace delay proxy on a host's bridge
+(``tests/delayproxy.py``), or netem where the kernel has it.
 Set ``REACTOR_NETNS_LONG=1`` to also run the 60 s outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
+import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fakeqmp import FakeQMP
-from netns import CORE_ADDR, PYTHON, REACTOR, FleetNet, available
+from netns import CORE_ADDR, PYTHON, REACTOR, FleetNet, available, netem_missing
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.skipif(available() is not None, reason=str(available()))]
 
@@ -337,4 +341,207 @@ async def test_fleet_status_and_api_show_presence_and_vm_states(fleet: Fleet) ->
     finally:
         fleet.net.heal("host1")
     await _until(lambda: _api_fleet(fleet)["hosts"]["host1"]["online"], 20, every=0.5)
+    await fk.aclose()
+
+
+# -- latency ----------------------------------------------------------------------------------------
+# This kernel has no netem.  The proxy cases send a host's bridge through tests/delayproxy.py, run in
+# the host's namespace (127.0.0.1:18830 -> core:1883), which holds every byte a fixed time each way;
+# the netem cases put the same delay on host1's veth (both ends) and skip where the qdisc is missing.
+
+PROXY_LISTEN = "127.0.0.1:18830"
+
+
+@contextlib.asynccontextmanager
+async def _proxied_bridge(fleet: Fleet, host: str, delay: float, jitter: float = 0.0) -> AsyncIterator[None]:
+    """``host``'s bridge goes through a delay proxy (its broker restarts to reconnect, and again after)."""
+    net = fleet.net
+    await asyncio.to_thread(net.start_delay_proxy, host, PROXY_LISTEN, f"{CORE_ADDR}:1883", delay, jitter)
+    net.bridge_address[host] = PROXY_LISTEN
+    try:
+        await asyncio.to_thread(net.restart_broker, host)
+        yield
+    finally:
+        net.bridge_address.pop(host, None)
+        await asyncio.to_thread(net.restart_broker, host)
+        await asyncio.to_thread(net.stop_delay_proxy, host)
+
+
+def _need_netem() -> None:
+    if (why := netem_missing()) is not None:
+        pytest.skip(why)
+
+
+@contextlib.asynccontextmanager
+async def _netem_veth(fleet: Fleet, host: str, delay: float, jitter: float = 0.0) -> AsyncIterator[None]:
+    """``host``'s veth delayed both ways by netem; skips the test where the qdisc is missing."""
+    _need_netem()
+    fleet.net.netem(host, delay * 1000, jitter * 1000)
+    try:
+        yield
+    finally:
+        fleet.net.netem_clear(host)
+
+
+def _offsets(fleet: Fleet, vm: str) -> list[int]:
+    """The RTC_CHANGE offsets the central reactor journaled for ``vm``, in the order it took them in."""
+    with fleet.db() as db:
+        rows = db.execute("SELECT data FROM events WHERE name = 'RTC_CHANGE' AND vm = ? ORDER BY id",
+                          (vm,)).fetchall()
+    return [json.loads(r[0])["offset"] for r in rows]
+
+
+async def _through(fleet: Fleet, fk: FakeQMP, timeout: float = 30) -> float:
+    """An event of ``fk`` reaches the central reactor (the link is up again); the seconds it took."""
+    mark = -(int(time.time() * 1000) % 10**9)  # probes are negative; the cases count from 1
+    _rtc(fk, mark)
+    return await _until(lambda: mark in _offsets(fleet, str(fk.name)), timeout)
+
+
+def _remote_cont(fleet: Fleet, host: str, vm: str) -> list[dict[str, Any]]:
+    path = fleet.tmp / host / "reactor" / "state" / "journal.db"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+        rows = db.execute("SELECT data FROM events WHERE name = 'REACTOR_REMOTE_COMMAND' AND vm = ? ORDER BY id",
+                          (vm,)).fetchall()
+    return [json.loads(r[0]) for r in rows]
+
+
+async def _events_in_order(fleet: Fleet, host: str, prefix: str, delay: float, jitter: float, p50_at_most: float,
+                           link: contextlib.AbstractAsyncContextManager[None]) -> None:
+    fakes = await _fakes(fleet, host, [f"{prefix}{i}" for i in range(2)])
+    out = fleet.tmp / f"{prefix}sub.jsonl"
+    fleet.net.subscriber("core", CORE_ADDR, f"reactor/{host}/+/event/#", out)
+    n = 150
+    async with link:
+        for fk in fakes:
+            await _through(fleet, fk)
+        for i in range(1, n + 1):  # 100 events/s from each VM
+            for fk in fakes:
+                _rtc(fk, i)
+            await asyncio.sleep(0.01)
+        await _until(lambda: all(len([o for o in _offsets(fleet, str(fk.name)) if o > 0]) >= n for fk in fakes),
+                     30)
+        await asyncio.sleep(1.0)  # a duplicate would come now
+    for fk in fakes:
+        got = [o for o in _offsets(fleet, str(fk.name)) if o > 0]
+        assert got == list(range(1, n + 1)), f"{fk.name}: {len(got)} events, first out of order at " \
+            f"{next((i for i, (a, b) in enumerate(zip(got, range(1, n + 1), strict=False)) if a != b), None)}"
+    # on the core broker, before the central reactor: order, and the delay each event took
+    lat: dict[str, list[float]] = {}
+    seen: dict[str, list[int]] = {}
+    for line in out.read_text().splitlines():
+        m = json.loads(line)
+        p = json.loads(m["payload"])
+        if p["data"]["offset"] > 0:
+            seen.setdefault(p["vm"], []).append(p["data"]["offset"])
+            ts = p["timestamp"]
+            lat.setdefault(p["vm"], []).append(m["t"] - (ts["seconds"] + ts["microseconds"] / 1e6))
+    assert all(seen[str(fk.name)] == list(range(1, n + 1)) for fk in fakes)
+    ms = sorted(x * 1000 for v in lat.values() for x in v)
+    p50, p99 = ms[len(ms) // 2], ms[int(len(ms) * 0.99)]
+    print(f"{prefix}: {len(ms)} events through a {delay * 1000:g} ms ± {jitter * 1000:g} ms link, in order, "
+          f"none lost or repeated; host VM -> core subscriber p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    assert ms[0] >= (delay - jitter) * 1000, "faster than the link's delay: the link is not in the path"
+    assert p50 < p50_at_most * 1000, f"p50 {p50:.1f} ms"
+    for fk in fakes:
+        await fk.aclose()
+
+
+async def _cont_round_trips(fleet: Fleet, fk: FakeQMP, rounds: int) -> list[float]:
+    """``rounds`` remote conts from the central rule to ``fk``; their step durations in seconds."""
+    before = len(fleet.steps(str(fk.name)))
+    for i in range(rounds):
+        fk.status = "paused"
+        _io_error(fk, "5s")
+        await _until(lambda want=before + i + 1: len(fleet.steps(str(fk.name))) >= want, 20, every=0.02)
+        await asyncio.sleep(0.1)
+    steps = fleet.steps(str(fk.name))[before:]
+    assert all(status == "ok" for status, _, _ in steps), steps
+    assert fk.status == "running"
+    return [duration for _, _, duration in steps]
+
+
+async def _cont_case(fleet: Fleet, host: str, vm: str, delay: float, over_at_most: float,
+                     link: contextlib.AbstractAsyncContextManager[None]) -> None:
+    (fk,) = await _fakes(fleet, host, [vm], status="paused")
+    async with link:
+        await _through(fleet, fk)
+        slow = await _cont_round_trips(fleet, fk, 8)
+    over = statistics.median(slow) - 2 * delay
+    print(f"{vm}: remote cont through {delay * 1000:g} ms each way: median {statistics.median(slow) * 1000:.1f} ms "
+          f"(min {min(slow) * 1000:.1f}, max {max(slow) * 1000:.1f}), {over * 1000:.1f} ms over the link's round trip")
+    # The command and its reply each cross the link once: one round trip (2 x the one-way delay) ...
+    assert min(slow) >= 2 * delay, "faster than the link's round trip: the link is not in the path"
+    # ... plus a few ms.  A Nagle hold on a hop adds about 40 ms (a small segment waits for the delayed
+    # ACK of the one before): measured with the reactors' TCP_NODELAY patched out, median 99 ms, not 58.
+    assert over < over_at_most, [f"{d * 1000:.1f}" for d in slow]
+    await fk.aclose()
+
+
+async def test_delayed_link_events_arrive_in_order_nothing_lost(fleet: Fleet) -> None:
+    # Order is kept, so a chunk waits for the one before: under a steady flow the delay tends to 30 + 10.
+    await _events_in_order(fleet, "host2", "dl-", 0.030, 0.010, 0.030 + 0.010 + 0.020,
+                           _proxied_bridge(fleet, "host2", 0.030, 0.010))
+
+
+async def test_delayed_link_remote_cont_takes_one_round_trip_without_nagle(fleet: Fleet) -> None:
+    await _cont_case(fleet, "host2", "dl-rc", 0.025, 0.020, _proxied_bridge(fleet, "host2", 0.025))
+
+
+async def test_delayed_link_command_expiring_in_transit_is_refused_not_run(fleet: Fleet) -> None:
+    (fk,) = await _fakes(fleet, "host2", ["dl-exp"], status="paused")
+    async with _proxied_bridge(fleet, "host2", 0.040):
+        await _through(fleet, fk)
+        _io_error(fk, timeout="10ms")  # the request expires 10 ms after it is sent; the link takes 40 ms
+        await _until(lambda: fleet.steps("dl-exp"), 15, every=0.02)
+        await _until(lambda: _remote_cont(fleet, "host2", "dl-exp"), 15, every=0.05)
+        (status, error, duration), = fleet.steps("dl-exp")
+        assert status != "ok" and duration < 0.040, (status, error, duration)  # the step gave up first
+        (cmd,) = _remote_cont(fleet, "host2", "dl-exp")
+        assert cmd["outcome"] == "expired" and cmd["execute"] == "cont", cmd
+        assert "not executed" in cmd["error"]
+        assert fk.status == "paused" and not any(c == "cont" for c, _ in fk.commands)
+        _io_error(fk, timeout="2s")  # the same request with time to cross the link runs
+        await _until(lambda: len(fleet.steps("dl-exp")) == 2, 15, every=0.02)
+    assert fleet.steps("dl-exp")[1][0] == "ok" and fk.status == "running"
+    assert [c["outcome"] for c in _remote_cont(fleet, "host2", "dl-exp")] == ["expired", "ok"]
+    await fk.aclose()
+
+
+async def test_netem_delayed_link_events_arrive_in_order_nothing_lost(fleet: Fleet) -> None:
+    # The bridge (Nagle on) sends a segment only when the one before is acknowledged: under a steady
+    # flow an event also waits for up to one round trip (60 ms) of the link.
+    _need_netem()
+    await _events_in_order(fleet, "host1", "nm-", 0.030, 0.010, 0.030 + 0.060 + 0.010 + 0.020,
+                           _netem_veth(fleet, "host1", 0.030, 0.010))
+
+
+async def test_netem_delayed_link_remote_cont_takes_at_most_two_round_trips(fleet: Fleet) -> None:
+    # netem delays ACKs too.  The bridge (Nagle on) writes the reply right after its PUBACK for the
+    # command and holds it until the core's ACK of the PUBACK is back: one more round trip, with the
+    # core acknowledging at once (quickack, see test_remote_cont_is_fast_when_the_core_acks_at_once);
+    # the delayed ACK would add up to 40 ms more.
+    _need_netem()
+    await asyncio.to_thread(fleet.net.quickack, True)
+    try:
+        await _cont_case(fleet, "host1", "nm-rc", 0.025, 2 * 0.025 + 0.020, _netem_veth(fleet, "host1", 0.025))
+    finally:
+        await asyncio.to_thread(fleet.net.quickack, False)
+
+
+async def test_remote_cont_is_fast_when_the_core_acks_at_once(fleet: Fleet) -> None:
+    (fk,) = await _fakes(fleet, "host2", ["qa-rc"], status="paused")
+    await asyncio.sleep(1.0)
+    plain = await _cont_round_trips(fleet, fk, 6)
+    await asyncio.to_thread(fleet.net.quickack, True)
+    try:
+        quick = await _cont_round_trips(fleet, fk, 6)
+    finally:
+        await asyncio.to_thread(fleet.net.quickack, False)
+    print(f"qa-rc: unimpaired remote cont median {statistics.median(plain) * 1000:.1f} ms "
+          f"(max {max(plain) * 1000:.1f}); with quickack on the core's route to the hosts "
+          f"{statistics.median(quick) * 1000:.1f} ms (max {max(quick) * 1000:.1f})")
+    # The bridge's connection has Nagle on; its reply waits for the core's delayed ACK (~40 ms) unless
+    # the core acknowledges at once.
+    assert statistics.median(quick) < 0.020, [f"{d * 1000:.1f}" for d in quick]
     await fk.aclose()
