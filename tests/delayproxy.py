@@ -13,9 +13,11 @@ side sends is written to the other ``delay`` seconds (plus a uniform
 released before the one read before it, so jitter stretches gaps but never
 reorders.  An end of stream (FIN) is passed on after the same delay
 (``write_eof``), so a half-close and a close cross the link as late as data;
-a reset or an error on one side aborts both.  Both sockets of a connection
+a reset or an error on one side closes both at once, dropping what was not
+yet due, as does closing the proxy.  Both sockets of a connection
 have ``TCP_NODELAY`` (unless ``nodelay=False``), so the proxy itself adds no
-Nagle stall.
+Nagle stall.  What was read waits in memory until it is due: no flow
+control beyond what TCP does on each side (enough for tests' traffic).
 
 It ends TCP on each side, so acknowledgements do not cross the delay: a
 sender's Nagle wait for an ACK, its congestion window and retransmissions see
@@ -136,7 +138,10 @@ class DelayProxy:
                 tg.create_task(self._pipe(sreader, cwriter, up=False), name="delayproxy.down")
             clean = True
         except* OSError as group:  # the connection's boundary: a refused target, a reset; abort both sides
-            self._log(f"error {peer}: {group.exceptions[0]}")
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            self._log(f"error {peer}: {type(first).__name__}: {first}")
         finally:
             for side in (cwriter, swriter):
                 if side is not None:
@@ -146,7 +151,7 @@ class DelayProxy:
                     else:
                         side.transport.abort()
             self.open -= 1
-            self._log(f"closed {peer} up={self.bytes_up} down={self.bytes_down}")
+            self._log(f"closed {peer} (all connections: up {self.bytes_up} bytes, down {self.bytes_down})")
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, up: bool) -> None:
         """Read from one side; a sender task writes each chunk to the other when it is due."""
