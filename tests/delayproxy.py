@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import signal
 import socket
@@ -177,7 +178,8 @@ class DelayProxy:
                 await asyncio.sleep(wait)
             if not data:
                 if writer.can_write_eof() and not writer.is_closing():
-                    writer.write_eof()
+                    with contextlib.suppress(OSError):  # the other side is gone already (ENOTCONN)
+                        writer.write_eof()
                 return
             writer.write(data)
             if up:
