@@ -203,10 +203,11 @@ class Fleet:
                 await self.remove(name)
 
     def _scan(self) -> None:
+        known = set(self._discovered.values())  # a set: with 1,000 VMs a list scan per path stalled the loop ~15 ms
         for pattern, labels in self._globs:
             root = glob_root(pattern)
             for path in sorted(glob.glob(pattern)):
-                if path in self._discovered.values() or not _is_socket(path):
+                if path in known or not _is_socket(path):
                     continue
                 real = os.path.realpath(path)
                 if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
@@ -218,6 +219,7 @@ class Fleet:
                     continue
                 log.info("%s: discovered at %s", name, path)
                 self._discovered[name] = path
+                known.add(path)
                 self.add(name, path, labels)
 
     def _warn_once(self, key: str, msg: str, *args: object) -> None:
