@@ -786,12 +786,18 @@ class Journal:
                 con.executemany("INSERT INTO throttle VALUES (?, ?, ?)",
                                 ((_text(r[1], clean), _text(r[2], clean), r[3]) for r in groups[_THROTTLE]))
             outbox_dropped = 0
-            if groups[_OUTBOX_PUT]:
-                con.executemany(f"{verb} INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                _outbox_params(groups[_OUTBOX_PUT], clean))
-            if groups[_OUTBOX_ACK]:
-                con.executemany("DELETE FROM outbox WHERE id = ?", ((r[1],) for r in groups[_OUTBOX_ACK]))
-            for broker in {_text(r[2], clean) for r in groups[_OUTBOX_PUT]}:
+            puts, acks = groups[_OUTBOX_PUT], groups[_OUTBOX_ACK]
+            if puts and acks:  # acknowledged before it was written: neither row is needed (the mirror's usual case)
+                acked = {r[1] for r in acks}
+                kept = [r for r in puts if r[1] not in acked]
+                if len(kept) < len(puts):
+                    new = {r[1] for r in puts}
+                    puts, acks = kept, [r for r in acks if r[1] not in new]
+            if puts:
+                con.executemany(f"{verb} INTO outbox VALUES (?, ?, ?, ?, ?, ?, ?)", _outbox_params(puts, clean))
+            if acks:
+                con.executemany("DELETE FROM outbox WHERE id = ?", ((r[1],) for r in acks))
+            for broker in {_text(r[2], clean) for r in puts}:
                 cur = con.execute(
                     "DELETE FROM outbox WHERE broker = ? AND id <= (SELECT id FROM outbox WHERE broker = ?"
                     " ORDER BY id DESC LIMIT 1 OFFSET ?)", (broker, broker, self.outbox_max))
