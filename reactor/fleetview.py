@@ -18,8 +18,9 @@ broker bridged to the core broker:
 ``reactor fleet status``).  :class:`Dedupe` remembers, per host and VM, the
 ids of recent events so that duplicates (QoS 1 redeliveries after lost
 acknowledgements, which carry no DUP flag once a broker forwards them) are
-dropped.  :func:`fetch_status` reads the retained topics straight from a
-broker, for the command line.
+dropped.  :class:`Lag` keeps a histogram of how late events arrive (the
+fleet's delivery latency).  :func:`fetch_status` reads the retained topics
+straight from a broker, for the command line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import time
 from typing import Any
 
@@ -34,12 +36,59 @@ import aiomqtt
 
 from .event import Event
 
-__all__ = ["Dedupe", "FleetView", "fetch_status", "format_status"]
+__all__ = ["LAG_BOUNDS_MS", "Dedupe", "FleetView", "Lag", "fetch_status", "format_status"]
 
 #: Event ids remembered per host/VM.
 DEDUPE_PER_VM = 4096
 #: Host/VM pairs remembered by :class:`Dedupe` (least recently seen forgotten first).
 DEDUPE_VMS = 100_000
+
+#: Upper bounds (ms) of :class:`Lag`'s buckets: 10 per decade from 0.1 ms to 100 s, then one open bucket.
+LAG_BOUNDS_MS: tuple[float, ...] = tuple(10 ** (k / 10) for k in range(-10, 51))
+
+
+class Lag:
+    """How late events arrive: a histogram of (arrival - the event's timestamp) in milliseconds.
+
+    Ten buckets per decade (a quantile is the upper bound of its bucket, at
+    most 26 % above the true value).  Events from other hosts: it measures
+    their clocks against this one too (NTP), as request expiries do.
+    """
+
+    __slots__ = ("counts", "max_ms", "n")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LAG_BOUNDS_MS) + 1)
+        self.max_ms = 0.0
+        self.n = 0
+
+    def add(self, ms: float) -> None:
+        self.n += 1
+        if ms > self.max_ms:
+            self.max_ms = ms
+        k = math.ceil(10 * math.log10(ms)) + 10 if ms > 0.1 else 0
+        self.counts[k if k < len(LAG_BOUNDS_MS) else len(LAG_BOUNDS_MS)] += 1
+
+    def quantile(self, q: float, counts: list[int] | None = None) -> float:
+        """The ``q`` quantile (0..1) in ms, as its bucket's upper bound (0 without events)."""
+        counts = self.counts if counts is None else counts
+        total = sum(counts)
+        if not total:
+            return 0.0
+        want = q * total
+        seen = 0
+        for k, c in enumerate(counts):
+            seen += c
+            if c and seen >= want:
+                return min(LAG_BOUNDS_MS[k], self.max_ms) if k < len(LAG_BOUNDS_MS) else self.max_ms
+        return self.max_ms
+
+    def summary(self) -> dict[str, Any]:
+        """``{n, p50, p99, max}`` (ms) and ``buckets``: {upper bound in ms: count} for the non-empty ones."""
+        buckets = {(f"{LAG_BOUNDS_MS[k]:.4g}" if k < len(LAG_BOUNDS_MS) else "inf"): c
+                   for k, c in enumerate(self.counts) if c}  # fmt: skip
+        return {"n": self.n, "p50": round(self.quantile(0.5), 3), "p99": round(self.quantile(0.99), 3),
+                "max": round(self.max_ms, 3), "buckets": buckets}  # fmt: skip
 
 
 class Dedupe:

@@ -37,6 +37,7 @@ import random
 import re
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ import aiomqtt
 import orjson
 import paho.mqtt.client as paho_client
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.exception import MalformedPacket
 
 from .action import DaemonContext, Resource
 from .catalog import default_catalog
@@ -68,6 +70,7 @@ __all__ = [
     "Secret",
     "SubscribeTopic",
     "TlsConfig",
+    "install_reader",
     "parse_brokers",
     "set_no_delay",
 ]
@@ -78,6 +81,8 @@ log = logging.getLogger(__name__)
 SEND_WINDOW = 1000
 #: Most messages encoded into one write.
 BATCH = 256
+#: Most bytes read from a broker's socket per read event (the rest waits for the loop's next turn).
+READ_CHUNK = 65536
 #: The mirror's queue between the bus callback and its drain task.
 MIRROR_QUEUE = 10000
 #: The name under which outbox drops are recorded in the journal's events.
@@ -710,7 +715,15 @@ class _Source:
         self.emit(ev)
 
 
+_SMALL_VARINTS = [bytes((n,)) for n in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    """MQTT's variable byte integer (a remaining length)."""
+    if n < 128:
+        return _SMALL_VARINTS[n]
+    if n < 16384:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while True:
         n, byte = divmod(n, 128)
@@ -755,29 +768,20 @@ class _Batcher:
                     return 0
             return base(cmd)
 
-        paho._handle_pubackcomp = handle_pubackcomp
+        paho._handle_pubackcomp = handle_pubackcomp  # PUBACKs read by paho itself (before the reader took over)
 
-        # paho reads at most len(its own in-flight messages) packets per readable event,
-        # one event-loop turn per PUBACK of ours; read until the socket is drained instead.
-        def loop_read(max_packets: int = 1) -> Any:
-            n = max(len(paho._out_messages) + len(paho._in_messages) + len(self.mids), 1)
-            for _ in range(n):
-                if paho._sock is None:
-                    return paho_client.MQTT_ERR_NO_CONN
-                rc = paho._packet_read()
-                if rc > 0:
-                    return paho._loop_rc_handle(rc)
-                if rc == paho_client.MQTT_ERR_AGAIN:
-                    break
-            return paho_client.MQTT_ERR_SUCCESS
-
-        paho.loop_read = loop_read
+    def puback(self, mid: int, code: int) -> bool:
+        """A PUBACK (from :class:`_Reader`): True when ``mid`` was one of ours."""
+        if mid not in self.mids:
+            return False
+        self.mids.discard(mid)
+        self.outbox.ack(mid, f"reason code {code:#x}" if code >= 0x80 else None)
+        return True
 
     @classmethod
     def attach(cls, paho: Any, v5: bool, outbox: Outbox) -> _Batcher | None:
-        needed = ("_handle_pubackcomp", "_packet_queue", "_mid_generate", "_in_packet", "_packet_read",
-                  "_loop_rc_handle", "_sock", "_out_messages", "_in_messages")  # fmt: skip
-        if not all(hasattr(paho, n) for n in needed) or not hasattr(paho_client, "MQTT_ERR_AGAIN"):
+        needed = ("_handle_pubackcomp", "_packet_queue", "_mid_generate", "_in_packet")
+        if not all(hasattr(paho, n) for n in needed):
             return None
         return cls(paho, v5, outbox)
 
@@ -816,6 +820,211 @@ class _Batcher:
             sent(mid, qos0)  # done when the buffer is written (paho calls on_publish for it)
         blob = b"".join(parts)
         paho._packet_queue(self.PUBLISH, blob, mid, 0, self._info(mid))
+
+
+def _fresh_in_packet() -> dict[str, Any]:
+    return {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1, "remaining_length": 0,
+            "packet": bytearray(), "to_process": 0, "pos": 0}  # fmt: skip
+
+
+class _Reader:
+    """Reads a broker's stream in large chunks; handles QoS 0/1 PUBLISH and PUBACK itself.
+
+    paho reads a packet with three or more ``recv()`` calls (the command byte,
+    each length byte, the body), builds an ``MQTTMessage`` and a
+    ``MQTTMessageInfo`` and writes each PUBACK on its own; aiomqtt then makes
+    a ``Message``, a queue entry and a task per message.  At a few thousand
+    messages/s that is most of a reactor's CPU.  This reads up to
+    :data:`READ_CHUNK` bytes per read event and splits them into packets:
+
+    * a QoS 0/1 PUBLISH goes to ``on_message(topic, payload)`` at once, in
+      order, in the event loop; the PUBACKs of a chunk's QoS 1 messages are
+      queued as one write *after* they were handled (at least once: a
+      connection lost before that write gets them again);
+    * a PUBACK goes to ``on_puback(mid, reason)`` (the :class:`_Batcher`'s)
+      when that returns True;
+    * every other packet (CONNACK, SUBACK, PINGRESP, QoS 2, other PUBACKs ...),
+      and every PUBLISH when ``on_message`` is None, goes to paho's own handler.
+
+    It installs itself as the client's ``loop_read`` (the method aiomqtt's
+    reader callback calls), taking over a packet paho had half read.
+    """
+
+    PUBACK = 0x40
+
+    def __init__(
+        self, paho: Any, v5: bool, on_message: Callable[[str, bytes], None] | None,
+        on_puback: Callable[[int, int], bool] | None,
+    ) -> None:  # fmt: skip
+        self.paho = paho
+        self.v5 = v5
+        self.on_message = on_message
+        self.on_puback = on_puback
+        self.failed = 0
+        self._warn = _RateLimited()
+        self._time = getattr(paho_client, "time_func", time.monotonic)
+        half = paho._in_packet
+        self.buf = bytearray()
+        if half["command"]:  # paho had read part of a packet: carry it over
+            self.buf += bytes((half["command"], *half["remaining_count"])) + bytes(half["packet"])
+            paho._in_packet = _fresh_in_packet()
+        paho.loop_read = self.loop_read
+
+    @classmethod
+    def attach(
+        cls, paho: Any, v5: bool, on_message: Callable[[str, bytes], None] | None = None,
+        on_puback: Callable[[int, int], bool] | None = None,
+    ) -> _Reader | None:  # fmt: skip
+        """Install a reader on ``paho``; None (paho reads as before) when its internals differ."""
+        needed = ("_sock", "_sock_recv", "_in_packet", "_packet_handle", "_packet_queue", "_loop_rc_handle",
+                  "_msgtime_mutex", "_last_bytes_received")  # fmt: skip
+        if not all(hasattr(paho, n) for n in needed) or not isinstance(paho._in_packet, dict):
+            return None
+        if not {"command", "remaining_count", "packet"} <= paho._in_packet.keys():
+            return None
+        return cls(paho, v5, on_message, on_puback)
+
+    def loop_read(self, max_packets: int = 1) -> Any:
+        """Read what the socket has (up to :data:`READ_CHUNK` bytes) and handle every whole packet."""
+        paho = self.paho
+        if paho._sock is None:
+            return paho_client.MQTT_ERR_NO_CONN
+        try:
+            data = paho._sock_recv(READ_CHUNK)
+        except BlockingIOError:
+            return paho_client.MQTT_ERR_SUCCESS
+        except OSError as err:  # ConnectionError, TimeoutError ...
+            log.debug("mqtt: receive failed: %s", err)
+            return paho._loop_rc_handle(paho_client.MQTT_ERR_CONN_LOST)
+        if not data:
+            return paho._loop_rc_handle(paho_client.MQTT_ERR_CONN_LOST)
+        with paho._msgtime_mutex:
+            paho._last_bytes_received = self._time()
+        buf = self.buf
+        buf += data
+        acks: list[int] = []
+        rc = 0
+        pos = 0
+        try:
+            pos, rc = self._split(buf, acks)
+        finally:
+            del buf[:pos]
+            if acks:
+                blob = struct.pack(f"!{len(acks)}I", *[0x40020000 | mid for mid in acks])
+                paho._packet_queue(self.PUBACK, blob, 0, 1)
+        if rc:
+            return paho._loop_rc_handle(rc)
+        return paho_client.MQTT_ERR_SUCCESS
+
+    def _split(self, buf: bytearray, acks: list[int]) -> tuple[int, int]:
+        """Handle the whole packets at the start of ``buf``: (bytes used, paho error code or 0)."""
+        on_message = self.on_message
+        on_puback = self.on_puback
+        v5 = self.v5
+        n = len(buf)
+        pos = 0
+        while pos + 2 <= n:
+            first = buf[pos]
+            i = pos + 1
+            length = shift = 0
+            while True:  # the remaining length: 1 to 4 bytes
+                if i >= n:
+                    return pos, 0
+                b = buf[i]
+                i += 1
+                length |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    return pos, paho_client.MQTT_ERR_PROTOCOL
+            end = i + length
+            if end > n:
+                return pos, 0
+            cmd = first & 0xF0
+            if cmd == 0x30 and on_message is not None and not first & 0x04:  # PUBLISH, QoS 0 or 1
+                p = i + 2 + ((buf[i] << 8) | buf[i + 1]) if length >= 2 else end + 1
+                if p > end:
+                    return pos, paho_client.MQTT_ERR_PROTOCOL
+                topic = buf[i + 2 : p].decode("utf-8", "replace")
+                if first & 0x02:
+                    if p + 2 > end:
+                        return pos, paho_client.MQTT_ERR_PROTOCOL
+                    acks.append((buf[p] << 8) | buf[p + 1])
+                    p += 2
+                if v5:  # skip the properties
+                    plen = shift = 0
+                    while p < end:
+                        b = buf[p]
+                        p += 1
+                        plen |= (b & 0x7F) << shift
+                        shift += 7
+                        if b < 0x80:
+                            break
+                    p += plen
+                    if p > end:
+                        return pos, paho_client.MQTT_ERR_PROTOCOL
+                try:
+                    on_message(topic, bytes(buf[p:end]))
+                except Exception:  # a handler's bug must not stall the connection (the message is acknowledged)
+                    self.failed += 1
+                    self._warn(log, logging.ERROR, "mqtt: handling a message on %s failed; %d so far", topic,
+                               self.failed)  # fmt: skip
+                    log.debug("mqtt: message handler failed", exc_info=True)
+            elif (cmd == self.PUBACK and on_puback is not None and length >= 2
+                  and on_puback((buf[i] << 8) | buf[i + 1], buf[i + 2] if v5 and length > 2 else 0)):  # fmt: skip
+                pass
+            else:
+                rc = self._paho_handle(first, buf, pos, i, end)
+                if rc:
+                    return end, rc
+            pos = end
+        return pos, 0
+
+    def _paho_handle(self, first: int, buf: bytearray, pos: int, i: int, end: int) -> int:
+        """Let paho handle the packet ``buf[pos:end]`` (its body starts at ``i``)."""
+        paho = self.paho
+        paho._in_packet = {"command": first, "have_remaining": 1, "remaining_count": list(buf[pos + 1 : i]),
+                           "remaining_mult": 1, "remaining_length": end - i, "packet": bytearray(buf[i:end]),
+                           "to_process": 0, "pos": 0}  # fmt: skip
+        try:
+            rc = int(paho._packet_handle())
+        except MalformedPacket as err:
+            log.debug("mqtt: malformed packet: %s", err)
+            rc = int(paho_client.MQTT_ERR_PROTOCOL)
+        finally:
+            paho._in_packet = _fresh_in_packet()
+        return rc
+
+
+def install_reader(
+    client: aiomqtt.Client, on_message: Callable[[str, bytes], None] | None,
+    on_puback: Callable[[int, int], bool] | None = None,
+) -> bool:  # fmt: skip
+    """Let a connected client's messages go straight to ``on_message(topic, payload)`` (see :class:`_Reader`).
+
+    Messages aiomqtt had already queued are handed over first, in order.  False
+    when the paho version lacks the internals used: then messages keep coming
+    through ``client.messages``, which callers read as well.
+    """
+    paho: Any = client._client
+    v5 = getattr(paho, "_protocol", None) == paho_client.MQTTv5
+    if _Reader.attach(paho, v5, on_message, on_puback) is None:
+        return False
+    if on_message is not None:
+        queue = client._queue
+        while not queue.empty():
+            message = queue.get_nowait()
+            on_message(message.topic.value, _payload_bytes(message.payload))
+    return True
+
+
+def _payload_bytes(payload: Any) -> bytes:
+    if isinstance(payload, (bytes, bytearray)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return b"" if payload is None else str(payload).encode()
 
 
 class BrokerLink:
@@ -956,6 +1165,9 @@ class BrokerLink:
         paho.on_publish = on_publish
         async with client:
             set_no_delay(client)
+            batcher = _Batcher.attach(paho, self.config.protocol == "5", outbox)
+            install_reader(client, None if self.source is None else self.source.handle,
+                           None if batcher is None else batcher.puback)  # fmt: skip
             self._set_state(LinkState.CONNECTED)
             self.connects += 1
             self.last_error = None
@@ -966,7 +1178,7 @@ class BrokerLink:
                 await client.subscribe([(s.topic, s.qos) for s in self.config.subscribe])
             async with asyncio.TaskGroup() as tg:
                 reader = tg.create_task(self._read(client), name=f"reactor.mqtt[{self.name}].reader")
-                drain = tg.create_task(self._drain(paho), name=f"reactor.mqtt[{self.name}].drain")
+                drain = tg.create_task(self._drain(paho, batcher), name=f"reactor.mqtt[{self.name}].drain")
                 closing = tg.create_task(self._closing.wait(), name=f"reactor.mqtt[{self.name}].closing")
                 await asyncio.wait((reader, drain, closing), return_when=asyncio.FIRST_COMPLETED)
                 if closing.done() and not reader.done():
@@ -991,22 +1203,16 @@ class BrokerLink:
 
     async def _read(self, client: aiomqtt.Client) -> None:
         try:
-            async for message in client.messages:
+            async for message in client.messages:  # QoS 2, or all when the reader could not be installed
                 if self.source is not None:
-                    payload = message.payload
-                    if isinstance(payload, str):
-                        payload = payload.encode()
-                    elif not isinstance(payload, (bytes, bytearray)):
-                        payload = b"" if payload is None else str(payload).encode()
-                    self.source.handle(message.topic.value, bytes(payload))
+                    self.source.handle(message.topic.value, _payload_bytes(message.payload))
         except aiomqtt.MqttError as err:
             self.last_error = _describe(err)
             self._warn(log, logging.WARNING, "mqtt[%s]: connection lost: %s", self.name, self.last_error)
 
-    async def _drain(self, paho: Any) -> None:
+    async def _drain(self, paho: Any, batcher: _Batcher | None) -> None:
         outbox = self.outbox
         queue = outbox.queue
-        batcher = _Batcher.attach(paho, self.config.protocol == "5", outbox)
         publish = paho.publish
         ok = 0  # MQTT_ERR_SUCCESS
         while True:

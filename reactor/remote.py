@@ -34,7 +34,7 @@ import random
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +45,8 @@ from .action import DaemonContext, Resource, VMHandle
 from .actions.qmp import DESTRUCTIVE, is_read_only
 from .catalog import default_catalog
 from .errors import ActionError, ConfigError, EventError, QMPCommandError
-from .fleetview import DEDUPE_PER_VM, Dedupe, FleetView
-from .mqtt import set_no_delay
+from .fleetview import DEDUPE_PER_VM, Dedupe, FleetView, Lag
+from .mqtt import install_reader, set_no_delay
 from .source import MapNode, Node, ScalarNode, SeqNode, close_match
 
 __all__ = [
@@ -206,6 +206,8 @@ class FleetLink(Resource):
         self.prefix = self.config.prefix or self.broker.prefix
         self.view = FleetView(self.prefix)
         self.dedupe = Dedupe(self.config.dedupe)
+        #: How late hosts' events arrive here (their timestamp to this link), ms.
+        self.lag = Lag()
         self.connected = asyncio.Event()
         self.connects = 0
         self.reply_topic = f"{self.prefix}/{self.host}/reply"
@@ -233,7 +235,7 @@ class FleetLink(Resource):
 
     def stats(self) -> dict[str, Any]:
         return {**self.stats_, "connected": self.connected.is_set(), "connects": self.connects,
-                "duplicates": self.dedupe.duplicates, "pending": len(self._pending)}
+                "duplicates": self.dedupe.duplicates, "pending": len(self._pending), "lag_ms": self.lag.summary()}
 
     def snapshot(self) -> dict[str, Any]:
         """``/api/fleet``: the fleet view plus this link's counters."""
@@ -287,6 +289,8 @@ class FleetLink(Resource):
                     await self._session()
                     attempt = 0
                 except Exception as err:  # the connection's boundary: log, back off, reconnect
+                    while isinstance(err, ExceptionGroup) and len(err.exceptions) == 1:  # the session's TaskGroup
+                        err = err.exceptions[0]
                     log.warning("fleet: %s:%d: %s", self.broker.host, self.broker.port, err)
                 finally:
                     self.connected.clear()
@@ -304,30 +308,35 @@ class FleetLink(Resource):
         client = self._make_client()
         async with client:
             set_no_delay(client)
-            await client.subscribe(self._topics())
-            self._client = client
-            self.connects += 1
-            self.connected.set()
-            log.info("fleet: connected to %s:%d as %s", self.broker.host, self.broker.port, self.host)
             async with asyncio.TaskGroup() as tg:
-                reader = tg.create_task(self._read(client, tg), name="reactor.fleet.reader")
+                n = len(self.prefix.split("/"))
+
+                def on_message(topic: str, payload: bytes) -> None:
+                    self._dispatch(client, topic, payload, n, tg)
+
+                install_reader(client, on_message)  # messages come straight to on_message, not one task each
+                await client.subscribe(self._topics())
+                self._client = client
+                self.connects += 1
+                self.connected.set()
+                log.info("fleet: connected to %s:%d as %s", self.broker.host, self.broker.port, self.host)
+                reader = tg.create_task(self._read(client, on_message), name="reactor.fleet.reader")
                 closing = tg.create_task(self._closing.wait(), name="reactor.fleet.closing")
                 await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
                 reader.cancel()
                 closing.cancel()
 
-    async def _read(self, client: aiomqtt.Client, tg: asyncio.TaskGroup) -> None:
-        n = len(self.prefix.split("/"))
+    async def _read(self, client: aiomqtt.Client, on_message: Callable[[str, bytes], None]) -> None:
+        """Waits for the connection's end (messages reach ``on_message`` through the reader)."""
         try:
-            async for message in client.messages:
-                self._dispatch(client, message, n, tg)
+            async for message in client.messages:  # QoS 2, or all when the reader could not be installed
+                raw = message.payload
+                on_message(message.topic.value,
+                           bytes(raw) if isinstance(raw, (bytes, bytearray)) else str(raw or "").encode())
         except aiomqtt.MqttError as err:
             log.warning("fleet: connection lost: %s", err)
 
-    def _dispatch(self, client: aiomqtt.Client, message: aiomqtt.Message, n: int, tg: asyncio.TaskGroup) -> None:
-        topic = message.topic.value
-        raw = message.payload
-        payload = bytes(raw) if isinstance(raw, (bytes, bytearray)) else str(raw or "").encode()
+    def _dispatch(self, client: aiomqtt.Client, topic: str, payload: bytes, n: int, tg: asyncio.TaskGroup) -> None:
         parts = topic.split("/")[n:]
         if len(parts) >= 4 and parts[2] == "event":
             self._on_event(parts[0], parts[1], payload)
@@ -357,6 +366,7 @@ class FleetLink(Resource):
             return
         if host == self.host or self.dedupe.seen(ev):
             return
+        self.lag.add((time.time() - ev.timestamp) * 1000.0)
         self.stats_["events"] += 1
         self.view.on_event(ev)
         self.daemon.emit(ev)

@@ -586,3 +586,45 @@ def test_minimal_ctx_fits_the_protocol() -> None:
     ctx = Ctx(ev(), {})
     assert ctx.rule == "test-rule" and os.environ is not None
     assert replace(cfg(Broker(Path("."), 1, 2, 3, Path("a"), Path("b"))), port=5).port == 5
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_source_intake_at_volume_in_order_once(mosquitto: Broker, protocol: str) -> None:
+    """The source's reader: 3,000 QoS 0/1 messages, some larger than one read (100 kB), then QoS 2 ones
+    (left to paho), arrive once each and in order per QoS.  More than the broker's 20 unacknowledged QoS 1
+    messages per client means the batched PUBACKs went out (the broker stops sending otherwise)."""
+    source = (SubscribeTopic(f"bulk{protocol}/#", 2),)
+    n, n2 = 3000, 5
+    qos_of = (0, 1, 1)
+
+    def body(i: int, qos: int) -> bytes:
+        pad = "x" * (100_000 if i % 500 == 7 else i % 50)
+        return orjson.dumps({"event": "RTC_CHANGE", "data": {"offset": i, "qos": qos, "pad": pad},
+                             "timestamp": {"seconds": 1700000000, "microseconds": i}, "seq": i + 1})  # fmt: skip
+
+    async with running_hub({"main": cfg(mosquitto, subscribe=source, protocol=protocol)}) as (hub, daemon):
+        await connected(hub)
+        await asyncio.sleep(0.2)  # the subscription
+        quiet = logging.getLogger("tests.bulk-publisher")  # aiomqtt warns about every pending publish past 10
+        quiet.setLevel(logging.ERROR)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, max_inflight_messages=100, logger=quiet) as pub:
+            for start in range(0, n, 300):
+                await asyncio.gather(*(
+                    pub.publish(f"bulk{protocol}/h/vm-{i % 7}/event/x", body(i, qos_of[i % 3]), qos=qos_of[i % 3])
+                    for i in range(start, start + 300)
+                ))  # fmt: skip
+            await until(lambda: len(daemon.emitted) >= n, 30)
+            for i in range(n, n + n2):
+                await pub.publish(f"bulk{protocol}/h/vm-0/event/x", body(i, 2), qos=2)
+            await until(lambda: len(daemon.emitted) >= n + n2, 10)
+        await asyncio.sleep(0.2)
+        got = daemon.emitted
+        for qos in (0, 1):  # MQTT orders messages of one QoS (the publisher sends QoS 0 ones past QoS 1 ones)
+            want = [i for i in range(n) if qos_of[i % 3] == qos]
+            assert [e.data["offset"] for e in got if e.data["qos"] == qos] == want
+        assert [(e.data["offset"], e.data["qos"]) for e in got[n:]] == [(i, 2) for i in range(n, n + n2)]
+        assert {e.vm for e in got} == {f"vm-{k}" for k in range(7)}
+        assert {len(e.data["pad"]) for e in got if e.data["offset"] % 500 == 7} == {100_000}
+        stats = hub.stats()["main"]
+        assert (stats["source_received"], stats["source_invalid"]) == (n + n2, 0)
+        assert hub.link().state is LinkState.CONNECTED and hub.link().connects == 1
