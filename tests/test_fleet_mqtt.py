@@ -63,9 +63,20 @@ rules:
   - name: resume-remote
     description: A VM paused on an I/O error anywhere in the fleet is resumed from the centre.
     on: BLOCK_IO_ERROR
+    match: {action: stop}
     mode: parallel
     actions:
       - qmp: {execute: cont, vm: "{{ event.host }}/{{ vm.name }}", timeout: "{{ event.data.reason }}"}
+
+  - name: fleet-incident
+    description: More than 5 VMs on different hosts with I/O errors within a minute, one incident.
+    on: BLOCK_IO_ERROR
+    vms: "th-*"
+    match: {action: report}
+    threshold: {count: 6, within: 1m, distinct: [host, vm]}
+    throttle: {max: 1, within: 10m, per: []}
+    actions:
+      - log: "incident: {{ vars.threshold.count }} VMs: {{ vars.threshold.members | join(' ') }}"
 """
 
 #: host1, host2 allow ``cont``; host3 only read-only queries (the default).
@@ -545,3 +556,41 @@ async def test_remote_cont_is_fast_when_the_core_acks_at_once(fleet: Fleet) -> N
     # the core acknowledges at once.
     assert statistics.median(quick) < 0.020, [f"{d * 1000:.1f}" for d in quick]
     await fk.aclose()
+
+
+async def test_more_than_five_vms_on_different_hosts_make_one_incident(fleet: Fleet) -> None:
+    """A cross-host threshold on the central reactor: 5 VMs are not enough, the 6th makes one run, more make none."""
+    names = {h: [f"th-{h}-{i}" for i in range(3)] for h in fleet.net.hosts}
+    fakes = {h: await _fakes(fleet, h, names[h]) for h in fleet.net.hosts}
+    await asyncio.sleep(1.0)
+    order = [fk for i in range(3) for h in fleet.net.hosts for fk in fakes[h][i:i + 1]]   # host1, host2, host3, ...
+
+    def report(fk: FakeQMP) -> None:
+        fk.emit("BLOCK_IO_ERROR", {"device": "disk0", "node-name": "n0", "operation": "write", "action": "report",
+                                   "reason": "Input/output error"})
+
+    def incidents() -> list[tuple[str, str | None]]:
+        with fleet.db() as db:
+            return db.execute("SELECT r.status, s.result FROM runs r JOIN steps s ON s.run_id = r.id "
+                              "WHERE r.rule = 'fleet-incident' AND r.ended IS NOT NULL").fetchall()
+
+    for fk in order[:5]:
+        report(fk)
+        report(fk)  # a repeat from the same VM counts once
+    await _until(lambda: len(fleet.events("BLOCK_IO_ERROR", "th-")) == 10, 15)
+    await asyncio.sleep(0.5)
+    assert incidents() == []
+    for fk in order[5:]:
+        report(fk)
+    await _until(lambda: len(fleet.events("BLOCK_IO_ERROR", "th-")) == 14, 15)
+    await _until(incidents, 5)
+    await asyncio.sleep(0.5)
+    ((status, result),) = incidents()
+    assert status == "ok"
+    members = json.loads(result or "null").split("VMs: ", 1)[1].split()
+    assert len(members) == 6 and len({m.split("/")[0] for m in members}) == 3
+    vms = {m.split("/")[1] for m in members}   # the first five, counted before, and whichever of the rest came first
+    assert vms > {fk.name for fk in order[:5]} and vms < {fk.name for fk in order}
+    for fks in fakes.values():
+        for fk in fks:
+            await fk.aclose()
