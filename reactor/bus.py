@@ -17,6 +17,30 @@ instead, unparsed into typed events (counted the same way).  In a storm the
 reader's CPU then goes to the events that will be handled, not to events the
 bus would drop a moment later.
 
+Backpressure (flow control at the source): QMP connections also ask
+:meth:`room` before handing on more events, and stop reading a VM's socket
+while it is <= 0 (the events wait in the socket and in QEMU, unread and
+unparsed); :meth:`wait_room` tells them when to read again.  A VM may have
+:meth:`limit` events queued: ``read_ahead``, or ``per_vm``, or ``total``
+shared among the VMs with events queued, whichever is least (at least
+``min_share``); it reads again once it has room for ``refill`` events (or
+half its limit, if that is less).  Small refills spread the reading over the
+dispatching: VMs that drain at the same pace do not all read a large batch in
+the same loop iteration.  So in a storm the reading keeps pace with the
+dispatching, and no CPU goes to reading and parsing events only to drop them;
+the queues stay short (memory), since the backlog waits in the sockets.
+``put`` still enforces ``per_vm`` and ``total`` (sources without
+backpressure, and events read while a command is in flight, see
+reactor/qmp.py).
+
+Batches sized by time: :meth:`take` hands out up to ``batch`` events, fewer
+when the consumer's previous batches took long (it measures the time from
+one take to the next, idle waits excluded, per event taken, and sizes the
+next batch to last about ``budget`` seconds, at least ``min_batch`` events).
+The consumer dispatches a batch without yielding, so this bounds how long
+one loop iteration lasts when events are expensive (journaled runs), and so
+how long a STOP read meanwhile waits; cheap events still go 256 at a time.
+
 Quiet VMs first: a VM whose queue was empty when its event arrived goes to
 the front of the round-robin, so it is served by the next :meth:`take`
 instead of waiting behind every flooding VM (the "new flows first" rule of
@@ -27,6 +51,7 @@ this to get ahead; it keeps its turn in the rotation.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, deque
 
 from .event import Event
@@ -35,10 +60,21 @@ __all__ = ["Bus"]
 
 
 class Bus:
-    def __init__(self, *, per_vm: int = 10_000, total: int = 200_000, batch: int = 256) -> None:
+    def __init__(self, *, per_vm: int = 10_000, total: int = 200_000, batch: int = 256,
+                 read_ahead: int = 32, refill: int = 16, min_share: int = 16,
+                 budget: float = 0.005, min_batch: int = 16) -> None:
         self.per_vm = per_vm
         self.total = total
         self.batch = batch
+        self.read_ahead = read_ahead
+        self.refill = refill
+        self.min_share = min_share
+        self.budget = budget
+        self.min_batch = min_batch
+        self._cost = 0.0  # seconds of loop time per event taken (a moving average)
+        self._last_take = 0.0
+        self._last_n = 0  # events the last take handed out (0: none, or the consumer waited since)
+        self._waiters: dict[str, asyncio.Future[None]] = {}  # VMs whose source waits for room
         self._queues: dict[str, deque[Event]] = {}
         self._ready: deque[str] = deque()
         self._size = 0
@@ -53,6 +89,39 @@ class Bus:
     def depth(self, vm: str) -> int:
         q = self._queues.get(vm)
         return len(q) if q else 0
+
+    def limit(self) -> int:
+        """How many events a VM with backpressure may have queued now (see the module docstring)."""
+        share = self.total // (len(self._queues) or 1)
+        return min(self.read_ahead, self.per_vm, max(self.min_share, share))
+
+    def room(self, vm: str) -> int:
+        """How many more events ``vm``'s source may hand on before it should stop reading (<= 0: stop)."""
+        q = self._queues.get(vm)
+        return self.limit() - (len(q) if q else 0)
+
+    def batch_size(self) -> int:
+        """How many events the next :meth:`take` hands out at most."""
+        if not self._cost:
+            return self.batch
+        return max(self.min_batch, min(self.batch, int(self.budget / self._cost)))
+
+    def _resume_mark(self) -> int:
+        limit = self.limit()
+        return limit - max(1, min(limit // 2, self.refill))
+
+    def wait_room(self, vm: str) -> asyncio.Future[None]:
+        """A future done once ``vm`` has room for ``refill`` events again (or half its limit, if less)."""
+        fut = self._waiters.get(vm)
+        if fut is not None and not fut.done():
+            return fut
+        fut = asyncio.get_running_loop().create_future()
+        q = self._queues.get(vm)
+        if q is None or len(q) <= self._resume_mark():
+            fut.set_result(None)
+        else:
+            self._waiters[vm] = fut
+        return fut
 
     def shed(self, vm: str) -> bool:
         """Whether a source should drop ``vm``'s next event before even building it (counted as a drop).
@@ -103,9 +172,18 @@ class Bus:
         out: list[Event] = []
         ready = self._ready
         n_ready = len(ready)
+        now = time.monotonic()
+        if self._last_n:
+            cost = (now - self._last_take) / self._last_n
+            self._cost = cost if not self._cost else 0.8 * self._cost + 0.2 * cost
+        self._last_take = now
+        self._last_n = 0
         if not n_ready:
             return out
-        share = max(1, self.batch // n_ready)
+        batch = self.batch_size()
+        share = max(1, batch // n_ready)
+        waiters = self._waiters
+        mark = self._resume_mark() if waiters else 0
         for _ in range(n_ready):
             vm = ready.popleft()
             q = self._queues[vm]
@@ -117,15 +195,21 @@ class Bus:
                 ready.append(vm)
             else:
                 del self._queues[vm]
-            if len(out) >= self.batch:
+            if waiters and len(q) <= mark and vm in waiters:
+                fut = waiters.pop(vm)
+                if not fut.done():
+                    fut.set_result(None)
+            if len(out) >= batch:
                 break
         if not self._size:
             self._wakeup.clear()
+        self._last_n = len(out)
         return out
 
     async def wait(self) -> None:
         """Return when events are queued (or :meth:`interrupt` was called)."""
         if not self._size:
+            self._last_n = 0  # the time until the next take is idle, not dispatching
             self._wakeup.clear()
             await self._wakeup.wait()
 

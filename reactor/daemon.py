@@ -225,7 +225,7 @@ class Daemon:
                     discover=[(d.glob, d.labels) for d in cfg.discover],
                     listen=cfg.listen, host=cfg.host,
                     connection={"command_timeout": cfg.qmp.command_timeout, "backoff_max": cfg.qmp.backoff_max,
-                                "shed": engine.bus.shed},
+                                "shed": engine.bus.shed, "backpressure": engine.bus},
                 )
                 self.fleet = fleet
                 engine_task = tg.create_task(engine.run(grace=self.grace), name="reactor.engine")

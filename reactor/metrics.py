@@ -19,6 +19,7 @@ Families (all prefixed ``reactor_``)::
     step_duration_seconds{action}          histogram
     bus_queue_depth{vm}, bus_queued_events, bus_dropped_total{vm}
     vm_connected{vm}, vm_state{vm,state}, vm_reconnects_total{vm}, vm_events_received_total{vm}
+    vm_read_pauses_total{vm}, vm_read_paused_seconds_total{vm}   (backpressure: the reader waited for room)
     journal_healthy, journal_pending_rows, journal_rows_written_total,
     journal_dropped_rows_total{kind}, journal_write_errors_total,
     journal_flush_seconds (summary), journal_flush_last_seconds
@@ -230,6 +231,10 @@ class ReactorCollector(Collector):
                                          labels=["vm"])
         received = CounterMetricFamily("reactor_vm_events_received", "QMP events received from the VM.",
                                        labels=["vm"])
+        pauses = CounterMetricFamily("reactor_vm_read_pauses", "Times the VM's socket was not read: its bus "
+                                     "queue was full (backpressure).", labels=["vm"])
+        paused = CounterMetricFamily("reactor_vm_read_paused_seconds", "Seconds the VM's socket was not read "
+                                     "for want of room in its bus queue.", labels=["vm"])
         fleet = self.daemon.fleet
         for conn in list(fleet) if fleet is not None else ():
             connected.add_metric([conn.name], 1 if conn.connected else 0)
@@ -238,7 +243,9 @@ class ReactorCollector(Collector):
                 state.add_metric([conn.name, s], 1 if s == current else 0)
             reconnects.add_metric([conn.name], conn.reconnects)
             received.add_metric([conn.name], conn.events_received)
-        yield from (connected, state, reconnects, received)
+            pauses.add_metric([conn.name], conn.read_pauses)
+            paused.add_metric([conn.name], conn.paused_seconds)
+        yield from (connected, state, reconnects, received, pauses, paused)
 
     def _journal(self) -> Iterator[Metric]:
         journal = _journal_of(self.daemon)

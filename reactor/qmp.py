@@ -25,9 +25,25 @@ directly instead of through the writer task's queue.
 
 Overflow policy: events are handed to ``on_event`` synchronously, in order,
 from the reader; the callback must not block (the engine behind it owns a
-bounded queue with counted drops).  The reader never waits for a consumer, so
-a slow engine can never stall a VM's socket; memory per connection is bounded
-by ``max_line`` (a longer message drops the connection).
+bounded queue with counted drops).  Memory per connection is bounded by
+``max_line`` (a longer message drops the connection) plus one read chunk.
+
+Backpressure (optional, ``backpressure=`` the engine's bus): the reader
+parses no more lines than the room its VM has left in the consumer's queue
+(the rest of a chunk stays buffered, unparsed); when there is no room it
+stops reading the socket (the transport is paused: the events wait unread in
+the kernel's socket buffer and in QEMU's monitor output buffer) until the
+queue has room again (see reactor.bus), then reads on.  So a VM that floods
+costs no parsing beyond what the engine dispatches, and the loop spends no
+time on its socket while it waits.  Two exceptions keep
+it safe: while a command of ours is in flight on that VM the reader reads
+regardless (its reply may be behind the events; events then past the queue's
+bounds are shed, counted), and lines already read stay buffered, never lost.
+The cost: a paused VM's events reach rules late, QEMU holds them (its
+monitor output buffer grows while the socket is full; see
+docs/reliability.md), and a connection closed by the peer while paused is
+noticed when reading resumes.  Paused reading is counted per VM
+(:attr:`VMConnection.read_pauses`, :attr:`VMConnection.paused_seconds`).
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import functools
 import logging
 import os
 import random
@@ -43,7 +60,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import orjson
 from qemu.qmp import QMPClient
@@ -55,6 +72,7 @@ from .errors import EventError, QMPCommandError, QMPConnectionError
 from .event import Event
 
 __all__ = [
+    "Backpressure",
     "MakeEvent",
     "QMPProtocolError",
     "VMConnection",
@@ -68,6 +86,18 @@ log = logging.getLogger(__name__)
 MakeEvent = Callable[..., Event]
 
 _CHUNK = 256 * 1024
+
+
+class Backpressure(Protocol):
+    """What a VM's reader asks before handing on events (:class:`reactor.bus.Bus` is one)."""
+
+    def room(self, vm: str) -> int:
+        """How many more events of ``vm`` the consumer takes now (<= 0: stop reading)."""
+        ...
+
+    def wait_room(self, vm: str) -> asyncio.Future[None]:
+        """Done when ``vm`` may be read again."""
+        ...
 
 
 class QMPProtocolError(QMPConnectionError):
@@ -163,6 +193,9 @@ class _Protocol(QMPClient):
         self._owner = owner
         self._max_line = max_line
         self._buf = b""
+        self._held = False  # self._buf may hold complete lines, kept while the VM had no room
+        self._stopped = False  # the transport is paused by _pause
+        self._wake: asyncio.Future[None] | None = None  # set while the reader is paused: a command wakes it
         self._listeners = []  # the default EventListener would queue every event forever
 
     # -- logging hooks: qemu.qmp formats every message as indented JSON here --
@@ -178,6 +211,7 @@ class _Protocol(QMPClient):
 
     async def _establish_session(self) -> None:
         self._buf = b""
+        self._held = False
         await super()._establish_session()
 
     async def connect(self, address: Any, ssl: Any = None) -> None:
@@ -211,20 +245,41 @@ class _Protocol(QMPClient):
     # -- the session reader: chunks, lines, orjson; events go straight to the owner --
     async def _bh_recv_message(self) -> None:
         assert self._reader is not None
-        data = await self._reader.read(_CHUNK)
-        if not data:
-            if self._buf.strip():
-                raise QMPProtocolError(f"connection closed mid-message ({len(self._buf)} bytes)")
-            raise EOFError
-        buf = self._buf + data if self._buf else data
-        lines = buf.split(b"\n")
+        owner = self._owner
+        bp = owner._backpressure
+        if bp is not None and bp.room(owner.name) <= 0 and not self._in_flight():
+            await self._pause(bp)
+            return  # the next call looks again (a command may have woken it, or room came)
+        if self._held:
+            buf = self._buf  # complete lines kept from the last call go first
+        else:
+            if self._stopped:  # the socket was left unread: read it again, now that its data is wanted
+                self._stopped = False
+                if not getattr(self._reader, "_paused", False):  # unless the stream's own limit paused it
+                    self._transport().resume_reading()
+            data = await self._reader.read(_CHUNK)
+            if not data:
+                if self._buf.strip():
+                    raise QMPProtocolError(f"connection closed mid-message ({len(self._buf)} bytes)")
+                raise EOFError
+            buf = self._buf + data if self._buf else data
+        # the room now (the read may have waited long): while a command is in flight, read on regardless
+        if bp is None or self._in_flight():
+            lines = buf.split(b"\n")
+            held = False
+        else:
+            room = max(1, bp.room(owner.name))
+            lines = buf.split(b"\n", room)  # at most `room` lines; the rest stays unparsed
+            held = len(lines) > room
         self._buf = lines.pop()
-        if len(self._buf) > self._max_line:
-            raise QMPProtocolError(f"message over {self._max_line} bytes")
-        deliver = self._owner._deliver
+        self._held = held
+        max_line = self._max_line
+        if not held and len(self._buf) > max_line:
+            raise QMPProtocolError(f"message over {max_line} bytes")
+        deliver = owner._deliver
         for line in lines:
-            if len(line) > self._max_line:
-                raise QMPProtocolError(f"message over {self._max_line} bytes")
+            if len(line) > max_line:
+                raise QMPProtocolError(f"message over {max_line} bytes")
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as err:
@@ -237,6 +292,35 @@ class _Protocol(QMPClient):
                 deliver(obj)
             else:
                 await self._route(obj)
+
+    def _in_flight(self) -> bool:
+        """Whether a command of ours still waits for its reply."""
+        return any(not (isinstance(slot, _Slot) and slot.done()) for slot in self._pending.values())
+
+    def _transport(self) -> asyncio.ReadTransport:
+        assert self._writer is not None
+        return cast(asyncio.ReadTransport, self._writer.transport)
+
+    async def _pause(self, bp: Backpressure) -> None:
+        """Leave the socket unread until the VM has room again or a command is sent.
+
+        The transport stays paused until the reader needs bytes from the socket again (lines it
+        holds go first), so nothing more piles up in this process meanwhile.
+        """
+        owner = self._owner
+        if not self._stopped:
+            self._transport().pause_reading()
+            self._stopped = True
+        owner.read_pauses += 1
+        owner._paused_since = since = time.monotonic()
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        bp.wait_room(owner.name).add_done_callback(functools.partial(_wake_up, wake))
+        try:
+            await wake
+        finally:
+            self._wake = None
+            owner._paused_since = None
+            owner._paused_total += time.monotonic() - since
 
     async def _route(self, obj: dict[str, Any]) -> None:
         exec_id = obj.get("id")
@@ -264,12 +348,19 @@ class _Protocol(QMPClient):
         data = orjson.dumps(msg, default=_jsonable)
         self._cb_outbound(_Raw(data))
         self._pending[exec_id] = cast(Any, _Slot())
+        if self._wake is not None:
+            _wake_up(self._wake)  # a paused reader reads again: the reply may be behind events
         try:
             self._writer.write(data)
         except BaseException:
             del self._pending[exec_id]
             raise
         return cast(dict[str, Any], await self._reply(exec_id))
+
+
+def _wake_up(wake: asyncio.Future[None], _: object = None) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 class _Slot:
@@ -279,6 +370,9 @@ class _Slot:
 
     def __init__(self) -> None:
         self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def done(self) -> bool:
+        return self._future.done()
 
     def put_nowait(self, item: Any) -> None:
         if not self._future.done():
@@ -370,6 +464,7 @@ class VMConnection:
         command_timeout: float = 10.0,
         max_line: int = 1 << 22,
         shed: Callable[[str], bool] | None = None,
+        backpressure: Backpressure | None = None,
     ) -> None:
         if (address is None) == (sock is None):
             raise ValueError("give exactly one of address and sock")
@@ -385,6 +480,12 @@ class VMConnection:
         #: queue for this VM is full anyway (a storm); the consumer counts those drops
         self._shed = shed
         self.events_shed = 0
+        #: asked before handing on events: the reader stops reading while the VM has no room (module docstring)
+        self._backpressure = backpressure
+        #: times the reader stopped reading for want of room
+        self.read_pauses = 0
+        self._paused_total = 0.0
+        self._paused_since: float | None = None
         self._on_state = on_state
         self._on_problem = on_problem
         self._namer = namer
@@ -443,6 +544,17 @@ class VMConnection:
     @property
     def state(self) -> VMState:
         return self._state
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the reader waits for room in the consumer's queue (backpressure)."""
+        return self._paused_since is not None
+
+    @property
+    def paused_seconds(self) -> float:
+        """Seconds the reader spent not reading for want of room, the current pause included."""
+        since = self._paused_since
+        return self._paused_total + (time.monotonic() - since if since is not None else 0.0)
 
     def __repr__(self) -> str:
         return f"<VMConnection {self._name!r} {self._state.name} status={self._status}>"

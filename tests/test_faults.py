@@ -266,11 +266,23 @@ rules:
 """
 
 
+FLOOD_PROBE_RULES = FLOOD_RULES + """
+  - name: probe
+    on: RTC_CHANGE
+    vms: flood
+    match: {offset: 0}
+    actions:
+      - qmp: query-status
+"""
+
+
 async def test_a_flood_past_the_bus_bounds_drops_by_policy_and_the_quiet_vm_is_served(tmp_path: Path) -> None:
-    """A VM flooding past ``bus.total``: its events are dropped and counted, the engine keeps running,
-    a quiet VM's STOPs (some dropped by the same policy while the bus is full) still get their ``cont``."""
+    """A VM flooding past ``bus.total`` (a rule's command to it is in flight, so its reader reads on
+    despite backpressure, to reach the reply): its events are dropped and counted, the engine keeps
+    running, a quiet VM's STOPs (some dropped by the same policy while the bus is full) still get their
+    ``cont``, and the commands to the flooding VM their replies."""
     extra = "bus: {per_vm: 2000, total: 50}\n"
-    async with site(tmp_path, FLOOD_RULES, vms=("flood", "quiet"), extra=extra) as s:
+    async with site(tmp_path, FLOOD_PROBE_RULES, vms=("flood", "quiet"), extra=extra) as s:
         flood, quiet = s.fakes["flood"], s.fakes["quiet"]
         engine = s.daemon.engine
         assert engine is not None
@@ -282,7 +294,9 @@ async def test_a_flood_past_the_bus_bounds_drops_by_policy_and_the_quiet_vm_is_s
             quiet.emit("STOP")
             await asyncio.sleep(0.01)
         await eventually(lambda: count(quiet, "cont") >= 1, 10)
-        assert engine.bus.dropped["flood"] > 0
+        await eventually(lambda: engine.bus.dropped["flood"] > 0, 10)
+        probes = await finished_runs(s.daemon, "probe", 1)
+        assert all(r.status == "ok" for r in probes), [summary(r) for r in probes]
         await asyncio.sleep(0.5)
         tasks = {t.get_name(): t for t in asyncio.all_tasks()}
         assert not tasks["reactor.engine"].done()
@@ -291,9 +305,11 @@ async def test_a_flood_past_the_bus_bounds_drops_by_policy_and_the_quiet_vm_is_s
         await eventually(lambda: count(quiet, "cont") > before, 5)
 
 
-async def test_a_flooding_vm_is_shed_at_its_reader_while_its_queue_is_full(tmp_path: Path) -> None:
-    """While a VM's bus queue is full, its connection drops its newest events before building them: counted
-    as that VM's bus drops, never another VM's, and the VM's run state is still tracked from them."""
+async def test_a_flooding_vm_is_paused_at_its_reader_while_its_queue_is_full(tmp_path: Path) -> None:
+    """While a VM's bus queue is full, its connection stops reading its socket (backpressure) instead of
+    reading events only to drop them: the flood arrives whole and in order once the engine catches up,
+    nothing is dropped (any shedding would be counted as that VM's bus drops, never another VM's), the
+    VM's run state is tracked, and a quiet VM is served meanwhile."""
     extra = "bus: {per_vm: 50, total: 100000}\n"
     async with site(tmp_path, FLOOD_RULES, vms=("flood", "quiet"), extra=extra) as s:
         flood, quiet = s.fakes["flood"], s.fakes["quiet"]
@@ -301,15 +317,18 @@ async def test_a_flooding_vm_is_shed_at_its_reader_while_its_queue_is_full(tmp_p
         assert engine is not None and fleet is not None
         conn = fleet.get("flood")
         assert conn is not None
+        received = conn.events_received
         flood.send_raw(b"".join(
             b'{"event": "RTC_CHANGE", "data": {"offset": %d, "qom-path": "/rtc"}, '
             b'"timestamp": {"seconds": 1, "microseconds": 0}}\r\n' % i for i in range(20000)))
-        await eventually(lambda: conn.events_received >= 20000, 10)
-        assert conn.events_shed > 0
-        assert engine.bus.dropped["flood"] >= conn.events_shed
-        assert engine.bus.dropped["quiet"] == 0
+        flood.emit("STOP")
         quiet.emit("STOP")
         await eventually(lambda: count(quiet, "cont") >= 1, 10)
+        await eventually(lambda: conn.events_received >= received + 20001, 20)
+        assert conn.read_pauses > 0 and conn.paused_seconds > 0
+        assert conn.status == "paused"
+        assert engine.bus.dropped["flood"] == conn.events_shed == 0
+        assert engine.bus.dropped["quiet"] == 0
 
 
 # --- the broker killed during a QoS 1 stream -------------------------------------------------------

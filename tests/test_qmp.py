@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 from fakeqmp import FakeQMP, make_event  # tests/ is on sys.path (pytest's rootdir-relative import)
+from test_http import eventually
 
 from reactor.action import VMHandle
+from reactor.bus import Bus
 from reactor.errors import QMPCommandError, QMPConnectionError
 from reactor.event import Event
 from reactor.qmp import VMConnection, VMState, parse_address
@@ -319,6 +321,74 @@ async def test_storm_delivers_everything_in_order(tmp_path: Path) -> None:
                 await conn.execute("x-storm", {"count": total})
                 await done.wait()
     assert ordered and conn.events_received >= total
+
+
+def _rtc_lines(first: int, n: int) -> bytes:
+    return b"".join(b'{"event": "RTC_CHANGE", "data": {"offset": %d, "qom-path": "/rtc"}, '
+                    b'"timestamp": {"seconds": 1, "microseconds": 0}}\r\n' % i for i in range(first, first + n))
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    await eventually(predicate, timeout, interval=0.005)
+
+
+async def test_backpressure_pauses_a_flooding_vm_serves_the_quiet_one_and_answers_commands(tmp_path: Path) -> None:
+    """With ``backpressure=`` the bus, a VM whose queue is full is not read: its events wait in the socket,
+    none is dropped; another VM's event goes to the front of the bus; reading resumes once the queue
+    drained, and every event arrives in order; a command to the paused VM gets its reply (the reader
+    reads while it is in flight, shedding what the full queue cannot take, counted as the VM's drops)."""
+    bus = Bus(per_vm=100, total=100_000, read_ahead=100)
+    async with (
+        FakeQMP(tmp_path / "flood.qmp", name="flood", status="running") as flood_fake,
+        FakeQMP(tmp_path / "quiet.qmp", name="quiet") as quiet_fake,
+    ):
+        def put(event: Event) -> None:
+            bus.put(event)
+
+        flood, quiet = (VMConnection(name=name, address=f.address, make_event=make_event, on_event=put,
+                                     shed=bus.shed, backpressure=bus)
+                        for name, f in (("flood", flood_fake), ("quiet", quiet_fake)))
+        async with asyncio.TaskGroup() as tg, flood, quiet:
+            for conn in (flood, quiet):
+                tg.create_task(conn.run())
+            await _until(lambda: flood.connected and quiet.connected)
+            while len(bus):
+                bus.take()  # the REACTOR_VM_CONNECTED events
+            received = flood.events_received
+
+            flood_fake.send_raw(_rtc_lines(0, 5000))
+            await _until(lambda: flood.reading_paused)
+            assert bus.depth("flood") == 100 and flood.events_received == received + 100
+            await asyncio.sleep(0.3)
+            assert flood.reading_paused and flood.events_received == received + 100  # not read while paused
+            assert flood.paused_seconds >= 0.25 and flood.read_pauses == 1
+
+            quiet_fake.emit("STOP")
+            await _until(lambda: bus.depth("quiet") == 1)
+            offsets: list[int] = []
+            first = True
+            async with asyncio.timeout(20):
+                while len(offsets) < 5000:
+                    await _until(lambda: len(bus) > 0)
+                    batch = bus.take()
+                    if first:
+                        assert (batch[0].vm, batch[0].name) == ("quiet", "STOP")  # ahead of the flood's backlog
+                        first = False
+                    offsets += [e.data["offset"] for e in batch if e.vm == "flood"]
+                    assert bus.depth("flood") <= 100
+            assert offsets == list(range(5000))  # resumed after each drain; nothing lost, in order
+            assert flood.read_pauses >= 5000 // 100 - 1
+            assert not bus.dropped and flood.events_shed == 0
+
+            flood_fake.send_raw(_rtc_lines(5000, 5000))
+            await _until(lambda: flood.reading_paused)
+            paused = flood.read_pauses
+            status = await flood.execute("query-status", timeout=5)  # its reply is behind 4,900 unread events
+            assert status["status"] == "running"
+            assert flood.events_shed > 0 and bus.dropped["flood"] == flood.events_shed
+            assert bus.depth("flood") == 100
+            await _until(lambda: flood.reading_paused and flood.read_pauses > paused)  # and paused again
+            assert bus.depth("quiet") == 0 and "quiet" not in bus.dropped
 
 
 # -- against a real QEMU -----------------------------------------------------
