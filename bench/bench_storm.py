@@ -1,6 +1,6 @@
 """The storm benchmark (issue 7): does a real VM still get its ``cont`` while 1,000 others flood reactor?
 
-    .venv/bin/python bench/bench_storm.py [--vms 1000] [--rate 100000] [--seconds 20] [--stops 40] [--json]
+    .venv/bin/python bench/bench_storm.py [--vms 1000] [--rate 100000] [--seconds 20] [--stops 40] [--drain 10] [--json]
 
 Three processes, on loopback only:
 
@@ -10,7 +10,8 @@ Three processes, on loopback only:
   ``--rate`` ``BLOCK_IO_ERROR`` events/s (``action: report``) spread evenly
   over them for ``--seconds`` (pre-encoded lines, one write per VM per 10 ms
   tick; a VM whose socket buffer holds more than 1 MiB skips its tick, counted
-  as *refused*);
+  as *refused*: reactor's backpressure reached it, as it would reach QEMU,
+  whose monitor buffers what its client does not read);
 * a real guest-less QEMU (``reactor.testing.qemu.QemuVM``, ``-accel tcg``)
   that this process drives through a second monitor.
 
@@ -21,13 +22,17 @@ QEMU ``--stops`` times and measures STOP -> RESUME from QEMU's own event
 timestamps (the time reactor took to see the STOP, match it, and get its
 ``cont`` executed), first without the storm (baseline), then under it.
 
-Reported: the latency (p50, p99, max; target <= 100 ms under the storm),
-events offered / dispatched / dropped by the bus (the overflow policy: each
-VM's queue at most ``bus.per_vm``, the bus at most ``bus.total``; the putting
-VM's oldest event goes), fairness (the spread of dispatched events over the
-fake VMs: ``reactor_vm_events_received_total{vm}`` minus
-``reactor_bus_dropped_total{vm}``), and the daemon's RSS idle and
-peak (``VmHWM``).
+Reported: the latency (p50, p99, max; target <= 100 ms under the storm);
+events offered (``--rate`` x ``--seconds``), refused (a fake's buffer was full),
+sent (written and gone from the fakes' buffers by the storm's end), received
+by reactor, dispatched and dropped by the bus (the overflow policy: each VM's
+queue at most ``bus.per_vm``, the bus at most ``bus.total``), counted at the
+storm's end and after at most ``--drain`` seconds more; how long the fake
+VMs' sockets were left unread (``reactor_vm_read_paused_seconds_total``);
+fairness (the spread of dispatched events over the fake VMs:
+``reactor_vm_events_received_total{vm}`` minus ``reactor_bus_dropped_total{vm}``
+minus ``reactor_bus_queue_depth{vm}``); and the daemon's RSS idle and peak
+(``VmHWM``).
 """
 
 from __future__ import annotations
@@ -110,7 +115,9 @@ async def serve(directory: str, count: int) -> None:
                     offered += k
                 tick += extra
             await asyncio.sleep(0.01)
-        print(f"offered {offered} refused {refused} seconds {time.perf_counter() - t0:.3f}", flush=True)
+        elapsed = time.perf_counter() - t0
+        unsent = sum(s.writer.transport.get_write_buffer_size() for f in fakes for s in f.sessions if s.negotiated)
+        print(f"offered {offered} refused {refused} seconds {elapsed:.3f} unsent {unsent // len(line)}", flush=True)
 
 
 # --- the parent ---------------------------------------------------------------------------------
@@ -130,10 +137,13 @@ def proc_status(pid: int, key: str) -> float:
 
 
 _METRIC = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? ([0-9.e+-]+|NaN)$')
+# dispatched by VM = received - dropped - still queued
+_DISPATCHED = {"reactor_vm_events_received_total": 1.0, "reactor_bus_dropped_total": -1.0,
+               "reactor_bus_queue_depth": -1.0}
 
 
 def scrape(url: str) -> tuple[dict[str, float], dict[str, float]]:
-    """(family sums, by VM: events received minus events the bus dropped = dispatched)."""
+    """(family sums, by VM: events received minus events the bus dropped or still holds = dispatched)."""
     sums: dict[str, float] = {}
     by_vm: dict[str, float] = {}
     with urllib.request.urlopen(url, timeout=120) as resp:  # a saturated daemon answers late
@@ -143,10 +153,10 @@ def scrape(url: str) -> tuple[dict[str, float], dict[str, float]]:
                 continue
             name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
             sums[name] = sums.get(name, 0.0) + value
-            if name in ("reactor_vm_events_received_total", "reactor_bus_dropped_total"):
+            sign = _DISPATCHED.get(name)
+            if sign is not None:
                 vm = re.search(r'vm="([^"]*)"', labels)
                 if vm:
-                    sign = 1.0 if name == "reactor_vm_events_received_total" else -1.0
                     by_vm[vm.group(1)] = by_vm.get(vm.group(1), 0.0) + sign * value
     return sums, by_vm
 
@@ -253,23 +263,39 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(min(2.0, args.seconds / 4))  # the queues fill up first
             gap = max(0.05, (args.seconds * 0.7) / args.stops)
             under = await stop_to_resume(mon, args.stops, gap, until=time.monotonic() + args.seconds * 0.9)
-            report = (await child.stdout.readline()).decode().split()
-            offered, refused, storm_s = int(report[1]), int(report[3]), float(report[5])
-            rss_storm_peak = proc_status(daemon.pid, "VmHWM")
-            # drain: until dispatched stops moving
-            last = -1.0
+            words = (await child.stdout.readline()).decode().split()
+            report = dict(zip(words[::2], words[1::2], strict=True))
+            offered, refused, storm_s = int(report["offered"]), int(report["refused"]), float(report["seconds"])
+            unsent = int(report["unsent"])
             t_end = time.monotonic()
+            sums_end, by_vm_end = await asyncio.to_thread(scrape, url)
+            scrape_s = time.monotonic() - t_end
+            rss_storm_peak = proc_status(daemon.pid, "VmHWM")
+            # drain: until dispatched stops moving, or --drain seconds (backpressure leaves events in the
+            # fakes' buffers and sockets, which would take long to go through at the dispatch rate)
+            last = -1.0
             while True:
                 sums, by_vm = await asyncio.to_thread(scrape, url)
-                if sums.get("reactor_engine_events_total", 0) == last:
+                if sums.get("reactor_engine_events_total", 0) == last or time.monotonic() - t_end > args.drain:
                     break
                 last = sums.get("reactor_engine_events_total", 0)
                 await asyncio.sleep(0.5)
             drained_s = time.monotonic() - t_end
             rss_after = proc_status(daemon.pid, "VmRSS")
+
+            def delta(after: dict[str, float], name: str) -> float:
+                return after.get(name, 0.0) - sums0.get(name, 0.0)
+
             per_vm = [by_vm.get(f"vm-{i}", 0.0) - by_vm0.get(f"vm-{i}", 0.0) for i in range(args.vms)]
             dispatched = sum(per_vm)
-            dropped = sums.get("reactor_bus_dropped_total", 0.0) - sums0.get("reactor_bus_dropped_total", 0.0)
+            dispatched_storm = sum(by_vm_end.get(f"vm-{i}", 0.0) - by_vm0.get(f"vm-{i}", 0.0)
+                                   for i in range(args.vms))
+            dropped = delta(sums, "reactor_bus_dropped_total")
+            dropped_storm = delta(sums_end, "reactor_bus_dropped_total")
+            received = delta(sums, "reactor_vm_events_received_total")
+            received_storm = delta(sums_end, "reactor_vm_events_received_total")
+            paused_s = delta(sums_end, "reactor_vm_read_paused_seconds_total")
+            pauses = delta(sums_end, "reactor_vm_read_pauses_total")
             daemon.terminate()
             exit_code = await daemon.wait()
         except BaseException:
@@ -287,7 +313,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await child.wait()
     return {
         "vms": args.vms, "rate_offered_target": args.rate, "seconds": storm_s,
-        "offered": offered, "refused_by_socket_backpressure": refused, "offered_rate": offered / storm_s,
+        "offered": offered + refused, "offered_rate": (offered + refused) / storm_s,
+        "refused_by_socket_backpressure": refused, "written_by_fakes": offered,
+        "unsent_in_fakes_at_end": unsent, "sent": offered - unsent, "sent_rate": (offered - unsent) / storm_s,
+        "received_at_storm_end": received_storm, "dispatched_at_storm_end": dispatched_storm,
+        "dispatched_rate_storm": dispatched_storm / storm_s, "dropped_at_storm_end": dropped_storm,
+        "scrape_at_storm_end_s": scrape_s,
+        "read_paused_fraction": paused_s / (storm_s * (args.vms + 1)), "read_pauses": pauses,
+        "drained_s": drained_s, "received": received,
         "dispatched": dispatched, "dispatched_rate": dispatched / (storm_s + drained_s),
         "bus_dropped": dropped, "accounted": dispatched + dropped,
         "fairness_min_per_vm": min(per_vm), "fairness_max_per_vm": max(per_vm),
@@ -308,6 +341,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100_000.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--stops", type=int, default=40)
+    parser.add_argument("--drain", type=float, default=10.0, help="at most this long after the storm, for counts")
     parser.add_argument("--per-vm", type=int, default=10_000, help="bus.per_vm of the daemon")
     parser.add_argument("--total", type=int, default=200_000, help="bus.total of the daemon")
     parser.add_argument("--json", action="store_true")
@@ -320,10 +354,16 @@ def main() -> None:
         print(json.dumps(res, indent=2))
         return
     lat = res["latency_storm_ms"]
-    print(f"storm: {res['vms']} fake VMs, {res['offered_rate']:,.0f} events/s offered for {res['seconds']:.1f}s "
-          f"({res['refused_by_socket_backpressure']:,} refused by socket backpressure)")
-    print(f"  dispatched {res['dispatched']:,.0f} ({res['dispatched_rate']:,.0f}/s), dropped by the bus "
-          f"{res['bus_dropped']:,.0f}; per fake VM dispatched min {res['fairness_min_per_vm']:,.0f} "
+    print(f"storm: {res['vms']} fake VMs, {res['offered_rate']:,.0f} events/s offered for {res['seconds']:.1f}s: "
+          f"{res['offered']:,} offered, {res['refused_by_socket_backpressure']:,} refused (a fake's buffer full), "
+          f"{res['sent']:,} sent ({res['sent_rate']:,.0f}/s; {res['unsent_in_fakes_at_end']:,} still in the fakes)")
+    print(f"  at the storm's end: received {res['received_at_storm_end']:,.0f}, dispatched "
+          f"{res['dispatched_at_storm_end']:,.0f} ({res['dispatched_rate_storm']:,.0f}/s), dropped "
+          f"{res['dropped_at_storm_end']:,.0f}; fake VMs' sockets unread {res['read_paused_fraction']:.0%} of the "
+          f"time ({res['read_pauses']:,.0f} pauses)")
+    print(f"  after {res['drained_s']:.1f}s more: dispatched {res['dispatched']:,.0f} "
+          f"({res['dispatched_rate']:,.0f}/s), "
+          f"dropped by the bus {res['bus_dropped']:,.0f}; per fake VM dispatched min {res['fairness_min_per_vm']:,.0f} "
           f"max {res['fairness_max_per_vm']:,.0f} (cv {res['fairness_cv']:.3f})")
     print(f"  STOP -> cont -> RESUME of the real VM: baseline p50 {res['latency_baseline_ms']['p50']:.1f} ms; "
           f"under the storm p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms "
