@@ -52,6 +52,7 @@ from reactor.action import ActionContext, action  # noqa: E402
 from reactor.actions.qmp import QMP, QmpArgs  # noqa: E402
 from reactor.catalog import default_catalog  # noqa: E402
 from reactor.engine import Engine  # noqa: E402
+from reactor.errors import ActionError  # noqa: E402
 from reactor.event import Event  # noqa: E402
 from reactor.fleet import Fleet  # noqa: E402
 from reactor.loader import load_rules_text  # noqa: E402
@@ -363,10 +364,15 @@ class Bench:
 
 
 class _Ctx:
-    """Just enough of an ActionContext for calling the qmp action directly."""
+    """Just enough of an ActionContext for calling the qmp action directly (no daemon: no resources)."""
+
+    rule = "bench"
 
     def __init__(self, vm: Any) -> None:
         self.vm = vm
+
+    def resource(self, cls: type[Any]) -> Any:
+        raise ActionError(f"no daemon: no {cls.__name__}")
 
 
 async def raw_round_trips(path: str, count: int) -> list[float]:
