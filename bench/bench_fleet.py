@@ -51,7 +51,7 @@ import fakeqmp  # type: ignore[import-not-found]  # noqa: E402
 from reactor.action import ActionContext, action  # noqa: E402
 from reactor.actions.qmp import QMP, QmpArgs  # noqa: E402
 from reactor.catalog import default_catalog  # noqa: E402
-from reactor.engine import Engine  # noqa: E402
+from reactor.engine import Engine, tune_gc  # noqa: E402
 from reactor.errors import ActionError  # noqa: E402
 from reactor.event import Event  # noqa: E402
 from reactor.fleet import Fleet  # noqa: E402
@@ -217,6 +217,7 @@ class Bench:
             res["connect_s"] = time.perf_counter() - t0
             await asyncio.sleep(1.0)
             gc.collect()
+            tune_gc()  # as `reactor run` does once its VMs are set up
             res["rss_idle_mb"] = rss_mb()
             res["rss_before_mb"] = base
             print(
