@@ -302,35 +302,44 @@ class _Loader:
         return secs
 
     def throttle(self, node: Node | None, schemas: list[EventSchema] | None) -> Throttle | None:
+        mnode, mx, secs = self.window(node, "throttle", "max", ["max", "within", "per"])
+        if mnode is None:
+            return None
+        per = self.event_keys(mnode.get("per"), "throttle.per", schemas, ("vm",))
+        if mx is None or secs is None or per is None:
+            return None
+        return Throttle(max=mx, within=secs, per=per)
+
+    def window(self, node: Node | None, what: str, count_key: str,
+               keys: list[str]) -> tuple[MapNode | None, int | None, float | None]:
+        """What throttle and threshold share: a mapping of ``keys`` with a positive ``count_key`` and ``within``.
+
+        Returns the mapping (None when it is not one), the count and the seconds (None where invalid).
+        """
         if not isinstance(node, MapNode):
             self.err(node.pos if node is not None else Position("?", 1, 1),  # an empty list is falsy
-                     "throttle must be a mapping {max, within, per}")
-            return None
+                     f"{what} must be a mapping {{{', '.join(keys)}}}")
+            return None, None, None
         for key in node.entries:
-            if key not in ("max", "within", "per"):
-                hint = close_match(key, ["max", "within", "per"])
-                self.err(node.key_pos(key), f"throttle: unknown key {key!r}"
-                         + (f" (did you mean {hint!r}?)" if hint else "; keys: max, within, per"))
-        mx = node.get("max")
+            if key not in keys:
+                hint = close_match(key, keys)
+                self.err(node.key_pos(key), f"{what}: unknown key {key!r}"
+                         + (f" (did you mean {hint!r}?)" if hint else f"; keys: {', '.join(keys)}"))
+        count: int | None = None
+        cnode = node.get(count_key)
+        if cnode is None:
+            self.err(node.pos, f"{what}: missing {count_key!r}")
+        elif not (isinstance(cnode, ScalarNode) and type(cnode.value) is int and cnode.value >= 1):
+            self.err(cnode.pos, f"{what}.{count_key}: expected a positive integer, got {cnode.plain()!r}")
+        else:
+            count = int(cnode.value)
         within = node.get("within")
-        ok = True
-        if mx is None:
-            self.err(node.pos, "throttle: missing 'max'")
-            ok = False
-        elif not (isinstance(mx, ScalarNode) and type(mx.value) is int and mx.value >= 1):
-            self.err(mx.pos, f"throttle.max: expected a positive integer, got {mx.plain()!r}")
-            ok = False
         secs = None
         if within is None:
-            self.err(node.pos, "throttle: missing 'within'")
-            ok = False
+            self.err(node.pos, f"{what}: missing 'within'")
         else:
-            secs = self.duration(within, "throttle.within", positive=True)
-            ok = ok and secs is not None
-        per = self.event_keys(node.get("per"), "throttle.per", schemas, ("vm",))
-        if not ok or secs is None or mx is None or per is None:
-            return None
-        return Throttle(max=int(mx.plain()), within=secs, per=per)
+            secs = self.duration(within, f"{what}.within", positive=True)
+        return node, count, secs
 
     def event_keys(self, node: Node | None, what: str, schemas: list[EventSchema] | None,
                    default: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -358,36 +367,14 @@ class _Loader:
         return tuple(keys) if ok else None
 
     def threshold(self, node: Node | None, schemas: list[EventSchema] | None) -> Threshold | None:
-        keys = ["count", "within", "distinct", "per"]
-        if not isinstance(node, MapNode):
-            self.err(node.pos if node is not None else Position("?", 1, 1),
-                     "threshold must be a mapping {count, within, distinct, per}")
+        mnode, count, secs = self.window(node, "threshold", "count", ["count", "within", "distinct", "per"])
+        if mnode is None:
             return None
-        for key in node.entries:
-            if key not in keys:
-                hint = close_match(key, keys)
-                self.err(node.key_pos(key), f"threshold: unknown key {key!r}"
-                         + (f" (did you mean {hint!r}?)" if hint else f"; keys: {', '.join(keys)}"))
-        count = node.get("count")
-        within = node.get("within")
-        ok = True
-        if count is None:
-            self.err(node.pos, "threshold: missing 'count'")
-            ok = False
-        elif not (isinstance(count, ScalarNode) and type(count.value) is int and count.value >= 1):
-            self.err(count.pos, f"threshold.count: expected a positive integer, got {count.plain()!r}")
-            ok = False
-        secs = None
-        if within is None:
-            self.err(node.pos, "threshold: missing 'within'")
-            ok = False
-        else:
-            secs = self.duration(within, "threshold.within", positive=True)
-        distinct = self.event_keys(node.get("distinct"), "threshold.distinct", schemas, ("host", "vm"))
-        per = self.event_keys(node.get("per"), "threshold.per", schemas, ())
-        if not ok or secs is None or count is None or distinct is None or per is None:
+        distinct = self.event_keys(mnode.get("distinct"), "threshold.distinct", schemas, ("host", "vm"))
+        per = self.event_keys(mnode.get("per"), "threshold.per", schemas, ())
+        if count is None or secs is None or distinct is None or per is None:
             return None
-        return Threshold(count=int(count.plain()), within=secs, distinct=distinct, per=per)
+        return Threshold(count=count, within=secs, distinct=distinct, per=per)
 
     def choice(self, node: MapNode, key: str, choices: Sequence[str], default: str) -> str:
         sub = node.get(key)
