@@ -53,8 +53,6 @@ say "building the tiny test guest (cached)"
 # the suites that need a real libvirtd or browser fail instead of skipping when these are set
 export REACTOR_REQUIRE_LIBVIRT=1
 export REACTOR_REQUIRE_BROWSER=1
-# the fleet test's 60 s outage is opt-in (REACTOR_NETNS_LONG=1, about 70 s more): its drain time sits
-# near the 5 s bound on a loaded 2-core machine (3.6 s and 5.15 s measured), see docs/fleet.md
 
 say "running the tests"
 set +e

@@ -7,7 +7,6 @@ in the core namespace with ``fleet: {events: true}`` and journals every event;
 the tests read its journal.  Faults are nftables drop rules on a host's veth;
 latency (the cases at the end) a userspace delay proxy on a host's bridge
 (``tests/delayproxy.py``), or netem where the kernel has it.
-Set ``REACTOR_NETNS_LONG=1`` to also run the 60 s outage.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import sqlite3
 import statistics
 import subprocess
@@ -214,11 +212,7 @@ async def test_remote_cont_expires_during_an_outage(fleet: Fleet) -> None:
     await fk.aclose()
 
 
-@pytest.mark.parametrize("outage", [
-    10,
-    pytest.param(60, marks=pytest.mark.skipif(not os.environ.get("REACTOR_NETNS_LONG"),
-                                              reason="set REACTOR_NETNS_LONG=1 for the 60 s outage")),
-])
+@pytest.mark.parametrize("outage", [10, 60])
 async def test_host_cut_off_loses_nothing(fleet: Fleet, outage: int) -> None:
     prefix = f"cut{outage}-"
     fakes = await _fakes(fleet, "host1", [f"{prefix}{i}" for i in range(3)])
