@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -628,3 +629,93 @@ async def test_source_intake_at_volume_in_order_once(mosquitto: Broker, protocol
         stats = hub.stats()["main"]
         assert (stats["source_received"], stats["source_invalid"]) == (n + n2, 0)
         assert hub.link().state is LinkState.CONNECTED and hub.link().connects == 1
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    n, length = len(body), bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        length.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes((first, *length)) + body
+
+
+def _publish(topic: bytes, payload: bytes, qos: int = 0, mid: int = 1) -> bytes:
+    return _packet(0x30 | qos << 1, len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+                   + payload)
+
+
+def _hostile_streams() -> list[bytes]:
+    """Broken packets a broker (or whatever answers on its port) might send, then random bytes."""
+    crafted = [
+        b"\x30\xff\xff\xff\xff\x01",                       # a remaining length of five bytes
+        b"\x30\x01\x00",                                   # a PUBLISH too short for its topic length
+        b"\x32\x05\x00\x03abc",                            # QoS 1 without its packet id
+        b"\x30\x04\x00\x09ab",                             # a topic longer than the packet
+        _publish(b"\xff\xfe/\x00", b"not an event"),        # a topic that is not UTF-8
+        _publish(b"fz/h1/vm1/event/X", b"\x00\xff{"),       # a payload that is not JSON
+        _publish(b"fz/h1/vm1/event/X", b"[1, 2]"),         # JSON, not an object
+        _packet(0x40, b"\x12\x34"),                         # a PUBACK for a message never sent
+        _packet(0x40, b""),                                 # a PUBACK without its id
+        _packet(0x34, b"\x00\x01a\x00\x07zz"),               # QoS 2: paho's part
+        _packet(0x36, b"\x00\x01a"),                        # QoS 3 does not exist
+        b"\x00\x00", b"\xf0\x00", b"\x90\x02\x00\x01",     # reserved, AUTH in 3.1.1, an unasked SUBACK
+    ]
+    rng = random.Random(7)
+    noise = [bytes((rng.choice([0x30, 0x32, 0x40, 0x34, 0x3B]),)) + rng.randbytes(rng.randint(0, 40))
+             for _ in range(8)]
+    return crafted + noise
+
+
+async def test_a_broker_sending_garbage_cannot_break_the_source(caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever bytes come from the broker's side, the link never crashes: it reports, reconnects and then takes
+    the next well-formed event (reactor's own packet reader handles QoS 0/1 PUBLISH and PUBACK), and nothing
+    escapes into the event loop as an unhandled exception."""
+    streams = _hostile_streams()
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        index = connections
+        connections += 1
+
+        async def packet() -> bytes:
+            await reader.readexactly(1)
+            length = shift = 0
+            while True:
+                byte = (await reader.readexactly(1))[0]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    return await reader.readexactly(length)
+
+        try:
+            await packet()                                  # CONNECT
+            writer.write(b"\x20\x02\x00\x00")               # CONNACK, accepted
+            mid = (await packet())[:2]                      # SUBSCRIBE
+            writer.write(b"\x90\x03" + mid + b"\x00")       # SUBACK, QoS 0
+            event = orjson.dumps({"event": "RTC_CHANGE", "data": {"offset": index, "qom-path": "/rtc"},
+                                  "timestamp": {"seconds": 1700000000, "microseconds": 0}})  # fmt: skip
+            hostile = streams[index] if index < len(streams) else b""
+            writer.write(hostile + _publish(b"fz/h1/vm1/event/RTC_CHANGE", event))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = BrokerConfig(name="main", port=port, subscribe=(SubscribeTopic("fz/#", 0),))
+    async with server, running_hub({"main": config}) as (hub, daemon):
+        await until(lambda: any(e.data["offset"] == len(streams) for e in daemon.emitted), 60)
+        assert hub.link().state is not LinkState.CLOSED
+    got = {e.data["offset"] for e in daemon.emitted}
+    assert connections > len(streams)
+    assert len(streams) in got   # the first clean connection's event
+    assert {4, 5, 6, 7} <= got   # well-framed but wrong packets are skipped: the event behind them still arrives
+    assert {e.vm for e in daemon.emitted} == {"vm1"} and {e.host for e in daemon.emitted} == {"h1"}
+    assert hub.stats()["main"]["source_invalid"] >= 2   # the payloads that are not events were counted
+    escaped = [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert escaped == []
