@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_engine.py [--quick] [--json] [--events N] [--runs R] [--rules 10,1000,10000]
     .venv/bin/python bench/bench_engine.py --memory [--memory-events 1000000]
 
-What one event goes through (``reactor.replay.replay``, the path ``reactor
+What one event goes through (``reactor.engine.replay.replay``, the path ``reactor
 replay`` uses): orjson decode, ``Catalog.make_event`` (schema check, typed
 class), ``Engine.dispatch`` (matcher index, ``vms``, ``match``), a ``Run``
 task per match executing one step of a registered no-op action, and the
@@ -53,15 +53,15 @@ from typing import Any
 
 import orjson
 
-from reactor.action import ActionContext, action
-from reactor.catalog import default_catalog
-from reactor.clock import VirtualClock
-from reactor.engine import Engine, tune_gc
-from reactor.journal import Journal
-from reactor.loader import load_rules_text
-from reactor.registry import Registry, builtin_registry
-from reactor.replay import replay
-from reactor.rule import RuleSet
+from reactor.actions.action import ActionContext, action
+from reactor.actions.registry import Registry, builtin_registry
+from reactor.engine.clock import VirtualClock
+from reactor.engine.engine import Engine, tune_gc
+from reactor.engine.replay import replay
+from reactor.model.catalog import default_catalog
+from reactor.ops.journal import Journal
+from reactor.rules.loader import load_rules_text
+from reactor.rules.rule import RuleSet
 
 __all__ = [
     "NOOP",

@@ -48,15 +48,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import fakeqmp  # type: ignore[import-not-found]  # noqa: E402
 
-from reactor.action import ActionContext, action  # noqa: E402
+from reactor.actions.action import ActionContext, action  # noqa: E402
 from reactor.actions.qmp import QMP, QmpArgs  # noqa: E402
-from reactor.catalog import default_catalog  # noqa: E402
-from reactor.engine import Engine, tune_gc  # noqa: E402
+from reactor.actions.registry import Registry, builtin_registry  # noqa: E402
+from reactor.engine.engine import Engine, tune_gc  # noqa: E402
 from reactor.errors import ActionError  # noqa: E402
-from reactor.event import Event  # noqa: E402
-from reactor.fleet import Fleet  # noqa: E402
-from reactor.loader import load_rules_text  # noqa: E402
-from reactor.registry import Registry, builtin_registry  # noqa: E402
+from reactor.model.catalog import default_catalog  # noqa: E402
+from reactor.model.event import Event  # noqa: E402
+from reactor.rules.loader import load_rules_text  # noqa: E402
+from reactor.sources.fleet import Fleet  # noqa: E402
 
 RULES = """
 rules:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from reactor.journal import Journal
+from reactor.ops.journal import Journal
 
 __all__ = ["main"]
 

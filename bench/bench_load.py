@@ -13,7 +13,7 @@ one core (CPU 0, like ``taskset -c 0``):
 * cold: a new ``python`` process that imports reactor, loads the catalog and
   loads the rules from a file (``load_rules``): what ``reactor check`` or a
   daemon start pays before the first event; with 1 rule and with each count;
-* the one-time costs inside the cold start: ``import reactor.loader`` and
+* the one-time costs inside the cold start: ``import reactor.rules.loader`` and
   ``default_catalog()``.
 
 Targets (issue 2): loading 1,000 rules <= 0.5 s.  For comparison, ansible-rulebook
@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import cpu_model, make_rules, noop_registry, pin_one_core, rules_yaml
 
-from reactor.catalog import default_catalog
-from reactor.loader import load_rules_text
+from reactor.model.catalog import default_catalog
+from reactor.rules.loader import load_rules_text
 
 __all__ = ["main"]
 
@@ -52,9 +52,9 @@ import sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, sys.argv[2])
 from bench_engine import noop_registry
-from reactor.loader import load_rules
+from reactor.rules.loader import load_rules
 t1 = time.perf_counter()
-from reactor.catalog import default_catalog
+from reactor.model.catalog import default_catalog
 default_catalog()
 t2 = time.perf_counter()
 rules = load_rules([sys.argv[1]], registry=noop_registry())

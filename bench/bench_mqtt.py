@@ -28,9 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reactor.event import Event
-from reactor.journal import Journal
-from reactor.mqtt import BrokerConfig, MirrorConfig, MqttHub, OutboxConfig
+from reactor.integrations.mqtt import BrokerConfig, MirrorConfig, MqttHub, OutboxConfig
+from reactor.model.event import Event
+from reactor.ops.journal import Journal
 
 
 def free_port() -> int:

@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import fakeqmp  # noqa: E402
 
-from reactor.event import Event  # noqa: E402
-from reactor.fleet import Fleet  # noqa: E402
+from reactor.model.event import Event  # noqa: E402
+from reactor.sources.fleet import Fleet  # noqa: E402
 
 
 def rss_mb() -> float:

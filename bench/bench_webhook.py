@@ -23,10 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from reactor.action import VMHandle
+from reactor.actions.action import VMHandle
 from reactor.actions.webhook import WEBHOOK, WebhookArgs
-from reactor.event import Event
-from reactor.webhook import HttpSession
+from reactor.integrations.webhook import HttpSession
+from reactor.model.event import Event
 
 
 def free_port() -> int:

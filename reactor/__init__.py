@@ -4,10 +4,9 @@ The public API for embedding reactor; plugin authors use :mod:`reactor.plugin`
 and tests use :mod:`reactor.testing`.
 """
 
-from .catalog import Catalog, default_catalog
-from .config import Config, load_config, parse_config
-from .engine import Engine
-from .errors import (
+from reactor.daemon.config import Config, load_config, parse_config
+from reactor.engine.engine import Engine
+from reactor.errors import (
     ActionError,
     CatalogError,
     ConfigError,
@@ -23,9 +22,10 @@ from .errors import (
     SourceError,
     TemplateError,
 )
-from .event import Event
-from .loader import load_rules, load_rules_text
-from .rule import Rule, RuleSet
+from reactor.model.catalog import Catalog, default_catalog
+from reactor.model.event import Event
+from reactor.rules.loader import load_rules, load_rules_text
+from reactor.rules.rule import Rule, RuleSet
 
 __version__ = "0.1.0"
 

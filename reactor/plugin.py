@@ -45,10 +45,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .action import ActionContext, ActionSpec, DaemonContext, Duration, Resource, VMHandle, action
-from .errors import ActionError, PluginError, QMPCommandError, QMPConnectionError, ReactorError, TemplateError
-from .event import Event
-from .sources import SourceContext, SourceSpec, source
+from reactor.actions.action import ActionContext, ActionSpec, DaemonContext, Duration, Resource, VMHandle, action
+from reactor.errors import ActionError, PluginError, QMPCommandError, QMPConnectionError, ReactorError, TemplateError
+from reactor.model.event import Event
+from reactor.sources import SourceContext, SourceSpec, source
 
 __all__ = [
     "API_VERSION",

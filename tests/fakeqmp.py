@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from reactor.errors import EventError
-from reactor.event import Event
+from reactor.model.event import Event
 
 __all__ = ["DEFAULT_SCHEMA", "FakeError", "FakeQMP", "make_event", "serve_fleet"]
 
@@ -74,7 +74,7 @@ def _stand_in(obj: Any, *, vm: str, host: str | None = None, seq: int = 0) -> Ev
 
 def _catalog_make_event() -> Callable[..., Event]:
     try:
-        catalog = importlib.import_module("reactor.catalog")
+        catalog = importlib.import_module("reactor.model.catalog")
         return catalog.default_catalog().make_event  # type: ignore[no-any-return]
     except (ImportError, AttributeError):
         return _stand_in

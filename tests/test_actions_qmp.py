@@ -20,11 +20,11 @@ from fakeqmp import FakeQMP
 from qemu.qmp import QMPClient
 from qemu_fixtures import QemuVMFactory, qemu_vm_factory
 
-from reactor.config import load_config
-from reactor.daemon import Daemon, serve
+from reactor.daemon.config import load_config
+from reactor.daemon.daemon import Daemon, serve
 from reactor.errors import LoadError
-from reactor.journal import Journal, RunRecord
-from reactor.loader import load_rules_text
+from reactor.ops.journal import Journal, RunRecord
+from reactor.rules.loader import load_rules_text
 from reactor.testing.qemu import QemuVM, qcow2_disk
 
 __all__ = ["qemu_vm_factory"]

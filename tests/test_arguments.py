@@ -9,16 +9,16 @@ from typing import Any, Literal
 
 import pytest
 
-from reactor.action import ActionContext, Duration, action
-from reactor.arguments import REDACTED, Arguments, convert, describe_type, redact
-from reactor.catalog import default_catalog
-from reactor.clock import VirtualClock
-from reactor.engine import Engine, StaticVM
+from reactor.actions.action import ActionContext, Duration, action
+from reactor.actions.registry import Registry, builtin_registry
+from reactor.engine.clock import VirtualClock
+from reactor.engine.engine import Engine, StaticVM
+from reactor.engine.replay import replay
+from reactor.engine.view import names_for
 from reactor.errors import LoadError, TemplateError
-from reactor.loader import load_rules_text
-from reactor.registry import Registry, builtin_registry
-from reactor.replay import replay
-from reactor.view import names_for
+from reactor.model.catalog import default_catalog
+from reactor.rules.arguments import REDACTED, Arguments, convert, describe_type, redact
+from reactor.rules.loader import load_rules_text
 
 
 @dataclass(frozen=True)

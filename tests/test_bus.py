@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from reactor.bus import Bus
-from reactor.event import Event
+from reactor.engine.bus import Bus
+from reactor.model.event import Event
 
 
 def ev(vm: str, i: int = 0) -> Event:

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-import reactor.events
-from reactor.catalog import BUILTIN_EVENTS, Catalog, EventSchema, FieldSpec, TypeSpec, default_catalog
-from reactor.catalog.catalog import EVENTS_JSON
-from reactor.catalog.generate import build_catalog, class_name, main, python_name, render_events_py
+import reactor.model.catalog.events
 from reactor.errors import EventError
-from reactor.event import Event
-from reactor.events import EVENT_CLASSES, BlockIoError, Reset
+from reactor.model.catalog import BUILTIN_EVENTS, Catalog, EventSchema, FieldSpec, TypeSpec, default_catalog
+from reactor.model.catalog.catalog import EVENTS_JSON
+from reactor.model.catalog.events import EVENT_CLASSES, BlockIoError, Reset
+from reactor.model.catalog.generate import build_catalog, class_name, main, python_name, render_events_py
+from reactor.model.event import Event
 
 QEMU = shutil.which("qemu-system-x86_64")
 
@@ -78,7 +78,7 @@ def test_event_counts_per_qemu_version(catalog: Catalog) -> None:
     only_old = {n for n in qemu if catalog.get(n).versions == ("7.2",)}  # type: ignore[union-attr]
     assert only_old == {"MEM_UNPLUG_ERROR", "RDMA_GID_STATUS_CHANGED"}
     assert set(BUILTIN_EVENTS) <= set(catalog.names())
-    from reactor.libvirt.catalog import LIBVIRT_EVENTS  # libvirt's typed events are in every catalog
+    from reactor.model.catalog.libvirt import LIBVIRT_EVENTS  # libvirt's typed events are in every catalog
 
     assert set(LIBVIRT_EVENTS) <= set(catalog.names())
     assert len(catalog) == 59 + len(BUILTIN_EVENTS) + len(LIBVIRT_EVENTS)
@@ -92,7 +92,7 @@ def test_every_event_has_a_typed_class(catalog: Catalog) -> None:
         assert issubclass(cls, Event)
         assert cls.__dict__["__slots__"] == ()
         assert cls.__doc__
-    assert sorted(reactor.events.__all__) == sorted(set(reactor.events.__all__))
+    assert sorted(reactor.model.catalog.events.__all__) == sorted(set(reactor.model.catalog.events.__all__))
     assert class_name("BLOCK_IO_ERROR") == "BlockIoError"
 
 
@@ -149,7 +149,7 @@ def test_properties_are_typed_and_named(catalog: Catalog) -> None:
     assert ev.timestamp == pytest.approx(1265044230.450486)
     assert python_name("node-name") == "node_name"
     assert python_name("id") == "id_" and python_name("if") == "if_"
-    assert hasattr(reactor.events.JobStatusChange, "id_")
+    assert hasattr(reactor.model.catalog.events.JobStatusChange, "id_")
 
 
 # ------------------------------------------------------------------ validation
@@ -301,7 +301,7 @@ def test_generator_output_is_committed_and_reproducible() -> None:
     assert main(["--check"]) == 0
     one = build_catalog()
     assert one == build_catalog()
-    assert render_events_py(one) == Path(reactor.events.__file__).read_text(encoding="utf-8")
+    assert render_events_py(one) == Path(reactor.model.catalog.events.__file__).read_text(encoding="utf-8")
 
 
 QAPI_V1 = """
@@ -368,7 +368,7 @@ def test_generator_handles_recursion_unions_and_versions(tmp_path: Path) -> None
     assert size["type"] == {"kind": "int", "name": "uint8"}
 
     # the recursive reference resolves and validates by name
-    from reactor.catalog.schema import event_from_json
+    from reactor.model.catalog.schema import event_from_json
 
     c = Catalog({n: event_from_json(n, e) for n, e in ev.items()})
     assert c.resolve("GROWN", "tree.kids.0.kids.0.name") is not None
@@ -449,7 +449,7 @@ async def test_real_qemu_events_parse_without_problems(
         assert ev.problems == (), (ev.name, ev.data, ev.problems)
         assert type(ev) is EVENT_CLASSES[ev.name]
     shutdown = next(e for e in received if e.name == "SHUTDOWN")
-    assert isinstance(shutdown, reactor.events.Shutdown) and shutdown.reason == "host-qmp-quit"
+    assert isinstance(shutdown, reactor.model.catalog.events.Shutdown) and shutdown.reason == "host-qmp-quit"
     assert cat.invalid_count == 0
     async with asyncio.timeout(10):
         await proc.wait()

@@ -14,9 +14,9 @@ from fakeqmp import FakeQMP
 from test_reload import RULE_A, ok_runs, running, until, write_config
 
 from reactor.cli import main
-from reactor.config import JournalConfig
-from reactor.journal import Journal
-from reactor.retention import Retention, live_size
+from reactor.daemon.config import JournalConfig
+from reactor.ops.journal import Journal
+from reactor.ops.retention import Retention, live_size
 
 
 async def make_journal(path: Path, now: float) -> None:

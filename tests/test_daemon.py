@@ -27,9 +27,9 @@ import pytest
 from qemu.qmp import QMPClient
 from qemu_fixtures import QemuVMFactory, guest_kernel, qemu_vm_factory
 
-from reactor.config import load_config
-from reactor.daemon import Daemon, serve
-from reactor.journal import Journal, RunRecord
+from reactor.daemon.config import load_config
+from reactor.daemon.daemon import Daemon, serve
+from reactor.ops.journal import Journal, RunRecord
 from reactor.testing.qemu import GuestImage, QemuVM, blkdebug_disk, raw_disk
 
 __all__ = ["guest_kernel", "qemu_vm_factory"]

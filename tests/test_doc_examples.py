@@ -1,7 +1,7 @@
 """Held-out style check: every event example in QEMU's own documentation replays cleanly.
 
 The QAPI schema files reactor's catalog is generated from
-(``reactor/catalog/sources/{7.2,10.2}/*.json``) carry examples in their doc
+(``reactor/model/catalog/sources/{7.2,10.2}/*.json``) carry examples in their doc
 comments, written by QEMU's developers, not by us::
 
     #     <- { "event": "BLOCK_IO_ERROR",
@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-import reactor.catalog
+import reactor.model.catalog
 
-SOURCES = Path(reactor.catalog.__file__).parent / "sources"
+SOURCES = Path(reactor.model.catalog.__file__).parent / "sources"
 VERSIONS = ("7.2", "10.2")
 DATA = Path(__file__).parent / "data" / "qemu-7.2-events.jsonl"
 REACTOR = str(Path(sys.executable).with_name("reactor"))

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from reactor.action import ActionContext, action
-from reactor.catalog import default_catalog
-from reactor.clock import RealClock, VirtualClock
-from reactor.engine import Engine
+from reactor.actions.action import ActionContext, action
+from reactor.actions.registry import Registry, builtin_registry
+from reactor.engine.clock import RealClock, VirtualClock
+from reactor.engine.engine import Engine
+from reactor.engine.replay import replay
 from reactor.errors import ActionError
-from reactor.loader import load_rules_text
-from reactor.registry import Registry, builtin_registry
-from reactor.replay import replay
+from reactor.model.catalog import default_catalog
+from reactor.rules.loader import load_rules_text
 
 PY = sys.executable
 ARGV_SCRIPT = "import json, sys; print(json.dumps(sys.argv[1:]))"
@@ -619,7 +619,7 @@ async def test_failure_is_logged_with_the_rendered_arguments(caplog: pytest.LogC
 
 
 async def test_throttle_windows_survive_a_restart_through_the_journal(tmp_path: Path) -> None:
-    from reactor.journal import Journal
+    from reactor.ops.journal import Journal
 
     rules = """
         rules:
@@ -668,7 +668,7 @@ async def test_wait_for_counts_events_since_the_previous_step_began() -> None:
 
 def test_engine_keeps_the_bus_it_is_given() -> None:
     """An empty Bus is falsy (it has a length): the engine must still use the one passed in, limits and all."""
-    from reactor.bus import Bus
+    from reactor.engine.bus import Bus
 
     bus = Bus(per_vm=7, total=11)
     engine = Engine(load_rules_text([("r.yaml", "rules: []\n")]), bus=bus)

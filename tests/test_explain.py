@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reactor.cli import main
-from reactor.journal import Journal
+from reactor.ops.journal import Journal
 
 RULES = """\
 rules:

@@ -39,10 +39,10 @@ from qemu_fixtures import QemuVMFactory
 from test_daemon import Monitor, connected, make_vm, running, summary, wait_runs, write_config
 from test_http import eventually, free_port
 
-from reactor.config import parse_config
-from reactor.daemon import Daemon, serve
-from reactor.journal import RunRecord
-from reactor.looplag import LoopLag
+from reactor.daemon.config import parse_config
+from reactor.daemon.daemon import Daemon, serve
+from reactor.ops.journal import RunRecord
+from reactor.ops.looplag import LoopLag
 from reactor.testing.qemu import qcow2_disk
 
 __all__ = ["fresh_broker"]
@@ -304,7 +304,7 @@ async def test_a_flood_past_the_bus_bounds_drops_by_policy_and_the_quiet_vm_is_s
         assert all(r.status == "ok" for r in probes), [summary(r) for r in probes]
         await asyncio.sleep(0.5)
         tasks = {t.get_name(): t for t in asyncio.all_tasks()}
-        assert not tasks["reactor.engine"].done()
+        assert not tasks["reactor.engine.engine"].done()
         quiet.emit("STOP")  # after the flood: served at once
         before = count(quiet, "cont")
         await eventually(lambda: count(quiet, "cont") > before, 5)
@@ -645,7 +645,7 @@ async def test_a_plugin_blocking_the_loop_is_detected_and_reported(tmp_path: Pat
             aiohttp.ClientSession() as client:
         lag = LoopLag(interval=0.05, threshold=0.25)
         s.daemon.looplag = lag  # type: ignore[attr-defined]  # what the daemon's wiring does
-        monitor = asyncio.create_task(lag.run(), name="reactor.looplag")
+        monitor = asyncio.create_task(lag.run(), name="reactor.ops.looplag")
         try:
             await blocked_loop_scenario(s, client, lag)
         finally:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from fakeqmp import FakeQMP, make_event  # tests/ is on sys.path (pytest's rootdir-relative import)
 
-from reactor.event import Event
-from reactor.fleet import Fleet, glob_root
-from reactor.qmp import VMConnection, VMState
+from reactor.model.event import Event
+from reactor.sources.fleet import Fleet, glob_root
+from reactor.sources.qmp import VMConnection, VMState
 from reactor.testing.qemu import QemuVM
 
 

@@ -1,11 +1,11 @@
-"""reactor.fleetview's pure parts: the lag histogram and event dedupe."""
+"""reactor.integrations.fleetview's pure parts: the lag histogram and event dedupe."""
 
 from __future__ import annotations
 
 import random
 
-from reactor.event import Event
-from reactor.fleetview import LAG_BOUNDS_MS, Dedupe, Lag
+from reactor.integrations.fleetview import LAG_BOUNDS_MS, Dedupe, Lag
+from reactor.model.event import Event
 
 
 def test_lag_quantiles_are_bucket_bounds_within_a_quarter() -> None:

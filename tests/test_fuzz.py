@@ -6,7 +6,7 @@ and recorded event files.  Each target below feeds generated and mutated input
 through the real code and asserts the property of docs/reliability.md
 ("Fuzzing"):
 
-* the QMP stream reader (``reactor.qmp``'s ``_Protocol``): random bytes,
+* the QMP stream reader (``reactor.sources.qmp``'s ``_Protocol``): random bytes,
   truncated and nested JSON, huge numbers, deep nesting, invalid UTF-8, lines
   over the size limit, events with wrong types.  It either delivers events or
   ends the session with ``QMPProtocolError`` / ``EOFError``; nothing else
@@ -42,18 +42,18 @@ from fakeqmp import FakeQMP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reactor.catalog import default_catalog
-from reactor.clock import VirtualClock
-from reactor.config import parse_config
-from reactor.engine import Engine
+from reactor.daemon.config import parse_config
+from reactor.engine.clock import VirtualClock
+from reactor.engine.engine import Engine
+from reactor.engine.replay import replay
+from reactor.engine.view import names_for
 from reactor.errors import LoadError, Position, SourceError, TemplateError
-from reactor.event import Event
-from reactor.loader import load_rules_text
-from reactor.qmp import QMPProtocolError, VMConnection, VMState
-from reactor.replay import replay
-from reactor.template import Expression, Template, compile_expression, compile_template
+from reactor.model.catalog import default_catalog
+from reactor.model.event import Event
+from reactor.rules.loader import load_rules_text
+from reactor.rules.template import Expression, Template, compile_expression, compile_template
+from reactor.sources.qmp import QMPProtocolError, VMConnection, VMState
 from reactor.testing import FakeVM
-from reactor.view import names_for
 
 EXAMPLES = int(os.environ.get("REACTOR_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
@@ -168,7 +168,7 @@ def _connection(sink: _Sink, address: str = "/nonexistent", max_line: int = 4096
 
 async def _read_all(data: bytes, max_line: int = 4096) -> tuple[list[Event], BaseException]:
     """Drive the connection's real session reader over ``data`` until the session ends."""
-    from reactor.qmp import _Protocol  # the reader under test
+    from reactor.sources.qmp import _Protocol  # the reader under test
 
     sink = _Sink()
     conn = _connection(sink, max_line=max_line)

@@ -26,10 +26,10 @@ from fakeqmp import FakeQMP
 from ports import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from reactor.config import parse_config
-from reactor.daemon import Daemon, serve
-from reactor.event import Event
-from reactor.metrics import EventCounts, StepDurations
+from reactor.daemon.config import parse_config
+from reactor.daemon.daemon import Daemon, serve
+from reactor.model.event import Event
+from reactor.ops.metrics import EventCounts, StepDurations
 
 __all__ = ["RULES", "Site", "eventually", "free_port", "io_error", "reactor_site"]
 

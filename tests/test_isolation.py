@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from reactor.clock import RealClock
-from reactor.engine import ABANDON_GRACE, Engine, abandoned_actions
-from reactor.journal import Journal
+from reactor.engine.clock import RealClock
+from reactor.engine.engine import ABANDON_GRACE, Engine, abandoned_actions
+from reactor.ops.journal import Journal
 from reactor.plugin import ActionContext, action
 from reactor.testing import load_test_rules, make_event
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from reactor.errors import JournalError
-from reactor.journal import SCHEMA_VERSION, WAL_SIZE_LIMIT, EventRecord, Journal, OutboxMessage, RunRecord
+from reactor.ops.journal import SCHEMA_VERSION, WAL_SIZE_LIMIT, EventRecord, Journal, OutboxMessage, RunRecord
 
 
 def _count(path: Path, table: str) -> int:
@@ -304,7 +304,7 @@ async def test_throttle_state_survives_a_restart(db: Path) -> None:
 _KILLED_DAEMON = textwrap.dedent("""
     import asyncio, os, signal, sys
     from pathlib import Path
-    from reactor.journal import Journal
+    from reactor.ops.journal import Journal
 
     async def main():
         j = Journal(Path(sys.argv[1]), flush_interval=60)

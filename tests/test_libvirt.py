@@ -23,13 +23,16 @@ from typing import Any
 import pytest
 from libvirt_fixtures import LibvirtDaemon, libvirtd, start_libvirtd  # noqa: F401
 
-from reactor.action import ActionContext, action
-from reactor.catalog import default_catalog
-from reactor.engine import Engine
+from reactor.actions.action import ActionContext, action
+from reactor.actions.libvirt_qmp import LIBVIRT_ACTIONS
+from reactor.actions.registry import Registry, builtin_registry
+from reactor.engine.engine import Engine
 from reactor.errors import ConfigError, LoadError, QMPCommandError
-from reactor.event import Event
-from reactor.libvirt import (
-    LIBVIRT_ACTIONS,
+from reactor.model.catalog import default_catalog
+from reactor.model.event import Event
+from reactor.rules.loader import load_rules_text
+from reactor.rules.source import parse
+from reactor.sources.libvirt import (
     LibvirtConfig,
     LibvirtSource,
     LibvirtVM,
@@ -37,9 +40,6 @@ from reactor.libvirt import (
     parse_libvirt,
     with_libvirt_events,
 )
-from reactor.loader import load_rules_text
-from reactor.registry import Registry, builtin_registry
-from reactor.source import parse
 from reactor.testing.qemu import GuestImage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -435,9 +435,9 @@ async def test_guest_disk_full_notified_then_resumed(
 async def test_daemon_with_libvirt_section_resumes_through_libvirt(tmp_path: Path,
                                                                      libvirtd: LibvirtDaemon) -> None:  # noqa: F811
     """The real daemon: `libvirt:` in the config starts the source; `qmp: cont` on a libvirt VM is virDomainResume."""
-    from reactor.config import parse_config
-    from reactor.daemon import Daemon, serve
-    from reactor.journal import Journal
+    from reactor.daemon.config import parse_config
+    from reactor.daemon.daemon import Daemon, serve
+    from reactor.ops.journal import Journal
 
     rules = tmp_path / "rules"
     rules.mkdir()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from reactor.errors import LoadError, RuleError
-from reactor.loader import load_rules, load_rules_text
-from reactor.rule import RuleSet
+from reactor.rules.loader import load_rules, load_rules_text
+from reactor.rules.rule import RuleSet
 
 #: (case id, rule file text, every expected error as (line, col, text the message contains))
 INVALID: list[tuple[str, str, list[tuple[int, int, str]]]] = [

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from reactor.catalog import default_catalog
-from reactor.clock import VirtualClock
-from reactor.engine import Engine
-from reactor.loader import load_rules_text
-from reactor.matcher import Matcher
-from reactor.replay import replay
+from reactor.engine.clock import VirtualClock
+from reactor.engine.engine import Engine
+from reactor.engine.replay import replay
+from reactor.model.catalog import default_catalog
+from reactor.rules.loader import load_rules_text
+from reactor.rules.matcher import Matcher
 
 IO = {"device": "virtio0", "node-name": "d0", "operation": "write", "action": "stop", "reason": "Input/output error"}
 

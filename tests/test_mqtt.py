@@ -21,12 +21,10 @@ import aiomqtt
 import orjson
 import pytest
 
-from reactor.action import VMHandle
+from reactor.actions.action import VMHandle
 from reactor.actions.mqtt import MQTT, MqttArgs
 from reactor.errors import ConfigError
-from reactor.event import Event
-from reactor.journal import Journal
-from reactor.mqtt import (
+from reactor.integrations.mqtt import (
     DROP_EVENT,
     BrokerConfig,
     LinkState,
@@ -39,7 +37,9 @@ from reactor.mqtt import (
     TlsConfig,
     parse_brokers,
 )
-from reactor.source import MapNode, parse
+from reactor.model.event import Event
+from reactor.ops.journal import Journal
+from reactor.rules.source import MapNode, parse
 
 try:
     from tests.broker import Broker, free_port, fresh_broker, mosquitto
@@ -400,7 +400,7 @@ async def test_mirror_events_status_presence(mosquitto: Broker) -> None:
 
 HUB_SCRIPT = textwrap.dedent("""
     import asyncio, sys
-    from reactor.mqtt import BrokerConfig, MirrorConfig, MqttHub
+    from reactor.integrations.mqtt import BrokerConfig, MirrorConfig, MqttHub
 
     class D:
         host = "victim"

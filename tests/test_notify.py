@@ -16,7 +16,7 @@ import pytest
 from fakeqmp import FakeQMP
 from test_reload import RULE_A, running, write_config
 
-from reactor.notify import Notifier, watchdog_interval
+from reactor.ops.notify import Notifier, watchdog_interval
 
 
 class NotifySocket:

@@ -13,8 +13,8 @@ import pytest
 
 import reactor.plugin
 import reactor.testing
+from reactor.daemon.plugins import PluginLoadError, load_plugins
 from reactor.errors import LoadError, PluginError
-from reactor.plugins import PluginLoadError, load_plugins
 from reactor.testing import load_test_rules
 
 REACTOR = [sys.executable, "-m", "reactor.cli"]

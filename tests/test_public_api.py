@@ -8,7 +8,7 @@ import pytest
 
 import reactor
 
-PUBLIC_MODULES = ["reactor", "reactor.errors", "reactor.event", "reactor.action", "reactor.catalog"]
+PUBLIC_MODULES = ["reactor", "reactor.errors", "reactor.model.event", "reactor.actions.action", "reactor.model.catalog"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

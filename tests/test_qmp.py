@@ -19,11 +19,11 @@ import pytest
 from fakeqmp import FakeQMP, make_event  # tests/ is on sys.path (pytest's rootdir-relative import)
 from test_http import eventually
 
-from reactor.action import VMHandle
-from reactor.bus import Bus
+from reactor.actions.action import VMHandle
+from reactor.engine.bus import Bus
 from reactor.errors import QMPCommandError, QMPConnectionError
-from reactor.event import Event
-from reactor.qmp import VMConnection, VMState, parse_address
+from reactor.model.event import Event
+from reactor.sources.qmp import VMConnection, VMState, parse_address
 
 
 class Recorder:
@@ -248,7 +248,7 @@ async def test_bad_peers_are_retried_and_others_carry_on(
     if refusing is not None:
         refusing.close()
     lines = [
-        r.getMessage() for r in caplog.records if r.name == "reactor.qmp.bad" and r.levelno >= logging.WARNING
+        r.getMessage() for r in caplog.records if r.name == "reactor.sources.qmp.bad" and r.levelno >= logging.WARNING
     ]
     assert any(expect in line for line in lines), lines
     # the same problem is logged at warning level once, not once per retry

@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 from fakeqmp import FakeQMP
 
-from reactor.config import load_config
-from reactor.daemon import DAEMON_VM, Daemon, serve
-from reactor.notify import Notifier
-from reactor.reload import config_changes, fingerprint
+from reactor.daemon.config import load_config
+from reactor.daemon.daemon import DAEMON_VM, Daemon, serve
+from reactor.daemon.reload import config_changes, fingerprint
+from reactor.ops.notify import Notifier
 
 RULE_A = """\
 rules:
@@ -254,7 +254,7 @@ journal: {{max_age: 7d}}
 
 
 def test_config_changes_lists_fields() -> None:
-    from reactor.config import parse_config
+    from reactor.daemon.config import parse_config
 
     a = parse_config("rules: r/\nlog: {level: info}\n", "/x/c.yaml")
     b = parse_config("rules: r2/\nlog: {level: debug, format: json}\nhttp: {listen: 127.0.0.1:1}\n", "/x/c.yaml")

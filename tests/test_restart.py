@@ -37,7 +37,7 @@ import pytest
 from broker import Broker, fresh_broker
 from fakeqmp import FakeQMP
 
-from reactor.journal import Journal, RunRecord
+from reactor.ops.journal import Journal, RunRecord
 
 __all__ = ["fresh_broker"]
 

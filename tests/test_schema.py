@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
+from reactor.actions.registry import builtin_registry
 from reactor.cli import main
-from reactor.config import TOP_KEYS, parse_config
+from reactor.daemon.config import TOP_KEYS, parse_config
 from reactor.errors import LoadError, RuleError
-from reactor.loader import RULE_KEYS, STEP_KEYS, load_rules
-from reactor.matcher import OPERATORS
-from reactor.registry import builtin_registry
-from reactor.schema import SCHEMA_DIR, config_schema, rules_schema
-from reactor.source import parse
+from reactor.rules.loader import RULE_KEYS, STEP_KEYS, load_rules
+from reactor.rules.matcher import OPERATORS
+from reactor.rules.source import parse
+from reactor.schemas.generate import SCHEMA_DIR, config_schema, rules_schema
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test extra: pip install jsonschema")
 
@@ -46,7 +46,7 @@ def errors(validator: Any, data: Any) -> list[str]:
 
 
 def test_shipped_schemas_are_current() -> None:
-    """Regenerate with `python -m reactor.schema` when this fails."""
+    """Regenerate with `python -m reactor.schemas.generate` when this fails."""
     assert json.loads((SCHEMA_DIR / "rules.schema.json").read_text()) == json.loads(json.dumps(rules_schema()))
     assert json.loads((SCHEMA_DIR / "config.schema.json").read_text()) == json.loads(json.dumps(config_schema()))
 
@@ -153,7 +153,7 @@ def test_reactor_schema_command(tmp_path: Path, capsys: pytest.CaptureFixture[st
     plugins.mkdir()
     (plugins / "hello.py").write_text("""\
 from dataclasses import dataclass
-from reactor.action import ActionContext, action
+from reactor.actions.action import ActionContext, action
 
 @dataclass(frozen=True)
 class Args:

@@ -41,12 +41,12 @@ from fakeqmp import FakeQMP
 from ports import free_port
 from test_actions_qmp import running, wait_runs, write_config
 
-from reactor.clock import VirtualClock
-from reactor.config import parse_config
-from reactor.engine import Engine
+from reactor.daemon.config import parse_config
+from reactor.engine.clock import VirtualClock
+from reactor.engine.engine import Engine
+from reactor.engine.replay import replay
 from reactor.errors import LoadError
-from reactor.loader import load_rules_text
-from reactor.replay import replay
+from reactor.rules.loader import load_rules_text
 
 __all__ = ["mosquitto"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reactor.config import parse_config
+from reactor.daemon.config import parse_config
 from reactor.errors import LoadError
 from reactor.plugin import SourceContext, source
 from reactor.sources import TIMER, CronSchedule, SourceEntry, SourceRunner, TimerConfig
@@ -168,8 +168,8 @@ async def test_runner_close_cancels_running_sources() -> None:
 
 
 async def test_daemon_runs_configured_timer_into_rules_and_journal(tmp_path: Path) -> None:
-    from reactor.daemon import Daemon
-    from reactor.journal import Journal
+    from reactor.daemon.daemon import Daemon
+    from reactor.ops.journal import Journal
 
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "tick.yaml").write_text(textwrap.dedent("""

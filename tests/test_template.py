@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from reactor.catalog import default_catalog
-from reactor.engine import StaticVM
+from reactor.engine.engine import StaticVM
+from reactor.engine.view import names_for
 from reactor.errors import Position, RuleError, TemplateError
-from reactor.template import compile_expression, compile_template, is_template
-from reactor.view import names_for
+from reactor.model.catalog import default_catalog
+from reactor.rules.template import compile_expression, compile_template, is_template
 
 HERE = Position("t.yaml", 3, 7)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from reactor.errors import QMPCommandError, QMPConnectionError, RuleError
-from reactor.events import BlockIoError
+from reactor.model.catalog.events import BlockIoError
 from reactor.plugin import ActionContext, Duration, Resource, action
 from reactor.testing import ActionHarness, FakeVM, make_event, run_action, run_rules
 

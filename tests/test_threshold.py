@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from reactor.clock import VirtualClock
-from reactor.engine import Engine
+from reactor.engine.clock import VirtualClock
+from reactor.engine.engine import Engine
+from reactor.engine.explain import explain, format_verdicts
+from reactor.engine.replay import replay
 from reactor.errors import LoadError
-from reactor.event import Event
-from reactor.explain import explain, format_verdicts
-from reactor.loader import load_rules_text
-from reactor.replay import replay
-from reactor.rule import Threshold
+from reactor.model.event import Event
+from reactor.rules.loader import load_rules_text
+from reactor.rules.rule import Threshold
 
 INCIDENT = """
 rules:

@@ -18,10 +18,17 @@ import orjson
 import pytest
 from aiohttp import web
 
-from reactor.action import Duration, VMHandle
+from reactor.actions.action import Duration, VMHandle
 from reactor.actions.webhook import WEBHOOK, WebhookArgs
-from reactor.event import Event
-from reactor.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, HttpSession, WebhookError, retry_delay, sign
+from reactor.integrations.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    HttpSession,
+    WebhookError,
+    retry_delay,
+    sign,
+)
+from reactor.model.event import Event
 
 try:
     from tests.broker import make_ca, make_server_cert

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..action import ActionContext, action
+from reactor.actions.action import ActionContext, action
 
 __all__ = ["EMIT", "EVENT_NAME", "EmitArgs"]
 

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from ..action import ActionContext, Duration, action
-from ..arguments import _SECRET_KEY, REDACTED
-from ..errors import ActionError
-from ..template import to_jsonable
+from reactor.actions.action import ActionContext, Duration, action
+from reactor.errors import ActionError
+from reactor.rules.arguments import _SECRET_KEY, REDACTED
+from reactor.rules.template import to_jsonable
 
 __all__ = ["EXEC", "ExecArgs"]
 

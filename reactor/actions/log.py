@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from ..action import ActionContext, action
+from reactor.actions.action import ActionContext, action
 
 __all__ = ["LOG", "LogArgs"]
 

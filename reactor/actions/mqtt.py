@@ -6,7 +6,7 @@
     - mqtt: {topic: alerts, payload: "{{ vm.name }} paused", retain: true, broker: backup}
     - mqtt: {topic: alerts, qos: 1, wait: true}                  # return after the PUBACK
 
-The message goes through the broker's outbox (see :mod:`reactor.mqtt`): the
+The message goes through the broker's outbox (see :mod:`reactor.integrations.mqtt`): the
 step returns once the message is queued (QoS 1/2: also written to the
 journal), or with ``wait: true`` once the broker acknowledged it.  A payload
 that is not a string is sent as JSON.
@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from ..action import ActionContext, ActionSpec, action
-from ..mqtt import MqttError, MqttHub
+from reactor.actions.action import ActionContext, ActionSpec, action
+from reactor.integrations.mqtt import MqttError, MqttHub
 
 __all__ = ["MQTT", "MqttArgs"]
 

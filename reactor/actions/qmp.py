@@ -35,8 +35,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..action import ActionContext, Duration, Resource, action
-from ..errors import ActionError
+from reactor.actions.action import ActionContext, Duration, Resource, action
+from reactor.errors import ActionError
 
 __all__ = [
     "COMMAND_NAME",

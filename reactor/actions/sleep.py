@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..action import ActionContext, Duration, action
+from reactor.actions.action import ActionContext, Duration, action
 
 __all__ = ["SLEEP", "SleepArgs"]
 

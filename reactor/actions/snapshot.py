@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..action import ActionContext, Duration, VMHandle, action
-from ..errors import ActionError
-from ..event import Event
+from reactor.actions.action import ActionContext, Duration, VMHandle, action
+from reactor.errors import ActionError
+from reactor.model.event import Event
 
 __all__ = ["DEFAULT_TIMEOUT", "PREFIX", "SNAPSHOT", "SnapshotArgs", "snapshot_tag"]
 

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..action import ActionContext, Duration, action
-from ..errors import ActionError
-from ..event import Event
-from ..matcher import OPERATORS, explain_match
-from .emit import EVENT_NAME
+from reactor.actions.action import ActionContext, Duration, action
+from reactor.actions.emit import EVENT_NAME
+from reactor.errors import ActionError
+from reactor.model.event import Event
+from reactor.rules.matcher import OPERATORS, explain_match
 
 __all__ = ["DEFAULT_TIMEOUT", "WAIT_FOR", "WaitForArgs"]
 

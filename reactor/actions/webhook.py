@@ -27,8 +27,8 @@ import aiohttp
 import orjson
 import yarl
 
-from ..action import ActionContext, ActionSpec, Duration, action
-from ..webhook import HttpSession, WebhookError, retry_delay, should_retry, sign
+from reactor.actions.action import ActionContext, ActionSpec, Duration, action
+from reactor.integrations.webhook import HttpSession, WebhookError, retry_delay, should_retry, sign
 
 __all__ = ["WEBHOOK", "WebhookArgs"]
 

@@ -11,11 +11,11 @@
 * :mod:`reactor.testing.qemu` launches real QEMU processes.
 """
 
-from .events import make_event, qmp_time
-from .harness import ActionHarness, FakeDaemon, InstantClock, convert_args, run_action
-from .scenario import ActionCall, Outcome, load_test_rules, run_rules
-from .sources import run_source
-from .vm import FakeVM, Responder
+from reactor.testing.events import make_event, qmp_time
+from reactor.testing.harness import ActionHarness, FakeDaemon, InstantClock, convert_args, run_action
+from reactor.testing.scenario import ActionCall, Outcome, load_test_rules, run_rules
+from reactor.testing.sources import run_source
+from reactor.testing.vm import FakeVM, Responder
 
 __all__ = [
     "ActionCall",

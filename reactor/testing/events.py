@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..catalog import default_catalog
-from ..event import Event
+from reactor.model.catalog import default_catalog
+from reactor.model.event import Event
 
 __all__ = ["make_event", "qmp_time"]
 
@@ -22,7 +22,7 @@ def make_event(name: str, data: Mapping[str, Any] | None = None, *, vm: str = "v
     """The typed event reactor would make for QMP event ``name`` from ``vm`` at time ``at``.
 
     Events in the catalog are instances of their generated class
-    (``reactor.events.BlockIoError`` ...); data that does not fit the schema
+    (``reactor.model.catalog.events.BlockIoError`` ...); data that does not fit the schema
     is kept, with ``event.problems`` saying why (assert ``event.valid`` to
     catch typos in tests)::
 

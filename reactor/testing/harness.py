@@ -27,14 +27,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from ..action import ActionSpec, Resource, VMHandle
-from ..arguments import convert
-from ..catalog import default_catalog
-from ..clock import Clock
-from ..errors import ActionError, RuleError
-from ..event import Event
-from .events import make_event, qmp_time
-from .vm import FakeVM
+from reactor.actions.action import ActionSpec, Resource, VMHandle
+from reactor.engine.clock import Clock
+from reactor.errors import ActionError, RuleError
+from reactor.model.catalog import default_catalog
+from reactor.model.event import Event
+from reactor.rules.arguments import convert
+from reactor.testing.events import make_event, qmp_time
+from reactor.testing.vm import FakeVM
 
 __all__ = ["ActionHarness", "FakeDaemon", "InstantClock", "convert_args", "run_action"]
 

@@ -30,18 +30,18 @@ from typing import Any
 
 import orjson
 
-from ..action import ActionSpec, Resource, VMHandle
-from ..clock import VirtualClock
-from ..engine import Engine
-from ..event import Event
-from ..loader import load_rules_text
-from ..registry import Registry, builtin_registry
-from ..replay import replay
-from ..rule import RuleSet
-from ..template import to_jsonable
-from .events import make_event
-from .harness import FakeDaemon
-from .vm import FakeVM
+from reactor.actions.action import ActionSpec, Resource, VMHandle
+from reactor.actions.registry import Registry, builtin_registry
+from reactor.engine.clock import VirtualClock
+from reactor.engine.engine import Engine
+from reactor.engine.replay import replay
+from reactor.model.event import Event
+from reactor.rules.loader import load_rules_text
+from reactor.rules.rule import RuleSet
+from reactor.rules.template import to_jsonable
+from reactor.testing.events import make_event
+from reactor.testing.harness import FakeDaemon
+from reactor.testing.vm import FakeVM
 
 __all__ = ["ActionCall", "Outcome", "load_test_rules", "run_rules"]
 

@@ -17,11 +17,11 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from ..arguments import convert
-from ..clock import VirtualClock
-from ..errors import ConfigError
-from ..event import Event
-from ..sources import BoundSource, SourceSpec, builtin_sources
+from reactor.engine.clock import VirtualClock
+from reactor.errors import ConfigError
+from reactor.model.event import Event
+from reactor.rules.arguments import convert
+from reactor.sources import BoundSource, SourceSpec, builtin_sources
 
 __all__ = ["run_source"]
 

@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ..errors import QMPCommandError, QMPConnectionError
+from reactor.errors import QMPCommandError, QMPConnectionError
 
 __all__ = ["FakeVM", "Responder"]
 

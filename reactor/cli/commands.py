@@ -1,0 +1,502 @@
+"""The ``reactor`` command line (see the product contract in DAEMON.md).
+
+Exit codes: 0 success; 1 invalid input (rules, config, events); 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as _dt
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from reactor import __version__
+from reactor.actions.registry import Registry
+from reactor.daemon.config import Config, load_config
+from reactor.engine.clock import VirtualClock
+from reactor.engine.engine import Engine, tune_gc
+from reactor.engine.replay import replay
+from reactor.errors import LoadError, ReactorError
+from reactor.model.catalog import default_catalog
+from reactor.model.duration import parse_duration
+from reactor.rules.loader import load_rules
+from reactor.rules.rule import RuleSet
+from reactor.rules.template import to_jsonable
+
+__all__ = ["main"]
+
+
+def _json(obj: Any) -> str:
+    return orjson.dumps(obj, default=to_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _setup_logging(verbosity: int, fmt: str = "text") -> None:
+    level = logging.WARNING - 10 * verbosity
+    from reactor.ops.logformat import configure
+
+    configure(max(logging.DEBUG, min(logging.ERROR, level)), fmt)
+
+
+def _registry(config: Config | None) -> Registry:
+    from reactor.daemon.plugins import load_registry
+
+    return load_registry(config.plugins if config else ())
+
+
+def _load(args: argparse.Namespace, rule_dirs: Sequence[str]) -> tuple[Config | None, RuleSet]:
+    config = load_config(args.config) if getattr(args, "config", None) else None
+    dirs: list[str | Path] = list(rule_dirs)
+    if not dirs and config is not None:
+        dirs = list(config.rules)
+    if not dirs:
+        dirs = ["rules"]
+    rules = load_rules(dirs, registry=_registry(config))
+    return config, rules
+
+
+def _print_errors(err: LoadError) -> None:
+    for e in err.errors:
+        print(str(e), file=sys.stderr)
+    n = len(err.errors)
+    print(f"{n} error{'s' if n != 1 else ''}", file=sys.stderr)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config, rules = _load(args, args.rules_dirs)
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    files = len(rules.sources)
+    if args.json:
+        print(_json({"ok": True, "rules": [r.name for r in rules.rules], "files": list(rules.sources)}))
+    elif not args.quiet:
+        cfg = f", config {args.config}" if config is not None else ""
+        print(f"ok: {len(rules)} rule{'s' if len(rules) != 1 else ''} in {files} file{'s' if files != 1 else ''}{cfg}")
+    return 0
+
+
+def _fmt_time(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _print_record(rec: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        out = {k: v for k, v in rec.items() if v is not None}
+        print(_json(out), flush=True)
+        return
+    t = _fmt_time(rec["time"]) if isinstance(rec.get("time"), (int, float)) and rec["time"] > 0 else ""
+    typ = rec["type"]
+    if typ == "match":
+        print(f"{t} MATCH {rec['rule']} vm={rec['vm']} event={rec['event']} run={rec.get('run')}")
+    elif typ == "step":
+        status = rec["status"]
+        what = _json(rec.get("args"))
+        tail = f" -> {_json(rec['result'])}" if rec.get("result") is not None else ""
+        if rec.get("error"):
+            tail = f" !! {rec['error']}"
+        label = "would run" if status == "dry-run" else status
+        print(f"{t}   step {rec['step']} {rec['action']} {what} [{label}]{tail}")
+    else:
+        print(f"{t} {typ.upper()} {rec['rule']} vm={rec['vm']} event={rec['event']}: {rec.get('reason', '')}")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        config, rules = _load(args, [args.rules] if args.rules else [])
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    as_json = args.json
+    tune_gc()   # the rules and the catalog live for the whole replay: keep the collector off them
+
+    def output(rec: dict[str, Any]) -> None:
+        _print_record(rec, as_json)
+
+    async def go() -> Any:
+        clock = VirtualClock()
+        journal = None
+        if args.journal:
+            from reactor.ops.journal import Journal
+
+            journal = Journal(Path(args.journal), record_events="matched")
+            await journal.__aenter__()
+        try:
+            engine = Engine(rules, clock=clock, dry_run=args.dry_run, output=output, journal=journal,
+                            labels=_labels_from(config))
+            if args.events == "-":
+                return await replay(sys.stdin, engine, clock, source="<stdin>")
+            with open(args.events, "rb") as f:  # noqa: ASYNC230 -- replay reads its input on the loop by design
+                return await replay(f, engine, clock, source=args.events)
+        finally:
+            if journal is not None:
+                await journal.aclose()
+
+    try:
+        result = asyncio.run(go())
+    except OSError as err:
+        print(f"{args.events}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    for e in result.errors:
+        print(e, file=sys.stderr)
+    if not as_json:
+        print(f"replayed {result.events} events, {len(result.errors)} bad lines", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
+def _labels_from(config: Config | None) -> Any:
+    if config is None:
+        return None
+    labels = {vm.name: dict(vm.labels) for vm in config.vms}
+    return lambda name: labels.get(name, {})
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    cat = default_catalog()
+    if args.name:
+        if args.name not in cat:
+            hint = cat.suggest(args.name)
+            print(f"unknown event {args.name!r}" + (f" (did you mean {hint!r}?)" if hint else ""), file=sys.stderr)
+            return 1
+        if args.json:
+            print(_json(cat.to_json(args.name)))
+        else:
+            print(cat.describe(args.name))
+        return 0
+    if args.json:
+        print(_json(cat.to_json()))
+        return 0
+    for name in cat.names():
+        schema = cat.get(name)
+        assert schema is not None
+        doc = (schema.doc.strip().splitlines() or [""])[0]
+        vers = "reactor" if schema.builtin else ",".join(schema.versions)
+        print(f"{name:<32} {vers:<10} {doc[:80]}")
+    return 0
+
+
+def _journal_path(args: argparse.Namespace, config: Config | None) -> Path:
+    if args.journal:
+        return Path(args.journal)
+    state = config.state_dir if config else Path("state")
+    return state / "journal.db"
+
+
+def _open_journal(path: Path) -> Any:
+    """The journal at ``path``, opened read-only (a running daemon keeps writing); JournalError if unreadable."""
+    from reactor.ops.journal import Journal
+
+    j = Journal(path)
+    j.open_sync(readonly=True)
+    return j
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config) if args.config else None
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    path = _journal_path(args, config)
+    if not path.exists():
+        print(f"no journal at {path}", file=sys.stderr)
+        return 1
+    since = None
+    if args.since:
+        try:
+            since = time.time() - parse_duration(args.since)
+        except ValueError as err:
+            print(f"--since: {err}", file=sys.stderr)
+            return 2
+    try:
+        j = _open_journal(path)
+    except ReactorError as err:
+        print(f"reactor: {err}", file=sys.stderr)
+        return 1
+    try:
+        runs = j.runs(vm=args.vm, rule=args.rule, since=since, limit=args.limit, status=args.status)
+    finally:
+        j.close_sync()
+    if args.event:
+        runs = [r for r in runs if r.event_name == args.event]
+    if args.json:
+        for r in runs:
+            print(_json(r))
+        return 0
+    if not runs:
+        filtered = args.vm or args.rule or args.since or args.status or args.event
+        print("no runs recorded" + (" for that filter" if filtered else ""))
+    for r in reversed(runs):
+        dur = f" {r.ended - r.started:.3f}s" if r.ended else ""
+        why = f" error: {r.error}" if r.error else ""
+        print(f"{_fmt_time(r.started)} run {r.id} {r.rule} vm={r.vm} event={r.event_name} {r.status}{dur}{why}")
+        for s in r.steps:
+            tail = f" !! {s.error}" if s.error else ""
+            print(f"    step {s.index} {s.action} {_json(s.args)} {s.status} {s.duration * 1000:.1f}ms{tail}")
+    return 0
+
+
+def _read_events(path: str) -> list[Any]:
+    """One JSON object, or JSON lines; ValueError naming the line."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        obj = orjson.loads(text)
+        return obj if isinstance(obj, list) else [obj]
+    except orjson.JSONDecodeError:
+        pass
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not JSON: {err}") from err
+    return out
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from reactor.engine.explain import explain, format_verdicts
+
+    try:
+        config, rules = _load(args, args.rules or [])
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    try:
+        objs = _read_events(args.event)
+    except (OSError, ValueError) as err:
+        print(f"{args.event}: {getattr(err, 'strerror', None) or err}", file=sys.stderr)
+        return 1
+    catalog = default_catalog()
+    events = []
+    for i, obj in enumerate(objs, 1):
+        try:
+            vm = args.vm or (obj.get("vm") if isinstance(obj, dict) else None) or "vm0"
+            events.append(catalog.make_event(obj, vm=str(vm)))
+        except ReactorError as err:
+            print(f"{args.event}: event {i}: {err}", file=sys.stderr)
+            return 1
+    journal = None
+    path = _journal_path(args, config)
+    if args.journal or (config is not None and path.exists()):
+        try:
+            journal = _open_journal(path)
+        except ReactorError as err:
+            print(f"reactor: {err}", file=sys.stderr)
+            return 1
+    labels = _labels_from(config)
+    try:
+        for event in events:
+            verdicts = explain(event, rules, labels=labels(event.vm) if labels else None, status=args.status,
+                               journal=journal)
+            if args.json:
+                print(_json({"event": event.name, "vm": event.vm, "problems": list(event.problems),
+                             "rules": [v.to_json() for v in verdicts]}))
+            else:
+                print(format_verdicts(event, verdicts))
+    finally:
+        if journal is not None:
+            journal.close_sync()
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from reactor.schemas.generate import config_schema, rules_schema
+
+    try:
+        config = load_config(args.config) if args.config else None
+        reg = _registry(config)
+    except (LoadError, ReactorError) as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    schema = rules_schema(registry=reg) if args.which == "rules" else config_schema()
+    text = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reactor.daemon.daemon import run_daemon
+
+    try:
+        config = load_config(args.config)
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    _setup_logging(max(args.verbose, {"debug": 2, "info": 1, "warning": 0, "error": -1}[config.log.level]),
+                   config.log.format)
+    try:
+        return run_daemon(config, dry_run=args.dry_run, watch=not args.no_watch)
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    except ReactorError as err:
+        print(f"reactor: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from reactor.integrations.fleetview import fetch_status, format_status
+
+    try:
+        config = load_config(args.config)
+    except LoadError as err:
+        _print_errors(err)
+        return 1
+    fleet = config.section("fleet")
+    brokers = dict(config.mqtt)
+    if not brokers:
+        print("reactor: fleet status needs a broker in the mqtt: section", file=sys.stderr)
+        return 1
+    name = getattr(fleet, "broker", None) or next(iter(brokers))
+    b = brokers[name]
+    prefix = getattr(fleet, "prefix", None) or b.prefix
+    try:
+        snap = asyncio.run(fetch_status(b.host, b.port, prefix=prefix, wait=args.wait, username=b.username,
+                                        password=b.password.reveal() if b.password is not None else None))
+    except Exception as err:  # the command's boundary: say why
+        print(f"reactor: cannot read the fleet status from {b.host}:{b.port}: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(snap, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(format_status(snap))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from reactor.rules.arguments import describe_type
+
+    try:
+        config = load_config(args.config) if args.config else None
+        reg = _registry(config)
+    except (LoadError, ReactorError) as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    import dataclasses
+
+    rows: list[dict[str, Any]] = []
+    for spec in reg:
+        fields = []
+        for f in dataclasses.fields(spec.args):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            fields.append({"name": f.name, "type": describe_type(spec.hints.get(f.name)), "required": required})
+        rows.append({"action": spec.name, "origin": spec.origin, "shorthand": spec.shorthand, "arguments": fields,
+                     "doc": spec.doc.splitlines()[0] if spec.doc else ""})
+    if args.json:
+        print(_json(rows))
+        return 0
+    for r in rows:
+        args_s = ", ".join(f"{a['name']}{'' if a['required'] else '?'}: {a['type']}" for a in r["arguments"])
+        print(f"{r['action']:<12} {r['origin']}\n    {r['doc']}\n    arguments: {args_s}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reactor", description="React to QEMU QMP events with YAML rules.")
+    p.add_argument("--version", action="version", version=f"reactor {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("run", help="run the daemon in the foreground")
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--dry-run", action="store_true", help="connect and match, but send no mutating command")
+    s.add_argument("--no-watch", action="store_true",
+                   help="do not reload when rule files change (SIGHUP still reloads)")
+    s.add_argument("-v", "--verbose", action="count", default=0)
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("check", help="load and validate rules (and the config)")
+    s.add_argument("rules_dirs", nargs="*", metavar="RULES_DIR")
+    s.add_argument("-c", "--config")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("replay", help="feed recorded events through the rules on a virtual clock")
+    s.add_argument("events", metavar="EVENTS.jsonl", help="JSON lines of QMP events ('-' for stdin)")
+    s.add_argument("--rules", metavar="DIR")
+    s.add_argument("-c", "--config")
+    s.add_argument("--dry-run", action="store_true", help="execute no action; print what would run")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.add_argument("--journal", metavar="PATH", help="record into this journal file")
+    s.set_defaults(fn=cmd_replay)
+
+    s = sub.add_parser("events", help="the typed QMP event catalog")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_events)
+
+    s = sub.add_parser("history", help="what the journal recorded")
+    s.add_argument("--vm", help="only runs for this VM")
+    s.add_argument("--rule", help="only runs of this rule")
+    s.add_argument("--event", metavar="NAME", help="only runs started by this event")
+    s.add_argument("--status", help="only runs with this status (ok, failed, throttled, dropped, running...)")
+    s.add_argument("--since", metavar="DURATION", help="only runs started within DURATION (10m, 2h, 1d)")
+    s.add_argument("--limit", type=int, default=50, help="at most this many runs, newest (default 50)")
+    s.add_argument("--json", action="store_true", help="one JSON object per run, newest first")
+    s.add_argument("-c", "--config")
+    s.add_argument("--journal", metavar="PATH", help="the journal file (default: STATE_DIR/journal.db)")
+    s.set_defaults(fn=cmd_history)
+
+    s = sub.add_parser("explain", help="why each rule listening to an event would run or not")
+    s.add_argument("event", metavar="EVENT.json", help="a QMP event object, or JSON lines of them ('-': stdin)")
+    s.add_argument("--rules", metavar="DIR", action="append", help="rules directory or file (repeatable)")
+    s.add_argument("-c", "--config", help="rules, VM labels and the journal from this config")
+    s.add_argument("--vm", metavar="NAME", help="the VM the event comes from (default: its 'vm' member, or vm0)")
+    s.add_argument("--status", default="running", help="the VM's run state before the event (default running)")
+    s.add_argument("--journal", metavar="PATH", help="throttle and mode state from this journal")
+    s.add_argument("--json", action="store_true", help="one JSON object per event")
+    s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of rule files or of the config")
+    s.add_argument("which", choices=["rules", "config"])
+    s.add_argument("-c", "--config", help="include the actions of this config's plugins")
+    s.add_argument("-o", "--output", metavar="PATH")
+    s.set_defaults(fn=cmd_schema)
+
+    s = sub.add_parser("fleet", help="fleet mode: hosts' presence and VMs' last state, from the broker")
+    s.add_argument("what", choices=["status"])
+    s.add_argument("-c", "--config", required=True)
+    s.add_argument("--wait", type=float, default=1.0, help="seconds to collect retained messages (default 1)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_fleet)
+
+    s = sub.add_parser("plugins", help="the actions available, where they come from, their arguments")
+    s.add_argument("-c", "--config")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_plugins)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        _setup_logging(args.verbose)
+    try:
+        code: int = args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The engine: the bus, rule runs (modes, throttle, threshold), the clock, replay and explain."""

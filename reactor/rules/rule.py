@@ -1,0 +1,165 @@
+"""The rule model: frozen, slotted dataclasses that keep their source positions.
+
+Produced only by :mod:`reactor.rules.loader`; the engine reads them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from reactor.actions.action import ActionSpec
+from reactor.errors import Position
+from reactor.rules.arguments import Arguments
+from reactor.rules.template import Expression
+
+__all__ = ["Mode", "Retry", "Rule", "RuleSet", "Step", "Threshold", "Throttle", "VMSelector", "event_key"]
+
+Mode = Literal["single", "queued", "parallel", "restart"]
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    attempts: int
+    backoff: float
+    max_backoff: float
+
+    def delay(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1`` (attempt counts from 1)."""
+        return float(min(self.backoff * (2 ** (attempt - 1)), self.max_backoff))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    index: int
+    action: ActionSpec
+    args: Arguments
+    pos: Position
+    timeout: float | None = None
+    retry: Retry | None = None
+    on_error: Literal["stop", "continue"] = "stop"
+    register: str | None = None
+    when: Expression | None = None
+
+    @property
+    def name(self) -> str:
+        return self.action.name
+
+
+def event_key(keys: tuple[str, ...], vm: str, data: Mapping[str, Any], host: str | None = None,
+              sep: str = "|") -> str:
+    """The values of ``keys`` ("vm", "host" or "data.<path>") for one event, joined by ``sep``."""
+    parts = []
+    for p in keys:
+        if p == "vm":
+            parts.append(vm)
+        elif p == "host":
+            parts.append(host or "")
+        else:
+            value: Any = data
+            for seg in p[5:].split("."):
+                value = value.get(seg) if isinstance(value, Mapping) else None
+            parts.append("" if value is None else str(value))
+    return sep.join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    max: int
+    within: float
+    per: tuple[str, ...]   # "vm", "host" or "data.<path>"
+
+    def key(self, vm: str, data: Mapping[str, Any], host: str | None = None) -> str:
+        return event_key(self.per, vm, data, host)
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """Run only once ``count`` distinct matches (by ``distinct``) fell within ``within`` (per ``per`` group).
+
+    An extension of the rule language (RULES.md has no counting): "more than 5 VMs
+    on different hosts paused within a minute" is ``{count: 6, within: 1m,
+    distinct: [host, vm]}``.
+    """
+
+    count: int
+    within: float
+    distinct: tuple[str, ...]   # "vm", "host" or "data.<path>"; default (host, vm)
+    per: tuple[str, ...] = ()   # groups counted apart; default: one count for the rule
+
+
+@dataclass(frozen=True, slots=True)
+class VMSelector:
+    names: tuple[str, ...] = ()                 # globs; empty: any name
+    labels: Mapping[str, str] = None  # type: ignore[assignment]
+    #: the name globs compiled into one pattern
+    pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.names and self.pattern is None:
+            rx = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in self.names))
+            object.__setattr__(self, "pattern", rx)
+
+    def matches(self, name: str, labels: Mapping[str, str]) -> bool:
+        if self.pattern is not None and self.pattern.match(name) is None:
+            return False
+        if self.labels:
+            for k, v in self.labels.items():
+                got = labels.get(k)
+                if got is None or not fnmatch.fnmatchcase(str(got), v):
+                    return False
+        return True
+
+    def literal_names(self) -> tuple[str, ...] | None:
+        """The names when every one is a plain name (no glob characters) and no labels."""
+        if not self.names or self.labels or any(set(g) & set("*?[") for g in self.names):
+            return None
+        return self.names
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    pos: Position
+    on: frozenset[str] | None          # None: "*"
+    steps: tuple[Step, ...]
+    description: str = ""
+    vms: VMSelector | None = None
+    match: Predicate | None = None
+    #: top-level `field: literal` equalities of `match`, for the matcher's index
+    literals: Mapping[str, tuple[Any, ...]] = None  # type: ignore[assignment]
+    #: the `match` mapping as written, for `explain` and the traces page
+    match_source: Any = None
+    condition: Expression | None = None
+    throttle: Throttle | None = None
+    threshold: Threshold | None = None
+    mode: Mode = "single"
+    max_queued: int = 10
+    max_parallel: int = 10
+    enabled: bool = True
+    index: int = 0                      # order of definition across files
+
+    def __repr__(self) -> str:
+        return f"<Rule {self.name} @ {self.pos}>"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Rules as loaded, in definition order, plus the names rules emit."""
+
+    rules: tuple[Rule, ...]
+    sources: tuple[str, ...] = ()       # files read
+    emitted: frozenset[str] = frozenset()
+
+    def get(self, name: str) -> Rule | None:
+        for r in self.rules:
+            if r.name == name:
+                return r
+        return None
+
+    def __len__(self) -> int:
+        return len(self.rules)

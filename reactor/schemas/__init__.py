@@ -1,0 +1,1 @@
+"""JSON Schemas for rules and config files (``*.schema.json``), and :mod:`.generate` that writes them."""

@@ -1,0 +1,891 @@
+"""One VM's QMP connection and the supervisor that keeps it up.
+
+:class:`VMConnection` connects to a QEMU monitor (a unix socket path,
+``HOST:PORT``, or a socket that QEMU dialled in on), reads ``query-version``,
+``query-status`` and the VM's own ``query-qmp-schema``, then emits
+``REACTOR_VM_CONNECTED`` and keeps :attr:`VMConnection.status` current from
+events.  When the connection is lost it emits ``REACTOR_VM_DISCONNECTED`` and
+reconnects with jittered, capped exponential backoff.  It satisfies
+:class:`reactor.actions.action.VMHandle`.
+
+Run states (:class:`VMState`)::
+
+    IDLE ──run()──> CONNECTING ──> CONNECTED ──lost──> DISCONNECTED ──backoff──> CONNECTING ...
+                        │                                   ^
+                        └──────────── failed ───────────────┘
+    any ──aclose()/cancel──> STOPPED
+
+The protocol layer is qemu.qmp's :class:`~qemu.qmp.QMPClient` (greeting,
+capability negotiation, command routing, disconnect), with its slow paths
+replaced in :class:`_Protocol`: the reader reads chunks, splits lines and
+parses them with orjson, hands events straight to the connection (no
+``EventListener``, whose history grows without bound), and messages are only
+formatted for logging when debug logging is on.  Commands are written
+directly instead of through the writer task's queue.
+
+Overflow policy: events are handed to ``on_event`` synchronously, in order,
+from the reader; the callback must not block (the engine behind it owns a
+bounded queue with counted drops).  Memory per connection is bounded by
+``max_line`` (a longer message drops the connection) plus one read chunk.
+
+Backpressure (optional, ``backpressure=`` the engine's bus): the reader
+parses no more lines than the room its VM has left in the consumer's queue
+(the rest of a chunk stays buffered, unparsed); when there is no room it
+stops reading the socket (the transport is paused: the events wait unread in
+the kernel's socket buffer and in QEMU's monitor output buffer) until the
+queue has room again (see reactor.engine.bus), then reads on.  So a VM that floods
+costs no parsing beyond what the engine dispatches, and the loop spends no
+time on its socket while it waits.  Two exceptions keep
+it safe: while a command of ours is in flight on that VM the reader reads
+regardless (its reply may be behind the events; events then past the queue's
+bounds are shed, counted), and lines already read stay buffered, never lost.
+The cost: a paused VM's events reach rules late, QEMU holds them (its
+monitor output buffer grows while the socket is full; see
+docs/reliability.md), and a connection closed by the peer while paused is
+noticed when reading resumes.  Paused reading is counted per VM
+(:attr:`VMConnection.read_pauses`, :attr:`VMConnection.paused_seconds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import functools
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import orjson
+from qemu.qmp import QMPClient
+from qemu.qmp.error import ProtocolError
+from qemu.qmp.protocol import Runstate
+from qemu.qmp.qmp_client import ExecInterruptedError
+
+from reactor.errors import EventError, QMPCommandError, QMPConnectionError
+from reactor.model.event import Event
+
+__all__ = [
+    "Backpressure",
+    "MakeEvent",
+    "QMPProtocolError",
+    "VMConnection",
+    "VMState",
+    "parse_address",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``make_event(obj, *, vm=..., host=..., seq=...) -> Event`` (the catalog's).
+MakeEvent = Callable[..., Event]
+
+_CHUNK = 256 * 1024
+
+
+class Backpressure(Protocol):
+    """What a VM's reader asks before handing on events (:class:`reactor.engine.bus.Bus` is one)."""
+
+    def room(self, vm: str) -> int:
+        """How many more events of ``vm`` the consumer takes now (<= 0: stop reading)."""
+        ...
+
+    def wait_room(self, vm: str) -> asyncio.Future[None]:
+        """Done when ``vm`` may be read again."""
+        ...
+
+
+class QMPProtocolError(QMPConnectionError):
+    """The peer broke the protocol: not JSON, not an object, a message too long, cut off."""
+
+
+class VMState(enum.Enum):
+    """Where a :class:`VMConnection`'s supervisor is."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    STOPPED = "stopped"
+
+
+def parse_address(address: str | Path) -> str | tuple[str, int]:
+    """A unix path stays a string; ``HOST:PORT`` (``[::1]:PORT``) becomes a tuple."""
+    if isinstance(address, Path):
+        return str(address)
+    if "/" not in address:
+        host, sep, port = address.rpartition(":")
+        if sep and host and port.isdigit():
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            return (host, int(port))
+    return address
+
+
+def _summary(err: BaseException) -> str:
+    """A short, human reason for a lost or failed connection."""
+    while isinstance(getattr(err, "exc", None), BaseException):
+        err = err.exc  # type: ignore[attr-defined]  # qemu.qmp's wrapped root causes
+    if isinstance(err, EOFError):
+        return "connection closed by peer"
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, FileNotFoundError):
+        return "socket does not exist"
+    if isinstance(err, ConnectionResetError):
+        return "connection reset by peer"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror.lower()
+    text = str(err).splitlines()[0] if str(err) else ""
+    return text or type(err).__name__
+
+
+def _is_absent(err: BaseException) -> bool:
+    """Whether the failure means nobody is listening (cheap to retry)."""
+    while isinstance(getattr(err, "exc", None), BaseException):
+        err = err.exc  # type: ignore[attr-defined]
+    return isinstance(err, OSError) and err.errno in (errno.ENOENT, errno.ECONNREFUSED)
+
+
+class _QuietLogger:
+    """qemu.qmp's logger, demoted: everything it says is debug for reactor.
+
+    The connection writes its own clear log lines; the library's would repeat
+    them at error level with tracebacks.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        self._logger.debug(msg, *args)
+
+    def _debug(self, msg: str, *args: object, **kwargs: object) -> None:
+        self._logger.debug(msg, *args)
+
+    debug = info = warning = error = critical = exception = _debug
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+class _Protocol(QMPClient):
+    """qemu.qmp's client with a fast, bounded reader and no per-message formatting."""
+
+    def __init__(self, owner: VMConnection, max_line: int) -> None:
+        super().__init__(owner.name, readbuflen=max_line)
+        self.logger = cast(logging.Logger, _QuietLogger(owner.log))
+        self._owner = owner
+        self._max_line = max_line
+        self._buf = b""
+        self._held = False  # self._buf may hold complete lines, kept while the VM had no room
+        self._stopped = False  # the transport is paused by _pause
+        self._wake: asyncio.Future[None] | None = None  # set while the reader is paused: a command wakes it
+        self._listeners = []  # the default EventListener would queue every event forever
+
+    # -- logging hooks: qemu.qmp formats every message as indented JSON here --
+    def _cb_outbound(self, msg: Any) -> Any:
+        if self._owner.log.isEnabledFor(logging.DEBUG):
+            self._owner.log.debug("--> %s", bytes(msg).decode("utf-8", "replace"))
+        return msg
+
+    def _cb_inbound(self, msg: Any) -> Any:
+        if self._owner.log.isEnabledFor(logging.DEBUG):
+            self._owner.log.debug("<-- %r", msg)
+        return msg
+
+    async def _establish_session(self) -> None:
+        self._buf = b""
+        self._held = False
+        await super()._establish_session()
+
+    async def connect(self, address: Any, ssl: Any = None) -> None:
+        try:
+            await super().connect(address, ssl)
+        except AssertionError:
+            # qemu.qmp asserts RUNNING after a yield; a peer that breaks the
+            # protocol right after negotiation has already failed the reader.
+            if self.runstate != Runstate.DISCONNECTING:
+                raise
+            await self.disconnect()  # re-raises the reader's root cause
+            raise EOFError from None
+
+    # -- the handshake reads one line at a time (greeting, capabilities reply) --
+    async def _do_recv(self) -> Any:
+        try:
+            line = await self._readline()
+        except ValueError as err:  # StreamReader: line over the limit
+            raise QMPProtocolError(f"message over {self._max_line} bytes") from err
+        return self._parse(line)
+
+    def _parse(self, line: bytes) -> dict[str, Any]:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as err:
+            raise QMPProtocolError(f"not QMP: {line[:60]!r}") from err
+        if type(obj) is not dict:
+            raise QMPProtocolError(f"not a JSON object: {line[:60]!r}")
+        return cast(dict[str, Any], obj)
+
+    # -- the session reader: chunks, lines, orjson; events go straight to the owner --
+    async def _bh_recv_message(self) -> None:
+        assert self._reader is not None
+        owner = self._owner
+        bp = owner._backpressure
+        if bp is not None and bp.room(owner.name) <= 0 and not self._in_flight():
+            await self._pause(bp)
+            return  # the next call looks again (a command may have woken it, or room came)
+        if self._held:
+            buf = self._buf  # complete lines kept from the last call go first
+        else:
+            if self._stopped:  # the socket was left unread: read it again, now that its data is wanted
+                self._stopped = False
+                if not getattr(self._reader, "_paused", False):  # unless the stream's own limit paused it
+                    self._transport().resume_reading()
+            data = await self._reader.read(_CHUNK)
+            if not data:
+                if self._buf.strip():
+                    raise QMPProtocolError(f"connection closed mid-message ({len(self._buf)} bytes)")
+                raise EOFError
+            buf = self._buf + data if self._buf else data
+        # the room now (the read may have waited long): while a command is in flight, read on regardless
+        if bp is None or self._in_flight():
+            lines = buf.split(b"\n")
+            held = False
+        else:
+            room = max(1, bp.room(owner.name))
+            lines = buf.split(b"\n", room)  # at most `room` lines; the rest stays unparsed
+            held = len(lines) > room
+        self._buf = lines.pop()
+        self._held = held
+        max_line = self._max_line
+        if not held and len(self._buf) > max_line:
+            raise QMPProtocolError(f"message over {max_line} bytes")
+        deliver = owner._deliver
+        for line in lines:
+            if len(line) > max_line:
+                raise QMPProtocolError(f"message over {max_line} bytes")
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as err:
+                if not line.strip():
+                    continue
+                raise QMPProtocolError(f"not JSON: {line[:60]!r}") from err
+            if type(obj) is not dict:
+                raise QMPProtocolError(f"not a JSON object: {line[:60]!r}")
+            if "event" in obj:
+                deliver(obj)
+            else:
+                await self._route(obj)
+
+    def _in_flight(self) -> bool:
+        """Whether a command of ours still waits for its reply."""
+        return any(not (isinstance(slot, _Slot) and slot.done()) for slot in self._pending.values())
+
+    def _transport(self) -> asyncio.ReadTransport:
+        assert self._writer is not None
+        return cast(asyncio.ReadTransport, self._writer.transport)
+
+    async def _pause(self, bp: Backpressure) -> None:
+        """Leave the socket unread until the VM has room again or a command is sent.
+
+        The transport stays paused until the reader needs bytes from the socket again (lines it
+        holds go first), so nothing more piles up in this process meanwhile.
+        """
+        owner = self._owner
+        if not self._stopped:
+            self._transport().pause_reading()
+            self._stopped = True
+        owner.read_pauses += 1
+        owner._paused_since = since = time.monotonic()
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        bp.wait_room(owner.name).add_done_callback(functools.partial(_wake_up, wake))
+        try:
+            await wake
+        finally:
+            self._wake = None
+            owner._paused_since = None
+            owner._paused_total += time.monotonic() - since
+
+    async def _route(self, obj: dict[str, Any]) -> None:
+        exec_id = obj.get("id")
+        # reactor's ids are strings; any other id (a list from a broken peer) answers nothing of ours
+        pending = self._pending.get(exec_id) if exec_id.__class__ is str else None
+        if pending is not None:
+            await pending.put(cast(Any, obj))  # _reply hands it back as is
+            return
+        if "error" in obj and "id" not in obj:
+            raise QMPProtocolError(f"server reported a parse error: {obj['error']!r}")
+        # A reply that came after its command timed out: nobody waits for it.
+        self._owner.log.debug("reply to %r arrived after its command gave up", exec_id)
+
+    async def _event_dispatch(self, msg: Any) -> None:  # not reached: _bh_recv_message delivers
+        self._owner._deliver(dict(msg))
+
+    async def call(self, command: str, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Send one command and await its reply, bypassing the writer task's queue."""
+        if self.runstate != Runstate.RUNNING or self._writer is None:
+            raise QMPConnectionError("not connected")
+        exec_id = self._get_exec_id()
+        msg: dict[str, Any] = {"execute": command, "id": exec_id}
+        if arguments is not None:
+            msg["arguments"] = dict(arguments)
+        data = orjson.dumps(msg, default=_jsonable)
+        self._cb_outbound(_Raw(data))
+        self._pending[exec_id] = cast(Any, _Slot())
+        if self._wake is not None:
+            _wake_up(self._wake)  # a paused reader reads again: the reply may be behind events
+        try:
+            self._writer.write(data)
+        except BaseException:
+            del self._pending[exec_id]
+            raise
+        return cast(dict[str, Any], await self._reply(exec_id))
+
+
+def _wake_up(wake: asyncio.Future[None], _: object = None) -> None:
+    if not wake.done():
+        wake.set_result(None)
+
+
+class _Slot:
+    """Where one reply lands: the part of ``asyncio.Queue(maxsize=1)`` qemu.qmp uses, on one future."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def put_nowait(self, item: Any) -> None:
+        if not self._future.done():
+            self._future.set_result(item)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    async def get(self) -> Any:
+        return await self._future
+
+
+class _Raw:
+    """Bytes that qemu.qmp's logging hook can render."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+
+# Which run state an event leaves the VM in (None: see _deliver).
+_STATUS_EVENTS = frozenset(
+    {"STOP", "RESUME", "SHUTDOWN", "SUSPEND", "SUSPEND_DISK", "WAKEUP", "GUEST_PANICKED",
+     "BLOCK_IO_ERROR", "WATCHDOG", "RESET"}
+)
+
+# Schema facts shared by VMs running the same QEMU build.
+_INTERNED: dict[object, Any] = {}
+
+
+def _intern(value: Any) -> Any:
+    return _INTERNED.setdefault(value, value)
+
+
+def _read_schema(schema: object) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+    """Event names and each event's top-level field names from query-qmp-schema."""
+    if not isinstance(schema, list):
+        raise QMPProtocolError("query-qmp-schema did not return a list")
+    objects: dict[str, list[str]] = {}
+    events: dict[str, str | None] = {}
+    for entry in schema:
+        if not isinstance(entry, dict):
+            continue
+        meta = entry.get("meta-type")
+        if meta == "event":
+            events[str(entry.get("name"))] = entry.get("arg-type")
+        elif meta == "object":
+            members = entry.get("members") or []
+            objects[str(entry.get("name"))] = [str(m.get("name")) for m in members if isinstance(m, dict)]
+    fields = {
+        name: _intern(frozenset(objects.get(arg, ()) if arg else ())) for name, arg in events.items()
+    }
+    return _intern(frozenset(events)), fields
+
+
+class VMConnection:
+    """One VM: its QMP connection, kept up by :meth:`run`.  Satisfies ``VMHandle``.
+
+    ``on_event`` is called synchronously, in order, for every event, including
+    the ``REACTOR_VM_CONNECTED``/``REACTOR_VM_DISCONNECTED`` events this class
+    makes; it must not block (see the module docstring).  ``on_state`` is
+    called on every :class:`VMState` transition; ``on_problem`` once for each
+    new (different from the previous) connection problem, for the journal.
+    ``namer``, when given, picks the final name after connecting from the
+    VM's ``query-name`` (``None`` when the VM has none); ``listen`` uses it.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        address: str | Path | None = None,
+        sock: socket.socket | None = None,
+        labels: Mapping[str, str] | None = None,
+        make_event: MakeEvent,
+        on_event: Callable[[Event], None],
+        on_state: Callable[[VMConnection, VMState], None] | None = None,
+        on_problem: Callable[[VMConnection, str], None] | None = None,
+        namer: Callable[[str | None], str] | None = None,
+        host: str | None = None,
+        reconnect: bool = True,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
+        max_line: int = 1 << 22,
+        shed: Callable[[str], bool] | None = None,
+        backpressure: Backpressure | None = None,
+    ) -> None:
+        if (address is None) == (sock is None):
+            raise ValueError("give exactly one of address and sock")
+        self._name = name
+        self.address = address
+        self._target: str | tuple[str, int] | socket.socket = (
+            sock if sock is not None else parse_address(cast(str | Path, address))
+        )
+        self._labels: Mapping[str, str] = dict(labels or {})
+        self._make_event = make_event
+        self._on_event = on_event
+        #: asked per event (with the VM's name): True drops it before it is built, because the consumer's
+        #: queue for this VM is full anyway (a storm); the consumer counts those drops
+        self._shed = shed
+        self.events_shed = 0
+        #: asked before handing on events: the reader stops reading while the VM has no room (module docstring)
+        self._backpressure = backpressure
+        #: times the reader stopped reading for want of room
+        self.read_pauses = 0
+        self._paused_total = 0.0
+        self._paused_since: float | None = None
+        self._on_state = on_state
+        self._on_problem = on_problem
+        self._namer = namer
+        self.host = host
+        self.reconnect = reconnect and sock is None
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.max_line = max_line
+        self.log = logging.getLogger(f"{__name__}.{name}")
+
+        self._state = VMState.IDLE
+        self._state_changed = asyncio.Event()  # set (and replaced) at every state change
+        self._status = "unknown"
+        self._stop_reason: str | None = None
+        self._proto: _Protocol | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._seq = 0
+        self._warned: set[str] = set()
+        self._used: Mapping[str, set[str]] | None = None
+        self._event_fields: dict[str, frozenset[str]] = {}
+
+        #: ``{"major": 7, "minor": 2, "micro": 0}`` plus ``package``, once connected.
+        self.qemu_version: dict[str, Any] | None = None
+        #: The events this VM's QEMU has (None until its schema was read).
+        self.schema_events: frozenset[str] | None = None
+        #: Successful connections after the first.
+        self.reconnects = 0
+        #: Why the last attempt failed or the connection was lost.
+        self.last_error: str | None = None
+        #: Events received; events make_event rejected; on_event calls that raised.
+        self.events_received = 0
+        self.bad_events = 0
+        self.callback_errors = 0
+
+    # -- VMHandle --
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self._labels
+
+    @property
+    def status(self) -> str:
+        """The last known QEMU run state (``unknown`` before the first connection)."""
+        return self._status
+
+    @property
+    def connected(self) -> bool:
+        return self._state is VMState.CONNECTED
+
+    @property
+    def state(self) -> VMState:
+        return self._state
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the reader waits for room in the consumer's queue (backpressure)."""
+        return self._paused_since is not None
+
+    @property
+    def paused_seconds(self) -> float:
+        """Seconds the reader spent not reading for want of room, the current pause included."""
+        since = self._paused_since
+        return self._paused_total + (time.monotonic() - since if since is not None else 0.0)
+
+    def __repr__(self) -> str:
+        return f"<VMConnection {self._name!r} {self._state.name} status={self._status}>"
+
+    async def __aenter__(self) -> VMConnection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- commands --
+    async def execute(
+        self, command: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """Run a QMP command and return its ``return`` value.
+
+        Raises :class:`QMPCommandError` (QEMU's error class and description),
+        :class:`QMPConnectionError` (not connected, or lost before the reply)
+        or :class:`TimeoutError` (default timeout: ``command_timeout``).
+        """
+        limit = self.command_timeout if timeout is None else timeout
+        if self._state is VMState.CONNECTING and self._proto is not None:
+            # QEMU sends events as soon as capabilities are negotiated, before the
+            # handshake's own queries end: a rule reacting to one waits for them
+            # (within its timeout) instead of failing with "not connected"
+            async with asyncio.timeout(limit):
+                while self._state is VMState.CONNECTING and self._proto is not None:
+                    await self._state_changed.wait()
+        proto = self._proto
+        if proto is None or self._state is not VMState.CONNECTED:
+            raise QMPConnectionError(f"{self._name}: not connected ({self._state.value})")
+        return await self._call(proto, command, arguments, limit)
+
+    async def _call(
+        self, proto: _Protocol, command: str, arguments: Mapping[str, Any] | None, timeout: float
+    ) -> Any:
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await proto.call(command, arguments)
+        except TimeoutError:
+            raise  # an OSError subclass: not a connection problem
+        except ExecInterruptedError as err:
+            if command == "quit":  # QEMU may close before the reply reaches us
+                return {}
+            raise QMPConnectionError(f"{self._name}: connection lost during {command}") from err
+        except (OSError, ProtocolError) as err:
+            raise QMPConnectionError(f"{self._name}: {command}: {_summary(err)}") from err
+        if "error" in reply:
+            error = reply["error"] if isinstance(reply["error"], dict) else {}
+            raise QMPCommandError(
+                command, str(error.get("class", "GenericError")), str(error.get("desc", ""))
+            )
+        if "return" not in reply:
+            raise QMPCommandError(command, "BadReply", f"reply has neither return nor error: {reply!r}")
+        return reply["return"]
+
+    # -- rule usage --
+    def check_rule_usage(self, used: Mapping[str, set[str]]) -> None:
+        """Warn (once per VM per event/field) about events or fields this VM's QEMU lacks.
+
+        ``used`` maps event names to the ``data`` fields rules read (dotted
+        paths allowed; the first component is checked).  Kept and checked
+        again after every connection.
+        """
+        self._used = used
+        if self.schema_events is None:
+            return
+        version = self._version_text()
+        for event, fields in used.items():
+            if event.startswith("REACTOR_"):
+                continue
+            if event not in self.schema_events:
+                if event not in self._warned:
+                    self._warned.add(event)
+                    self.log.warning(
+                        "%s: rules use event %s, which this VM's QEMU %s does not have",
+                        self._name, event, version,
+                    )
+                continue
+            known = self._event_fields.get(event, frozenset())
+            for field in fields:
+                top = field.split(".", 1)[0]
+                key = f"{event}.{top}"
+                if top not in known and key not in self._warned:
+                    self._warned.add(key)
+                    self.log.warning(
+                        "%s: rules use field %s of %s, which this VM's QEMU %s does not have",
+                        self._name, top, event, version,
+                    )
+
+    def _version_text(self) -> str:
+        v = self.qemu_version or {}
+        q = v.get("qemu", v)
+        if isinstance(q, dict) and "major" in q:
+            return f"{q.get('major')}.{q.get('minor')}.{q.get('micro')}"
+        return "?"
+
+    # -- the supervisor --
+    async def run(self) -> None:
+        """Connect, watch, reconnect; until :meth:`aclose` or cancellation.
+
+        Never raises on connection problems: they are logged, reported to
+        ``on_problem``, and retried with backoff (unless ``reconnect`` is off,
+        then run returns after the first loss or failure).
+        """
+        if self._run_task is not None:
+            raise RuntimeError(f"{self._name}: run() is already running")
+        self._run_task = asyncio.current_task()
+        delay = self.backoff_initial
+        ever_connected = False
+        try:
+            while not self._closing:
+                self._set_state(VMState.CONNECTING)
+                proto = _Protocol(self, self.max_line)
+                self._proto = proto
+                try:
+                    await self._connect(proto)
+                except Exception as err:  # the boundary: one connection attempt
+                    await self._drop(proto)
+                    self._problem(f"cannot connect to {self._where()}: {_summary(err)}")
+                    self._set_state(VMState.DISCONNECTED)
+                    if not self.reconnect:
+                        return
+                    wait = delay
+                    if _is_absent(err):
+                        wait = min(wait, 1.0)  # nobody listening: cheap to poll, come back fast
+                    await self._backoff(wait)
+                    delay = min(delay * 2, self.backoff_max)
+                    continue
+                if ever_connected:
+                    self.reconnects += 1
+                ever_connected = True
+                delay = self.backoff_initial
+                self.last_error = None
+                self._set_state(VMState.CONNECTED)
+                self.log.info(
+                    "%s: connected to %s (QEMU %s, %s)", self._name, self._where(), self._version_text(),
+                    self._status,
+                )
+                self._emit(
+                    "REACTOR_VM_CONNECTED", {"status": self._status, "qemu_version": self._version_text()}
+                )
+                if self._used is not None:
+                    self.check_rule_usage(self._used)
+                reason = await self._watch(proto)
+                self._problem(f"connection to {self._where()} lost: {reason}")
+                self._set_state(VMState.DISCONNECTED)
+                self._emit("REACTOR_VM_DISCONNECTED", {"reason": reason})
+                if not self.reconnect:
+                    return
+                await self._backoff(random.uniform(0.0, self.backoff_initial))
+        finally:
+            proto_left = self._proto
+            was_connected = self._state is VMState.CONNECTED
+            self._proto = None
+            if proto_left is not None:
+                await self._drop(proto_left)
+            if was_connected:
+                self._emit("REACTOR_VM_DISCONNECTED", {"reason": "stopped"})
+            self._set_state(VMState.STOPPED)
+            self._run_task = None
+
+    async def _connect(self, proto: _Protocol) -> None:
+        async with asyncio.timeout(self.connect_timeout):
+            await proto.connect(self._target)
+            for task, part in ((proto._reader_task, "reader"), (proto._writer_task, "writer")):
+                if isinstance(task, asyncio.Task):
+                    task.set_name(f"reactor[{self._name}].{part}")
+            timeout = self.connect_timeout
+            if self._namer is not None:
+                try:
+                    named = await self._call(proto, "query-name", None, timeout)
+                    qname = named.get("name") if isinstance(named, dict) else None
+                except QMPCommandError:
+                    qname = None
+                self._rename(self._namer(str(qname) if qname else None))
+            version = await self._call(proto, "query-version", None, timeout)
+            status = await self._call(proto, "query-status", None, timeout)
+            try:
+                schema = await self._call(proto, "query-qmp-schema", None, timeout)
+                self.schema_events, self._event_fields = _read_schema(schema)
+            except QMPCommandError as err:
+                self.log.info("%s: no query-qmp-schema (%s); cannot check rule usage", self._name, err)
+        self.qemu_version = version if isinstance(version, dict) else None
+        if isinstance(status, dict) and isinstance(status.get("status"), str):
+            self._status = status["status"]
+
+    def _rename(self, name: str) -> None:
+        if name != self._name:
+            self.log.info("%s: named %s by query-name", self._name, name)
+            self._name = name
+            self.log = logging.getLogger(f"{__name__}.{name}")
+            if self._run_task is not None:
+                self._run_task.set_name(f"reactor[{name}].supervisor")
+
+    async def _watch(self, proto: _Protocol) -> str:
+        """Wait until the session ends; return why."""
+        while proto.runstate == Runstate.RUNNING:
+            await proto.runstate_changed()
+        try:
+            await proto.disconnect()
+        except Exception as err:  # the root cause, re-raised by qemu.qmp
+            return _summary(err)
+        return "disconnected"
+
+    async def _drop(self, proto: _Protocol) -> None:
+        if proto.runstate == Runstate.IDLE:
+            return
+        with contextlib.suppress(Exception):
+            await proto.disconnect()
+
+    async def _backoff(self, delay: float) -> None:
+        """Sleep ``delay`` (jittered to 50-100%); wake early when a unix socket file is replaced."""
+        delay = random.uniform(delay / 2, delay)
+        path = self._target if isinstance(self._target, str) else None
+        if path is None:
+            await asyncio.sleep(delay)
+            return
+        before = _stat_key(path)
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.2))
+            now = _stat_key(path)
+            if now is not None and now != before:
+                return
+
+    def _where(self) -> str:
+        if isinstance(self._target, socket.socket):
+            return "dialled-in socket"
+        if isinstance(self._target, tuple):
+            return f"{self._target[0]}:{self._target[1]}"
+        return self._target
+
+    def _problem(self, message: str) -> None:
+        repeat = message == self.last_error
+        self.last_error = message
+        if repeat:
+            self.log.debug("%s: %s (again)", self._name, message)
+            return
+        self.log.warning("%s: %s", self._name, message)
+        if self._on_problem is not None:
+            try:
+                self._on_problem(self, message)
+            except Exception:
+                self.log.exception("%s: on_problem callback failed", self._name)
+
+    def _set_state(self, state: VMState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+        if self._on_state is not None:
+            try:
+                self._on_state(self, state)
+            except Exception:
+                self.log.exception("%s: on_state callback failed", self._name)
+
+    async def aclose(self) -> None:
+        """Stop the supervisor and close the connection; idempotent."""
+        self._closing = True
+        task = self._run_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            # asyncio.wait never raises the task's outcome; a CancelledError here is the
+            # caller's own cancellation and must go on (swallowing it hung Fleet.aclose)
+            await asyncio.wait({task})
+        elif task is None:
+            if self._proto is not None:
+                await self._drop(self._proto)
+                self._proto = None
+            self._set_state(VMState.STOPPED)
+
+    # -- events --
+    def _emit(self, name: str, data: dict[str, Any]) -> None:
+        now = time.time()
+        secs = int(now)
+        self._deliver(
+            {"event": name, "data": data,
+             "timestamp": {"seconds": secs, "microseconds": int((now - secs) * 1e6)}}
+        )
+
+    def _deliver(self, obj: dict[str, Any]) -> None:
+        """Called by the reader for each event: track status, make the Event, hand it on."""
+        name = obj["event"]
+        if name.__class__ is str and name in _STATUS_EVENTS:  # not a string: make_event rejects it below
+            self._track_status(name, obj.get("data"))
+        self._seq += 1
+        self.events_received += 1
+        if self._shed is not None and self._shed(self._name):
+            self.events_shed += 1
+            return
+        try:
+            event = self._make_event(obj, vm=self._name, host=self.host, seq=self._seq)
+        except EventError as err:
+            self.bad_events += 1
+            if self.bad_events == 1 or self.bad_events % 1000 == 0:
+                self.log.warning("%s: not an event (%d so far): %s", self._name, self.bad_events, err)
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            self.callback_errors += 1
+            if self.callback_errors == 1 or self.callback_errors % 1000 == 0:
+                self.log.exception("%s: on_event failed (%d so far)", self._name, self.callback_errors)
+
+    def _track_status(self, name: str, data: object) -> None:
+        action = data.get("action") if isinstance(data, dict) else None
+        if name == "STOP":
+            self._status = self._stop_reason or "paused"
+            self._stop_reason = None
+        elif name in ("RESUME", "WAKEUP"):
+            self._status = "running"
+            self._stop_reason = None
+        elif name == "SHUTDOWN":
+            self._status = "shutdown"
+            self._stop_reason = "shutdown"
+        elif name in ("SUSPEND", "SUSPEND_DISK"):
+            self._status = "suspended"
+        elif name == "GUEST_PANICKED" and action == "pause":
+            self._status = "guest-panicked"
+            self._stop_reason = "guest-panicked"
+        elif name == "BLOCK_IO_ERROR" and action == "stop":
+            self._stop_reason = "io-error"
+        elif name == "WATCHDOG" and action == "pause":
+            self._stop_reason = "watchdog"
+
+
+def _stat_key(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
