@@ -275,6 +275,25 @@ async def test_a_newer_schema_is_refused(db: Path) -> None:
             pass
 
 
+async def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    con = sqlite3.connect(db)
+    con.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    con.close()
+    async with Journal(db) as j:
+        (run,) = j.runs()
+        assert (run.rule, run.vm, run.event_name, run.status) == ("r1", "vm1", "STOP", "ok")
+        assert [s.action for s in run.steps] == ["log"]
+        assert j.load_throttle(0.0) == {("r1", "vm1"): [100.0]}
+        j.record_event("RESUME", "vm1", None, 101.0, {})
+        await j.flush()
+        assert [e.name for e in j.events()] == ["RESUME", "STOP"]
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+
+
 async def test_a_second_writer_is_refused(db: Path) -> None:
     async with Journal(db):
         with pytest.raises(JournalError, match="in use"):

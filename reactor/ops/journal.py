@@ -80,8 +80,6 @@ log = logging.getLogger(__name__)
 #: Bytes the write-ahead log is truncated to after a checkpoint (``PRAGMA journal_size_limit``).
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
-#: The schema version written to ``PRAGMA user_version``.
-SCHEMA_VERSION: Final = 1
 
 RecordEvents = Literal["all", "matched", "none"]
 _RECORD_EVENTS: Final = ("all", "matched", "none")
@@ -152,6 +150,17 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_broker ON outbox (broker, id);
 """
+
+
+#: Schema changes since version 1 (``_SCHEMA``), oldest first: entry ``i`` takes a
+#: journal from version ``i + 1`` to ``i + 2``.  One migration path for every
+#: change: append an entry (SQL statements separated by ``;``), never edit one
+#: that has shipped.  A writer applies the missing entries in one transaction
+#: when it opens an older journal.
+_MIGRATIONS: Final[tuple[str, ...]] = ()
+
+#: The schema version written to ``PRAGMA user_version``.
+SCHEMA_VERSION: Final = 1 + len(_MIGRATIONS)
 
 
 class _InUseError(JournalError):
@@ -505,9 +514,11 @@ class Journal:
             return
         con.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    con.execute(statement)
+            steps = ([_SCHEMA] if version == 0 else []) + list(_MIGRATIONS[max(version, 1) - 1:])
+            for script in steps:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             con.execute("COMMIT")
         except BaseException:
