@@ -455,9 +455,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """``reactor --version``: the version, the distribution, and the QEMU versions the event catalog covers."""
+    versions = ", ".join(default_catalog().qemu_versions)
+    return (f"reactor {__version__} (distribution {DISTRIBUTION})\n"
+            f"QEMU event catalogs: {versions} (a newer QEMU's other events and fields pass through untyped)")
+
+
+#: The name this package is published under (``pip install qemu-reactor``); it imports and runs as ``reactor``.
+DISTRIBUTION = "qemu-reactor"
+
+
+class _Version(argparse.Action):
+    """``--version`` without loading the catalog for every other command."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reactor", description="React to QEMU QMP events with YAML rules.")
-    p.add_argument("--version", action="version", version=f"reactor {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and the QEMU catalogs, then exit")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
