@@ -18,8 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = "qemu-reactor"
-DATA = ("reactor/model/catalog/events.json", "reactor/schemas/rules.schema.json", "reactor/schemas/config.schema.json",
-        "reactor/ops/static/index.html", "reactor/ops/static/app.js", "reactor/ops/static/style.css", "reactor/py.typed")
+DATA = ("reactor/model/catalog/events.json", "reactor/schemas/rules.schema.json",
+        "reactor/schemas/config.schema.json", "reactor/ops/static/index.html", "reactor/ops/static/app.js",
+        "reactor/ops/static/style.css", "reactor/py.typed")
 
 
 def _clean_env() -> dict[str, str]:
