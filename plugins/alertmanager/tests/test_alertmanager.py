@@ -20,7 +20,6 @@ from reactor_alertmanager import ALERTMANAGER
 from reactor.errors import ActionError, LoadError
 from reactor.testing import ActionHarness, FakeVM, load_test_rules, make_event, run_rules
 
-
 AM_CONFIG = """\
 route:
   receiver: nobody
