@@ -26,6 +26,9 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv python3-p
 # libvirt for the libvirt source tests (a private libvirtd is started by the tests), and its Python binding's build
 [ -x /usr/sbin/libvirtd ] || need+=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 dpkg -s libvirt-dev >/dev/null 2>&1 || need+=(libvirt-dev pkg-config gcc)
+# ... which compiles against the headers of the Python that builds .venv (python3-dev: 3.11 on 12, 3.13 on 13)
+"${PYTHON:-python3}" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  2>/dev/null || need+=(python3-dev)
 command -v unshare >/dev/null || need+=(util-linux)
 # monitoring: a real Prometheus scrapes the daemon (promtool checks the exposition and the example rules),
 # and the alertmanager plugin posts to a real Alertmanager
