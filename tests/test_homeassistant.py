@@ -313,3 +313,15 @@ async def test_discovery_sensor_and_button_resume_a_real_vm(tmp_path: Path, mosq
             log.close()
         # the daemon said goodbye: Home Assistant shows the device unavailable
         await bus.wait("offline", lambda last: last.get(state["availability_topic"]) == b"offline")
+
+
+def test_the_documented_example_config_loads(tmp_path: Path) -> None:
+    """docs/mqtt-webhooks.md's Home Assistant example is a valid config, with its buttons bound to the executor."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "mqtt-webhooks.md").read_text()
+    section = doc.split("### Home Assistant discovery", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cfg = parse_config("rules: rules\n" + example, tmp_path / "reactor.yaml")
+    ha = cfg.mqtt["home"].publish_events.homeassistant
+    assert ha.buttons == ("cont",) and ha.prefix == "homeassistant" and ha.command_prefix == "reactor"
+    msgs = Discovery(ha, mirror_prefix="reactor", host="h").messages("web-1", "10.0.0")
+    assert sorted(check_discovery(t, p) for t, p in msgs) == ["button", "sensor", "sensor"]
