@@ -325,3 +325,25 @@ def test_the_documented_example_config_loads(tmp_path: Path) -> None:
     assert ha.buttons == ("cont",) and ha.prefix == "homeassistant" and ha.command_prefix == "reactor"
     msgs = Discovery(ha, mirror_prefix="reactor", host="h").messages("web-1", "10.0.0")
     assert sorted(check_discovery(t, p) for t, p in msgs) == ["button", "sensor", "sensor"]
+
+
+def test_only_this_hosts_vms_become_devices() -> None:
+    from reactor.model.catalog import default_catalog
+
+    d = Discovery(DiscoveryConfig(buttons=("cont",), command_prefix="reactor"), mirror_prefix="reactor", host="h1")
+    sent: list[tuple[str, bytes, int, bool]] = []
+
+    def put(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        sent.append((topic, payload, qos, retain))
+
+    make = default_catalog().make_event
+    stop = {"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 0}}
+    assert d.on_event(make(stop, vm="web-1", host="h2"), put) == 0          # another host's VM
+    assert d.on_event(make(stop, vm="reactor", host="h1"), put) == 0        # the daemon itself
+    assert d.on_event(make(stop, vm="web-1", host="h1"), put) == 3          # sensor, last command, button
+    assert d.on_event(make(stop, vm="web-1", host="h1"), put) == 0          # announced once
+    connected = {"event": "REACTOR_VM_CONNECTED", "data": {"status": "running", "qemu_version": "10.0.2"},
+                 "timestamp": {"seconds": 2, "microseconds": 0}}
+    assert d.on_event(make(connected, vm="web-1", host="h1"), put) == 3     # again, with the QEMU version
+    assert all(qos == 1 and retain for _t, _p, qos, retain in sent)
+    assert json.loads(sent[-1][1])["device"]["sw_version"] == "10.0.2"

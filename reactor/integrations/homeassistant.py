@@ -183,8 +183,8 @@ class Discovery:
     def on_event(self, ev: Event, put: Callable[[str, bytes, int, bool], object]) -> int:
         """Publish the VM's messages when it is new or its QEMU version changed; how many were queued."""
         vm = ev.vm
-        if vm == _DAEMON_VM:
-            return 0
+        if vm == _DAEMON_VM or (ev.host is not None and ev.host != self.host):
+            return 0   # the daemon's own events; another host's VM (fleet): its own reactor announces it
         version = self.announced.get(vm)
         if ev.name == "REACTOR_VM_CONNECTED":
             qemu = ev.data.get("qemu_version")
