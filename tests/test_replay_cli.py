@@ -55,7 +55,7 @@ def test_mqtt_step_without_a_broker_is_refused_up_front(tmp_path: Path) -> None:
     assert p.returncode == 1, p
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr           # one clear line, not one failure per step
-    assert "rules/r.yaml:5:" in lines[0] and "'tell-the-broker' step 0 (mqtt)" in lines[0]
+    assert lines[0].startswith("rules/r.yaml:5:") and "'tell-the-broker' step 0 (mqtt)" in lines[0]
     assert "-c CONFIG" in lines[0] and "--dry-run" in lines[0]
     assert "MATCH" not in p.stdout              # nothing ran
 

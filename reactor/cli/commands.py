@@ -173,8 +173,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     async def guarded() -> Any:
         try:
             return await go()
-        except* ReplayRefused as group:
-            refusals.extend(f"reactor: {e}" for e in group.exceptions)
+        except* ReplayRefused as group:   # "PATH:LINE:COL: rule ..." or "replay: ...", as they are
+            refusals.extend(str(e) for e in group.exceptions)
         except* OSError as group:
             err = group.exceptions[0]
             refusals.append(f"{args.events}: {getattr(err, 'strerror', None) or err}")
