@@ -77,7 +77,7 @@ def test_unknown_broker_name_and_unreachable_broker_are_refused(tmp_path: Path) 
           - name: r
             on: STOP
             actions:
-              - mqtt: {topic: t, broker: mian}
+              - mqtt: {topic: "t/{{ vm.name }}", broker: mian}
         """, f"rules: [rules]\nmqtt:\n  main: {{host: 127.0.0.1, port: {port}}}\n")
     p = run("replay", "events.jsonl", "-c", "reactor.yaml", cwd=tmp_path)
     assert p.returncode == 1, p

@@ -164,9 +164,8 @@ class ReplayServices:
                         f"the config {self._config.path} has no mqtt: section"
                     raise ReplayRefused(f"{_where(rule.name, step)} publishes to an MQTT broker, but {how}; "
                                         "configure a (test) broker, or replay with --dry-run")
-                static = step.args.static
-                name = getattr(static, "broker", None) if static is not None else None
-                if static is None and "broker" in step.args.fields:
+                name = step.args.fields.get("broker")   # a literal, or a template rendered per run
+                if name is not None and not isinstance(name, str):
                     used.update(brokers)   # a templated broker name: any of them
                 elif name is None:
                     used.add(next(iter(brokers)))
