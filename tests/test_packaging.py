@@ -5,6 +5,7 @@ run from it, with the package data (catalog, schemas, the traces page) inside.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,10 +30,18 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+#: never part of a build: what a checkout accumulates (a stale build/ would put deleted modules in the wheel)
+_SCRATCH = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".mypy_cache",
+                                  ".ruff_cache", ".hypothesis", ".pytest_cache", "state", "test-artifacts")
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """sdist and wheel built from a clean copy of the source tree (the checkout is left as it was)."""
+    src = tmp_path_factory.mktemp("src") / "qemu-reactor"
+    shutil.copytree(ROOT, src, ignore=_SCRATCH)
     out = tmp_path_factory.mktemp("dist")
-    p = subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(ROOT)],
+    p = subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(src)],
                        capture_output=True, text=True, timeout=600, check=False, env=_clean_env())
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     yield out
