@@ -1,6 +1,7 @@
 """The ``reactor`` command line (see the product contract in DAEMON.md).
 
-Exit codes: 0 success; 1 invalid input (rules, config, events); 2 usage.
+Exit codes: 0 success; 1 invalid input (rules, config, events); 2 usage;
+``replay`` also 3 when a run failed (see :data:`REPLAY_EXIT_CODES`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from reactor.actions.registry import Registry
 from reactor.daemon.config import Config, load_config
 from reactor.engine.clock import VirtualClock
 from reactor.engine.engine import Engine, tune_gc
-from reactor.engine.replay import replay
+from reactor.engine.replay import ReplayRefused, ReplayServices, replay
 from reactor.errors import LoadError, ReactorError
 from reactor.model.catalog import default_catalog
 from reactor.model.duration import parse_duration
@@ -30,7 +31,22 @@ from reactor.rules.loader import load_rules
 from reactor.rules.rule import RuleSet
 from reactor.rules.template import to_jsonable
 
-__all__ = ["main"]
+__all__ = ["REPLAY_EXIT_CODES", "main"]
+
+#: ``reactor replay``'s exit codes (README "Replay", ``reactor replay --help``).
+REPLAY_EXIT_CODES = """\
+exit codes:
+  0  every event was read and every run ended ok (a step that failed under
+     `on_error: continue` leaves its run ok; with --dry-run, runs end "dry-run")
+  1  bad input: rules, config or event lines invalid (bad lines are reported
+     with their line number, the rest is replayed), or refused before the first
+     event: an mqtt step with no broker configured in -c, a broker that does not
+     answer, a resource that does not start
+  2  usage (argparse)
+  3  the input was good but a run failed (a step failed with `on_error: stop`,
+     the default) or a message published to MQTT was not acknowledged
+  4  journal rows dropped (with --journal: the journal could not keep up)
+"""
 
 
 def _json(obj: Any) -> str:
@@ -125,32 +141,64 @@ def cmd_replay(args: argparse.Namespace) -> int:
     async def go() -> Any:
         clock = VirtualClock()
         journal = None
-        if args.journal:
-            from reactor.ops.journal import Journal
+        async with asyncio.TaskGroup() as tg:
+            services = ReplayServices(config, dry_run=args.dry_run, tg=tg)
+            try:
+                await services.start(rules)   # ReplayRefused before the first event
+                if args.journal:
+                    from reactor.ops.journal import Journal
 
-            journal = Journal(Path(args.journal), record_events="matched")
-            await journal.__aenter__()
+                    journal = Journal(Path(args.journal), record_events="matched")
+                    await journal.__aenter__()
+                engine = Engine(rules, clock=clock, dry_run=args.dry_run, output=output, journal=journal,
+                                labels=_labels_from(config), resources=services.resources)
+                services.attach(engine)
+                if args.events == "-":
+                    result = await replay(sys.stdin, engine, clock, source="<stdin>")
+                else:
+                    with open(args.events, "rb") as f:  # noqa: ASYNC230 -- replay reads its input on the loop
+                        result = await replay(f, engine, clock, source=args.events)
+                result.undelivered = await services.flush()
+                return result
+            finally:
+                await services.aclose()
+                if journal is not None:
+                    await journal.aclose()
+
+    if args.events != "-" and not Path(args.events).exists():
+        print(f"{args.events}: No such file or directory", file=sys.stderr)
+        return 1
+    refusals: list[str] = []
+
+    async def guarded() -> Any:
         try:
-            engine = Engine(rules, clock=clock, dry_run=args.dry_run, output=output, journal=journal,
-                            labels=_labels_from(config))
-            if args.events == "-":
-                return await replay(sys.stdin, engine, clock, source="<stdin>")
-            with open(args.events, "rb") as f:  # noqa: ASYNC230 -- replay reads its input on the loop by design
-                return await replay(f, engine, clock, source=args.events)
-        finally:
-            if journal is not None:
-                await journal.aclose()
+            return await go()
+        except* ReplayRefused as group:   # "PATH:LINE:COL: rule ..." or "replay: ...", as they are
+            refusals.extend(str(e) for e in group.exceptions)
+        except* OSError as group:
+            err = group.exceptions[0]
+            refusals.append(f"{args.events}: {getattr(err, 'strerror', None) or err}")
+        except* ReactorError as group:   # the journal could not be opened
+            refusals.extend(f"reactor: {e}" for e in group.exceptions)
+        return None
 
-    try:
-        result = asyncio.run(go())
-    except OSError as err:
-        print(f"{args.events}: {err.strerror or err}", file=sys.stderr)
+    result = asyncio.run(guarded())
+    if result is None:
+        for line in refusals:
+            print(line, file=sys.stderr)
         return 1
     for e in result.errors:
         print(e, file=sys.stderr)
+    for e in result.undelivered:
+        print(e, file=sys.stderr)
+    failed = result.failed_runs
     if not as_json:
-        print(f"replayed {result.events} events, {len(result.errors)} bad lines", file=sys.stderr)
-    return 1 if result.errors else 0
+        runs = sum(result.runs.values())
+        print(f"replayed {result.events} events, {len(result.errors)} bad lines, {runs} runs, {failed} failed",
+              file=sys.stderr)
+    if result.errors:
+        return 1
+    return 3 if failed or result.undelivered else 0
 
 
 def _labels_from(config: Config | None) -> Any:
@@ -407,9 +455,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """``reactor --version``: the version, the distribution, and the QEMU versions the event catalog covers."""
+    versions = ", ".join(default_catalog().qemu_versions)
+    return (f"reactor {__version__} (distribution {DISTRIBUTION})\n"
+            f"QEMU event catalogs: {versions} (a newer QEMU's other events and fields pass through untyped)")
+
+
+#: The name this package is published under (``pip install qemu-reactor``); it imports and runs as ``reactor``.
+DISTRIBUTION = "qemu-reactor"
+
+
+class _Version(argparse.Action):
+    """``--version`` without loading the catalog for every other command."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reactor", description="React to QEMU QMP events with YAML rules.")
-    p.add_argument("--version", action="version", version=f"reactor {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and the QEMU catalogs, then exit")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -428,10 +496,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_check)
 
-    s = sub.add_parser("replay", help="feed recorded events through the rules on a virtual clock")
+    s = sub.add_parser("replay", help="feed recorded events through the rules on a virtual clock",
+                       description="Feed recorded events through the rules on a virtual clock. The steps run "
+                                   "for real (webhook, and mqtt to the brokers of -c CONFIG); qmp steps fail "
+                                   "(no VM), so use --dry-run to see what would run.",
+                       epilog=REPLAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("events", metavar="EVENTS.jsonl", help="JSON lines of QMP events ('-' for stdin)")
     s.add_argument("--rules", metavar="DIR")
-    s.add_argument("-c", "--config")
+    s.add_argument("-c", "--config", help="VM labels, plugins and the MQTT brokers mqtt steps publish to")
     s.add_argument("--dry-run", action="store_true", help="execute no action; print what would run")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
     s.add_argument("--journal", metavar="PATH", help="record into this journal file")

@@ -403,6 +403,10 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
             p.errors.append(err)
         if not mqtt:
             p.err(root.key_pos("fleet"), "fleet: needs a broker in the mqtt: section")
+    if mqtt:
+        from reactor.integrations.homeassistant import bind_discovery
+
+        mqtt = bind_discovery(mqtt, extra.get("fleet"), p.errors)
     for name, fn in (sections or {}).items():
         sn = root.get(name)
         if sn is not None:

@@ -137,6 +137,8 @@ class MirrorConfig:
     events: tuple[str, ...] = ("*",)
     vms: tuple[str, ...] = ("*",)
     qos: int = 0
+    #: Home Assistant MQTT discovery (:class:`reactor.integrations.homeassistant.DiscoveryConfig`), or None
+    homeassistant: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +180,7 @@ _BROKER_KEYS = (
     "protocol", "publish_events", "subscribe", "prefix", "outbox",
 )  # fmt: skip
 _TLS_KEYS = ("ca_file", "cert_file", "key_file", "verify")
-_MIRROR_KEYS = ("prefix", "events", "vms", "qos")
+_MIRROR_KEYS = ("prefix", "events", "vms", "qos", "homeassistant")
 _SUB_KEYS = ("topic", "qos")
 _OUTBOX_KEYS = ("max", "policy")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -273,6 +275,11 @@ def _parse_mirror(node: Node, prefix: str) -> MirrorConfig | None:
     sub = node.get("qos")
     if sub is not None:
         kw["qos"] = _qos(sub, "publish_events.qos")
+    sub = node.get("homeassistant")
+    if sub is not None:
+        from reactor.integrations.homeassistant import parse_discovery
+
+        kw["homeassistant"] = parse_discovery(sub)
     return MirrorConfig(**kw)
 
 
@@ -633,6 +640,11 @@ class _Mirror:
         self.want_vm = _glob_matcher(config.vms)
         self.status: dict[str, str] = {}
         self.base = f"{config.prefix}/{host}"
+        self.discovery: Any = None   # Home Assistant discovery, when configured
+        if config.homeassistant is not None:
+            from reactor.integrations.homeassistant import Discovery
+
+            self.discovery = Discovery(config.homeassistant, mirror_prefix=config.prefix, host=host)
 
     def offer(self, ev: Event) -> None:
         """The bus callback's share: queue or count a drop.  Never blocks."""
@@ -658,6 +670,8 @@ class _Mirror:
                 vm = ev.vm
                 if not self.want_vm(vm):
                     continue
+                if self.discovery is not None:
+                    self.discovery.on_event(ev, outbox.put)
                 status = _status_for(ev)
                 if status is not None and self.status.get(vm) != status:
                     self.status[vm] = status

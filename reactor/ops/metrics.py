@@ -22,7 +22,7 @@ Families (all prefixed ``reactor_``)::
     vm_read_pauses_total{vm}, vm_read_paused_seconds_total{vm}   (backpressure: the reader waited for room)
     journal_healthy, journal_pending_rows, journal_rows_written_total,
     journal_dropped_rows_total{kind}, journal_write_errors_total,
-    journal_flush_seconds (summary), journal_flush_last_seconds
+    journal_flush_seconds (summary), journal_flush_last_seconds, journal_size_bytes (database + WAL on disk)
     rules_loaded, rule_reloads_total
     http_stream_clients, http_stream_clients_dropped_total, http_requests_rejected_total{reason}
     loop_lag_seconds, loop_lag_max_seconds, loop_stalls_total, loop_stalled_seconds_total
@@ -32,6 +32,8 @@ Families (all prefixed ``reactor_``)::
 from __future__ import annotations
 
 import bisect
+import contextlib
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
@@ -269,6 +271,8 @@ class ReactorCollector(Collector):
                                   count_value=stats.flushes, sum_value=stats.flush_latency_avg * stats.flushes)
         yield GaugeMetricFamily("reactor_journal_flush_last_seconds", "Latency of the last journal write.",
                                 value=stats.flush_latency_last)
+        yield GaugeMetricFamily("reactor_journal_size_bytes", "Bytes the journal's files take on disk "
+                                "(database and write-ahead log).", value=_file_bytes(journal))
 
     def _http(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("reactor_http_stream_clients", "Clients connected to /api/events.",
@@ -313,6 +317,18 @@ def make_registry(*collectors: Collector) -> CollectorRegistry:
     for c in collectors:
         registry.register(c)
     return registry
+
+
+def _file_bytes(journal: Any) -> int:
+    """The size of the journal's database file and its ``-wal``/``-shm`` companions (stat calls only)."""
+    path = getattr(journal, "path", None)
+    if path is None:
+        return 0
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):   # no -wal file between checkpoints
+            total += os.stat(f"{path}{suffix}").st_size
+    return total
 
 
 def _journal_of(daemon: Any) -> Any:

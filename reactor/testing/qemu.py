@@ -5,8 +5,9 @@ A :class:`QemuVM` is one ``qemu-system-x86_64`` process, always with
 purpose: it is not available everywhere and fails on some Linux guests).  Its
 QMP monitor is a unix socket, either served by QEMU (``qmp_mode="server"``, the
 usual case) or dialled out to a listener such as reactor's ``listen:``
-(``qmp_mode="connect"``, ``server=off,reconnect=1``).  This module starts and
-stops processes only; it does not speak QMP (reactor has its own client, tests
+(``qmp_mode="connect"``, ``server=off`` with ``reconnect-ms=1000`` on QEMU 9.2 and
+later, ``reconnect=1`` before: QEMU 9.2 deprecated the second, QEMU 7.2 lacks the
+first).  This module starts and stops processes only; it does not speak QMP (reactor has its own client, tests
 may use ``qemu.qmp.QMPClient``).
 
 The tiny guest (see ``examples/guest/``) is the stock Debian kernel booted via
@@ -34,8 +35,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -67,7 +70,9 @@ __all__ = [
     "guest_dir",
     "guest_paths",
     "qcow2_disk",
+    "qemu_version",
     "raw_disk",
+    "reconnect_option",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,6 +88,22 @@ READY_MARKER = "REACTOR-GUEST-READY"
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "guest" / "build-guest.sh"
 
 _BASE_ARGS = ("-accel", "tcg", "-display", "none", "-nodefaults", "-no-user-config")
+
+
+@functools.cache
+def qemu_version(binary: str = "qemu-system-x86_64") -> tuple[int, int]:
+    """``(major, minor)`` of ``binary --version`` ((0, 0) when it cannot be read); cached per binary."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return (0, 0)
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def reconnect_option(binary: str = "qemu-system-x86_64") -> str:
+    """The chardev option that makes a client socket redial every second, for this QEMU."""
+    return "reconnect-ms=1000" if qemu_version(binary) >= (9, 2) else "reconnect=1"
 _MiB = 1024 * 1024
 
 
@@ -358,7 +379,7 @@ class QemuVM:
         if qmp_mode == "server":
             argv += ["-chardev", f"socket,id=qmp,path={self.qmp_path},server=on,wait=off"]
         else:
-            argv += ["-chardev", f"socket,id=qmp,path={self.qmp_path},server=off,reconnect=1"]
+            argv += ["-chardev", f"socket,id=qmp,path={self.qmp_path},server=off,{reconnect_option(qemu_binary)}"]
         argv += ["-mon", "chardev=qmp,mode=control", "-serial", f"file:{self.serial_log}"]
         if guest is not None:
             cmdline = f"console=ttyS0 quiet reactor.scenario={self.scenario} {append}".strip()
