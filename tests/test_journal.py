@@ -294,6 +294,17 @@ async def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path
     con.close()
 
 
+def test_a_reader_sees_a_journal_still_being_created_as_empty(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    sqlite3.connect(db).close()  # the file exists, the daemon has not created its tables yet
+    j = Journal(db)
+    j.open_sync(readonly=True)
+    try:
+        assert j.runs() == [] and j.events() == []
+    finally:
+        j.close_sync()
+
+
 async def test_a_second_writer_is_refused(db: Path) -> None:
     async with Journal(db):
         with pytest.raises(JournalError, match="in use"):

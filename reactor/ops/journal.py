@@ -450,10 +450,16 @@ class Journal:
             version = con.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as err:
             raise JournalError(f"{self.path}: cannot read the journal: {err}") from err
-        self._reader = con
         if version > SCHEMA_VERSION:
+            con.close()
             raise JournalError(f"{self.path}: journal schema {version} is newer than this reactor's "
                                f"({SCHEMA_VERSION})")
+        if version == 0:
+            # a daemon is creating it right now (the file exists, its tables not yet): it holds nothing
+            con.close()
+            con = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._migrate(con)
+        self._reader = con
 
     def _open_writable(self) -> None:
         directory = self.path.parent
