@@ -44,7 +44,7 @@ from reactor.ops.looplag import LoopLag
 from reactor.ops.notify import Notifier
 from reactor.ops.retention import Retention
 from reactor.rules.loader import load_rules
-from reactor.rules.rule import RuleSet
+from reactor.rules.rule import RuleSet, Step
 from reactor.sources.fleet import Fleet
 from reactor.sources.libvirt.hub import LibvirtHub  # libvirt-python itself is imported only when it connects
 from reactor.sources.qmp import VMConnection, VMState
@@ -71,14 +71,42 @@ def rule_usage(rules: RuleSet) -> dict[str, set[str]]:
                     out.add(str(k))
 
     for r in rules.rules:
-        if r.on is None:
-            continue
-        for name in r.on:
+        for name in r.on or ():
             if name.startswith("REACTOR_") or name in rules.emitted:
                 continue
             fields = used.setdefault(name, set())
             paths(r.match_source, fields)
+        for step in r.steps:  # wait_for's event and match
+            if step.action.events is None:
+                continue
+            names = _literal_arg(step, step.action.events[0])
+            match = _literal_arg(step, step.action.events[1]) if step.action.events[1] else None
+            for name in [names] if isinstance(names, str) else names if isinstance(names, list) else []:
+                if isinstance(name, str) and not name.startswith("REACTOR_") and name not in rules.emitted:
+                    paths(match, used.setdefault(name, set()))
     return used
+
+
+def rule_commands(rules: RuleSet) -> set[str]:
+    """The literal QMP commands the rules' steps send (for per-VM schema warnings)."""
+    out: set[str] = set()
+    for r in rules.rules:
+        for step in r.steps:
+            if step.action.command is not None:
+                command = _literal_arg(step, step.action.command[0])
+                if isinstance(command, str):
+                    out.add(command)
+    return out
+
+
+def _literal_arg(step: Step, name: str | None) -> Any:
+    """A step's argument when it is a literal (None when templated or absent)."""
+    if name is None:
+        return None
+    if step.args.static is not None:
+        return getattr(step.args.static, name, None)
+    value = step.args.fields.get(name)
+    return value if isinstance(value, (str, list, dict)) else None
 
 
 class Daemon:
@@ -230,7 +258,7 @@ class Daemon:
                 self.fleet = fleet
                 engine_task = tg.create_task(engine.run(grace=self.grace), name="reactor.engine.engine")
                 async with fleet:
-                    fleet.check_rule_usage(rule_usage(self.rules))
+                    fleet.check_rule_usage(rule_usage(self.rules), rule_commands(self.rules))
                     log.info("reactor running: %d rules, %d VMs configured, %d discover globs, %d listen sockets%s",
                              len(self.rules), len(cfg.vms), len(cfg.discover), len(cfg.listen),
                              " (dry run)" if self._dry_run else "")
@@ -379,7 +407,7 @@ class Daemon:
         if "log.level" in live:
             logging.getLogger().setLevel(new.log.level.upper())
         if self.fleet is not None:
-            self.fleet.check_rule_usage(rule_usage(cand.rules))
+            self.fleet.check_rule_usage(rule_usage(cand.rules), rule_commands(cand.rules))
             if "vms" in live:
                 await self._apply_vms(old, new)
         if self.tune_gc:
