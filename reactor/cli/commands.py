@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import datetime as _dt
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from reactor.daemon.config import Config, load_config
 from reactor.engine.clock import VirtualClock
 from reactor.engine.engine import Engine, tune_gc
 from reactor.engine.replay import replay
-from reactor.errors import LoadError, ReactorError
+from reactor.errors import LoadError, ReactorError, SourceError
 from reactor.model.catalog import default_catalog
 from reactor.model.duration import parse_duration
 from reactor.rules.loader import load_rules
@@ -70,15 +71,39 @@ def _print_errors(err: LoadError) -> None:
 
 # -- commands ---------------------------------------------------------------------------
 
+_HINT = re.compile(r" \((did you mean .+\?)\)")
+
+
+def error_json(err: SourceError | ReactorError) -> dict[str, Any]:
+    """One error as ``reactor check --json`` prints it: file, line, column, message, hint (or None)."""
+    pos = err.position if isinstance(err, SourceError) else None
+    message = err.message if isinstance(err, SourceError) else str(err)
+    found = _HINT.search(message)
+    hint = found.group(1) if found else None
+    if found:
+        message = message[: found.start()] + message[found.end():]
+    return {"file": pos.path if pos else None, "line": pos.line if pos else None,
+            "column": pos.col if pos else None, "message": message, "hint": hint}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config, rules = _load(args, args.rules_dirs)
     except LoadError as err:
-        _print_errors(err)
+        if args.json:
+            print(_json({"ok": False, "errors": [error_json(e) for e in err.errors]}))
+        else:
+            _print_errors(err)
+        return 1
+    except ReactorError as err:  # a plugin that does not import, the catalog ...
+        if args.json:
+            print(_json({"ok": False, "errors": [error_json(err)]}))
+        else:
+            print(f"reactor: {err}", file=sys.stderr)
         return 1
     files = len(rules.sources)
     if args.json:
-        print(_json({"ok": True, "rules": [r.name for r in rules.rules], "files": list(rules.sources)}))
+        print(_json({"ok": True, "errors": [], "rules": [r.name for r in rules.rules], "files": list(rules.sources)}))
     elif not args.quiet:
         cfg = f", config {args.config}" if config is not None else ""
         print(f"ok: {len(rules)} rule{'s' if len(rules) != 1 else ''} in {files} file{'s' if files != 1 else ''}{cfg}")
@@ -208,7 +233,15 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 1
     path = _journal_path(args, config)
     if not path.exists():
-        print(f"no journal at {path}", file=sys.stderr)
+        if args.journal:
+            how = ""
+        elif config is None:
+            how = (" (without -c, reactor history reads ./state/journal.db; give the daemon's config with"
+                   " -c CONFIG to read its state_dir's journal, or a journal file with --journal PATH)")
+        else:
+            how = (f" (the journal of {args.config}'s state_dir; has the daemon run with this config?"
+                   " Another journal: --journal PATH)")
+        print(f"no journal at {path}{how}", file=sys.stderr)
         return 1
     since = None
     if args.since:
@@ -425,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rules_dirs", nargs="*", metavar="RULES_DIR")
     s.add_argument("-c", "--config")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout, valid or not: "
+                        "{ok, errors: [{file, line, column, message, hint}], rules, files}")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("replay", help="feed recorded events through the rules on a virtual clock")
