@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -169,3 +170,33 @@ def test_history_without_config_names_the_journal_it_looked_for(tmp_path: Path) 
     assert proc.stderr.startswith("no journal at state/journal.db (without -c, reactor history reads "
                                   "./state/journal.db; give the daemon's config with -c CONFIG")
     assert "--journal PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _reactor() -> list[str]:
+    script = Path(sys.executable).parent / "reactor"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "reactor.cli"]
+
+
+@pytest.mark.parametrize("key", ["http", "listen", "state_dir"])
+def test_start_up_errors_are_one_line(tmp_path: Path, key: str) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "a.yaml").write_text(RULE_A)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = {
+            "http": f"http: {{listen: '127.0.0.1:{port}'}}\nstate_dir: state\n",
+            "listen": f"listen: ['127.0.0.1:{port}']\nstate_dir: state\n",
+            "state_dir": "state_dir: rules/a.yaml/state\n",
+        }[key]
+        (tmp_path / "reactor.yaml").write_text("vms: []\nrules: [rules]\n" + config)
+        proc = subprocess.run([*_reactor(), "run", "-c", "reactor.yaml"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+    assert proc.returncode == 1
+    expected = {
+        "http": f"reactor: http.listen 127.0.0.1:{port}: address already in use",
+        "listen": f"reactor: listen 127.0.0.1:{port}: address already in use",
+        "state_dir": f"reactor: state_dir {tmp_path}/rules/a.yaml/state: not a directory",
+    }[key]
+    assert proc.stderr.splitlines() == [expected], proc.stderr

@@ -375,7 +375,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except LoadError as err:
         _print_errors(err)
         return 1
-    except ReactorError as err:
+    except (ReactorError, OSError) as err:   # a start-up error: one line, no traceback
         print(f"reactor: {err}", file=sys.stderr)
         return 1
 

@@ -36,7 +36,7 @@ from reactor.daemon.plugins import load_registry
 from reactor.daemon.reload import Candidate, FileWatcher, ReloadResult, config_changes, prepare, watched_paths
 from reactor.engine.bus import Bus
 from reactor.engine.engine import Engine, tune_gc
-from reactor.errors import LoadError
+from reactor.errors import JournalError, LoadError, ReactorError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.ops.journal import Journal
@@ -220,7 +220,11 @@ class Daemon:
     async def run(self) -> None:
         cfg = self._config
         state = cfg.state_dir
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as err:
+            reason = os.strerror(err.errno).lower() if err.errno else str(err)
+            raise JournalError(f"state_dir {state}: {reason}") from err
         journal = Journal(state / "journal.db", record_events=cfg.journal.events)
         async with journal, asyncio.TaskGroup() as tg:
             self._journal = journal
@@ -524,4 +528,33 @@ def run_daemon(config: Config, *, dry_run: bool = False, watch: bool = True) -> 
         asyncio.run(main())
     except asyncio.CancelledError:
         return 130
+    except BaseExceptionGroup as group:
+        err = startup_error(group)
+        if err is None:
+            raise   # a bug: keep its traceback
+        raise err from group
     return 0
+
+
+def startup_error(group: BaseExceptionGroup[BaseException]) -> ReactorError | None:
+    """The error to report in one line when the daemon's task group failed, or None for a bug.
+
+    A port in use, an unreadable journal, a socket path that cannot be bound: the
+    daemon stops and ``reactor run`` prints ``reactor: http.listen 127.0.0.1:9187:
+    address already in use``, not a traceback.  Only when every failure is a
+    :class:`ReactorError` or an :class:`OSError` (the first one is reported).
+    """
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            elif not isinstance(e, asyncio.CancelledError):
+                leaves.append(e)
+
+    walk(group)
+    if not leaves or not all(isinstance(e, (ReactorError, OSError)) for e in leaves):
+        return None
+    first = leaves[0]
+    return first if isinstance(first, ReactorError) else ReactorError(str(first))

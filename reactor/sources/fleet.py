@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from reactor.errors import QMPConnectionError
 from reactor.model.event import Event
 from reactor.sources.qmp import MakeEvent, VMConnection, VMState, parse_address
 
@@ -231,6 +232,13 @@ class Fleet:
 
     # -- listen --
     def _bind(self, address: str) -> socket.socket:
+        try:
+            return self._bind_socket(address)
+        except OSError as err:
+            reason = os.strerror(err.errno).lower() if err.errno else str(err)
+            raise QMPConnectionError(f"listen {address}: {reason}") from err
+
+    def _bind_socket(self, address: str) -> socket.socket:
         target = parse_address(address)
         if isinstance(target, tuple):
             family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
