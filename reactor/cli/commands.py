@@ -31,7 +31,7 @@ from reactor.rules.loader import load_rules
 from reactor.rules.rule import RuleSet
 from reactor.rules.template import to_jsonable
 
-__all__ = ["main"]
+__all__ = ["error_json", "main"]
 
 
 def _json(obj: Any) -> str:
@@ -71,7 +71,8 @@ def _print_errors(err: LoadError) -> None:
 
 # -- commands ---------------------------------------------------------------------------
 
-_HINT = re.compile(r" \((did you mean .+\?)\)")
+#: "(did you mean 'X'?)" in rule errors, "; did you mean 'X'?" at the end of some config errors.
+_HINT = re.compile(r" \((did you mean .+?\?)\)|; (did you mean .+\?)$")
 
 
 def error_json(err: SourceError | ReactorError) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def error_json(err: SourceError | ReactorError) -> dict[str, Any]:
     pos = err.position if isinstance(err, SourceError) else None
     message = err.message if isinstance(err, SourceError) else str(err)
     found = _HINT.search(message)
-    hint = found.group(1) if found else None
+    hint = (found.group(1) or found.group(2)) if found else None
     if found:
         message = message[: found.start()] + message[found.end():]
     return {"file": pos.path if pos else None, "line": pos.line if pos else None,

@@ -49,7 +49,7 @@ from reactor.sources.fleet import Fleet
 from reactor.sources.libvirt.hub import LibvirtHub  # libvirt-python itself is imported only when it connects
 from reactor.sources.qmp import VMConnection, VMState
 
-__all__ = ["DAEMON_VM", "Daemon", "rule_usage", "run_daemon", "serve"]
+__all__ = ["DAEMON_VM", "Daemon", "rule_commands", "rule_usage", "run_daemon", "serve", "startup_error"]
 
 log = logging.getLogger("reactor.daemon.daemon")
 

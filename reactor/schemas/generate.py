@@ -328,7 +328,7 @@ def _config_keys() -> dict[str, Any]:
             "ca_file": {"type": "string"}, "cert_file": {"type": "string"}, "key_file": {"type": "string"},
             "verify": {"type": "boolean"}}}]},
         "keepalive": {"type": "integer", "minimum": 5, "maximum": 65535},
-        "protocol": {"enum": ["3.1.1", "5", 5]},
+        "protocol": {"enum": ["3.1.1", "5", "5.0", 5]},
         "publish_events": {"anyOf": [{"type": "boolean"}, {
             "type": "object", "additionalProperties": False, "properties": {
                 "prefix": {"type": "string"}, "events": strings, "vms": strings, "qos": qos}}]},
