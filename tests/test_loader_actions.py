@@ -55,6 +55,9 @@ INVALID: list[tuple[str, str, list[tuple[int, int, str]]]] = [
             event: BLOCK_IO_ERROR
             match: {action: bogus}
         """, [(7, 27, "wait_for.match: action: 'bogus' is not one of ignore, report, stop")]),
+    ("wait_for-match-enum-hint", """
+        - wait_for: {event: BLOCK_IO_ERROR, match: {action: stopp}}
+        """, [(5, 59, "wait_for.match: action: 'stopp' is not one of ignore, report, stop (did you mean 'stop'?)")]),
     ("wait_for-match-bad-operator", """
         - wait_for: {event: BLOCK_IO_ERROR, match: {reason: {regexp: x}}}
         """, [(5, 60, "wait_for.match: reason: unknown operator 'regexp' (did you mean 'regex'?)")]),
@@ -112,6 +115,9 @@ INVALID: list[tuple[str, str, list[tuple[int, int, str]]]] = [
         """, [(9, 38, "qmp.arguments.capabilities[0]: MigrationCapabilityStatus has no member 'stat' "
                       "(did you mean 'state'?)"),
               (10, 30, "qmp.arguments.capabilities[1].capability: 'x-bogus' is not one of ")]),
+    ("qmp-argument-enum-hint", """
+        - qmp: {execute: set_password, arguments: {protocol: vnx, password: x}}
+        """, [(5, 60, "qmp.arguments.protocol: 'vnx' is not one of vnc, spice (did you mean 'vnc'?)")]),
     ("libvirt_qmp-unknown-command", """
         - libvirt_qmp: query-blok
         """, [(5, 22, "libvirt_qmp: unknown QMP command 'query-blok' (did you mean 'query-block'?)")]),

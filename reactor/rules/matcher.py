@@ -148,7 +148,8 @@ def literal_problem(ts: TypeSpec, value: Any) -> str | None:
         if not isinstance(value, str):
             return f"expected one of {', '.join(ts.values)}, got {kind_of(value)} {value!r}"
         if ts.values and value not in ts.values:
-            return f"{value!r} is not one of {', '.join(ts.values)}"
+            hint = close_match(value, ts.values)
+            return f"{value!r} is not one of {', '.join(ts.values)}" + (f" (did you mean {hint!r}?)" if hint else "")
         return None
     checks: dict[str, Callable[[Any], bool]] = {
         "str": lambda v: isinstance(v, str),
