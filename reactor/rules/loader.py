@@ -64,12 +64,19 @@ class _FileRules:
 
 
 class _Loader:
-    def __init__(self, catalog: Catalog, registry: Registry, commands: CommandCatalog) -> None:
+    def __init__(self, catalog: Catalog, registry: Registry, commands: CommandCatalog | None) -> None:
         self.catalog = catalog
         self.registry = registry
-        self.commands = commands
+        self._commands = commands
         self.errors: list[RuleError] = []
         self.names: dict[str, Position] = {}
+
+    @property
+    def commands(self) -> CommandCatalog:
+        """The QMP command catalog, read when a step first needs it."""
+        if self._commands is None:
+            self._commands = default_commands()
+        return self._commands
 
     def err(self, pos: Position, msg: str) -> None:
         self.errors.append(RuleError(pos, msg))
@@ -528,8 +535,7 @@ def load_rules_text(
 ) -> RuleSet:
     """Load rules from ``(path, text)`` pairs; raises :class:`LoadError` with every problem."""
     loader = _Loader(catalog if catalog is not None else default_catalog(),
-                     registry if registry is not None else builtin_registry(),
-                     commands if commands is not None else default_commands())
+                     registry if registry is not None else builtin_registry(), commands)
     parsed = [loader.parse_file(text, path) for path, text in files]
     emitted = loader.collect_emitted(parsed)
     loader.add_emitted(emitted)
