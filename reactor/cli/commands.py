@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vm", help="only runs for this VM")
     s.add_argument("--rule", help="only runs of this rule")
     s.add_argument("--event", metavar="NAME", help="only runs started by this event")
-    s.add_argument("--status", help="only runs with this status (ok, failed, throttled, dropped, running...)")
+    s.add_argument("--status", help="only runs with this status (ok, failed, skipped, throttled, dropped, running...)")
     s.add_argument("--since", metavar="DURATION", help="only runs started within DURATION (10m, 2h, 1d)")
     s.add_argument("--limit", type=int, default=50, help="at most this many runs, newest (default 50)")
     s.add_argument("--json", action="store_true", help="one JSON object per run, newest first")
