@@ -107,7 +107,7 @@ def one_rule(action: str) -> str:
         ("qmp: {execute: cont, timeout: 0s}", "timeout must be positive"),
         ("qmp: {execute: cont, argumentz: {}}", "argumentz"),
         ("wait_for: resume", "event name 'resume' must be upper case"),
-        ("wait_for: {event: RESUME, match: {reason: {like: x}}}", "match.reason: a test is one of eq, ne"),
+        ("wait_for: {event: SHUTDOWN, match: {reason: {like: x}}}", "reason: unknown operator 'like'"),
         ("wait_for: {event: []}", "event must name at least one event"),
         ("snapshot: {mode: external}", "mode external needs dir"),
         ("snapshot: {mode: external, dir: /tmp, keep: 2}", "keep applies to internal snapshots only"),
@@ -128,8 +128,8 @@ rules:
     actions:
       - qmp: cont
       - qmp: {execute: block-job-resume, arguments: {device: "{{ event.data.device }}"}, vm: other, timeout: 2s}
-      - wait_for: RESUME
-      - wait_for: {event: [RESUME, SHUTDOWN], match: {any: [{reason: host-qmp-quit}, {guest: true}]}, timeout: 5s}
+      - wait_for: {event: SHUTDOWN, match: {any: [{reason: host-qmp-quit}, {guest: true}]}}
+      - wait_for: {event: [RESUME, SHUTDOWN], timeout: 5s}
       - snapshot: nightly
       - snapshot: {mode: external, dir: /var/lib/overlays, devices: [d0]}
       - snapshot: {vmstate: false, keep: 3, devices: ["{{ event.data['node-name'] }}"]}
@@ -172,7 +172,7 @@ rules:
   - name: errors
     on: REACTOR_VM_CONNECTED
     actions:
-      - qmp: no-such-command
+      - qmp: "{{ 'no-such-command' }}"
         on_error: continue
       - qmp: {execute: system_reset, timeout: 300ms}
         on_error: continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -124,3 +125,78 @@ def test_check_and_usage_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtur
         main(["history", "--limit", "many"])
     assert exc.value.code == 2
     assert main(["history", "--journal", str(tmp_path / "x"), "--since", "soon"]) in (1, 2)
+
+
+def _check_json(*args: str, cwd: Path) -> tuple[int, dict[str, object], str]:
+    proc = subprocess.run([sys.executable, "-m", "reactor.cli", "check", "--json", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+def test_check_json_prints_errors_and_success_on_stdout(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "a.yaml").write_text(RULE_A)
+    code, out, err = _check_json(str(rules), cwd=tmp_path)
+    assert code == 0 and err == ""
+    assert out == {"ok": True, "errors": [], "rules": ["on-stop-a", "report-reload"],
+                   "files": [str(rules / "a.yaml")]}
+    (rules / "b.yaml").write_text(
+        "rules:\n  - name: b\n    on: STPO\n    actions:\n      - wait_for: {event: RESUME, match: {foo: 1}}\n"
+        "      - qmp: contt\n")
+    code, out, err = _check_json(str(rules), cwd=tmp_path)
+    assert code == 1 and err == ""
+    b = str(rules / "b.yaml")
+    assert out == {"ok": False, "errors": [
+        {"file": b, "line": 3, "column": 9, "message": "unknown event 'STPO'", "hint": "did you mean 'STOP'?"},
+        {"file": b, "line": 5, "column": 43, "message": "wait_for.match: RESUME has no field 'foo'; its fields: none",
+         "hint": None},
+        {"file": b, "line": 6, "column": 14, "message": "qmp: unknown QMP command 'contt'",
+         "hint": "did you mean 'cont'?"},
+    ]}
+    # a broken config is reported the same way
+    (tmp_path / "reactor.yaml").write_text("vms: [{name: a, qmp: /x}]\nrulez: [rules]\n")
+    code, out, _ = _check_json("-c", "reactor.yaml", cwd=tmp_path)
+    assert code == 1
+    assert out == {"ok": False, "errors": [
+        {"file": "reactor.yaml", "line": 2, "column": 1, "message": "unknown key 'rulez'",
+         "hint": "did you mean 'rules'?"}]}
+
+
+def test_history_without_config_names_the_journal_it_looked_for(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "reactor.cli", "history"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("no journal at state/journal.db (without -c, reactor history reads "
+                                  "./state/journal.db; give the daemon's config with -c CONFIG")
+    assert "--journal PATH" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _reactor() -> list[str]:
+    script = Path(sys.executable).parent / "reactor"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "reactor.cli"]
+
+
+@pytest.mark.parametrize("key", ["http", "listen", "state_dir"])
+def test_start_up_errors_are_one_line(tmp_path: Path, key: str) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "a.yaml").write_text(RULE_A)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = {
+            "http": f"http: {{listen: '127.0.0.1:{port}'}}\nstate_dir: state\n",
+            "listen": f"listen: ['127.0.0.1:{port}']\nstate_dir: state\n",
+            "state_dir": "state_dir: rules/a.yaml/state\n",
+        }[key]
+        (tmp_path / "reactor.yaml").write_text("vms: []\nrules: [rules]\n" + config)
+        proc = subprocess.run([*_reactor(), "run", "-c", "reactor.yaml"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=60)
+    assert proc.returncode == 1
+    expected = {
+        "http": f"reactor: http.listen 127.0.0.1:{port}: address already in use",
+        "listen": f"reactor: listen 127.0.0.1:{port}: address already in use",
+        "state_dir": f"reactor: state_dir {tmp_path}/rules/a.yaml/state: not a directory",
+    }[key]
+    assert proc.stderr.splitlines() == [expected], proc.stderr

@@ -597,3 +597,44 @@ async def test_panic_rule_dumps_guest_memory(
     assert run.steps[1].result["event"] == "DUMP_COMPLETED"
     assert run.steps[2].result == "dump completed"
     assert dump.read_bytes()[:4] == b"\x7fELF"
+
+
+async def test_a_vm_whose_qemu_lacks_what_rules_use_is_warned_about_at_connect(
+    qemu_vm_factory: QemuVMFactory, tmp_path: Path, reactor_process: Callable[..., subprocess.Popen[str]]
+) -> None:
+    # both are in the catalog (QEMU 10.2), so the rules load; the installed QEMU 7.2 has neither
+    rules = """
+rules:
+  - name: newer-qemu
+    on: STOP
+    actions:
+      - qmp: query-audiodevs
+      - wait_for: {event: VFIO_MIGRATION, timeout: 1s}
+      - qmp: query-status
+"""
+    vm = await make_vm(qemu_vm_factory, tmp_path, "old")
+    async with Monitor() as mon:
+        await mon.connect(vm.qmp_path)
+        commands = {c["name"] for c in await mon.execute("query-commands")}
+    if "query-audiodevs" in commands:
+        pytest.skip("this QEMU has query-audiodevs")
+    cfg = write_config(tmp_path, ["old"], rules)
+    proc = reactor_process("run", "-c", str(cfg))
+    assert proc.stdout is not None
+    wanted = {"rules use QMP command query-audiodevs, which this VM's QEMU 7.",
+              "rules use event VFIO_MIGRATION, which this VM's QEMU 7."}
+    seen: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if all(any(w in s for s in seen) for w in wanted):
+                return
+
+    await asyncio.wait_for(asyncio.to_thread(read), 20)
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(proc.wait, 20)
+    warnings = [s for s in seen if "WARNING" in s]
+    assert len(warnings) == 2, seen
+    assert not any("query-status" in s for s in warnings)

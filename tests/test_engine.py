@@ -377,6 +377,40 @@ async def test_when_skips_runs_and_fails() -> None:
     assert "when:" in r.of("step")[2]["error"]
 
 
+async def test_a_run_whose_steps_were_all_skipped_is_recorded_as_skipped(tmp_path: Path) -> None:
+    rules = """
+        rules:
+          - name: t
+            on: BLOCK_IO_ERROR
+            actions:
+              - log: one
+                when: "event.data.device == 'other'"
+              - log: two
+                when: "event.data.device == 'other'"
+          - name: partly
+            on: BLOCK_IO_ERROR
+            actions:
+              - log: one
+                when: "event.data.device == 'other'"
+              - log: two
+        """
+    rs = load_rules_text([("e.yaml", textwrap.dedent(rules))])
+    from reactor.ops.journal import Journal
+
+    async with Journal(tmp_path / "journal.db") as journal:
+        clock = VirtualClock()
+        engine = Engine(rs, clock=clock, journal=journal)
+        await replay([line("BLOCK_IO_ERROR", io("d0")), line("BLOCK_IO_ERROR", io("other"), t=1001)], engine, clock)
+        await journal.flush()
+        history = [(r.rule, r.status) for r in reversed(journal.runs())]
+    assert history == [("t", "skipped"), ("partly", "ok"), ("t", "ok"), ("partly", "ok")]
+    assert engine.run_outcomes[("t", "skipped")] == 1 and engine.run_outcomes[("t", "ok")] == 1   # the metrics
+    assert engine.run_outcomes[("partly", "ok")] == 2
+    # in a dry run too: nothing was skipped for the dry run's sake, the rule's own `when` skipped it all
+    r = await play(rules, [line("BLOCK_IO_ERROR", io("d0"))], dry_run=True)
+    assert r.outcomes("t") == {"skipped": 1}
+
+
 # ------------------------------------------------------------------ templates and failures
 
 

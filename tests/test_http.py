@@ -542,3 +542,28 @@ async def test_stopping_the_daemon_ends_open_event_streams(tmp_path: Path, clien
         while await resp.content.readany():  # the server ended the stream
             pass
     resp.release()
+
+
+async def test_a_run_whose_steps_were_all_skipped_shows_as_skipped(tmp_path: Path,
+                                                                   client: aiohttp.ClientSession) -> None:
+    rules = """
+rules:
+  - name: only-when-io-error
+    on: STOP
+    actions:
+      - log: "stopped by an I/O error"
+        when: "vm.status == 'io-error'"
+      - qmp: query-block
+        when: "vm.status == 'io-error'"
+"""
+    async with reactor_site(tmp_path, rules=rules) as site:
+        site.fake.emit("STOP")
+        run = await finished_run(client, site, "only-when-io-error")
+        assert run["status"] == "skipped"
+        trace = await get_json(client, site, f"/api/runs/{run['id']}")
+        assert [s["status"] for s in trace["steps"]] == ["skipped", "skipped"]
+        async with client.get(site.url + "/metrics") as r:
+            metrics = await r.text()
+        runs = [line for line in metrics.splitlines() if line.startswith("reactor_runs_total{")]
+        mine = [line for line in runs if 'rule="only-when-io-error"' in line]
+        assert len(mine) == 1 and 'outcome="skipped"' in mine[0] and mine[0].endswith(" 1.0"), runs

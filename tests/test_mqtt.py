@@ -367,6 +367,27 @@ async def test_qos0_qos1_qos2_in_order_at_volume(mosquitto: Broker, protocol: st
     assert qos0 == sorted(set(qos0)) and len(qos0) > n // 3 // 2
 
 
+async def test_retained_status_keeps_the_reason_qemu_gave(mosquitto: Broker) -> None:
+    # QEMU's order: BLOCK_IO_ERROR (action stop), then STOP; GUEST_PANICKED (pause), then STOP
+    mirror = MirrorConfig(prefix="why", events=(), vms=("*",), qos=1)
+    async with Subscriber(mosquitto.port, "why/h1/+/status", client_id="sub-why") as sub, \
+            running_hub({"main": cfg(mosquitto, publish_events=mirror)}) as (hub, daemon):
+        await connected(hub)
+        for e in [ev("BLOCK_IO_ERROR", "a", action="stop", device="d0", operation="write"), ev("STOP", "a"),
+                  ev("RESUME", "a"), ev("STOP", "a"),
+                  ev("GUEST_PANICKED", "b", action="pause"), ev("STOP", "b"),
+                  ev("BLOCK_IO_ERROR", "c", action="report", device="d0", operation="read"), ev("STOP", "c"),
+                  ev("SHUTDOWN", "d", guest=True, reason="guest-shutdown"), ev("STOP", "d")]:  # fmt: skip
+            daemon.publish(e)
+        await sub.wait_count(6)
+    got = [(m.topic.value.split("/")[2], bytes(m.payload).decode()) for m in sub.messages]
+    assert got == [("a", "io-error"), ("a", "running"), ("a", "paused"), ("b", "guest-panicked"),
+                   ("c", "paused"), ("d", "shutdown")], got
+    async with Subscriber(mosquitto.port, "why/h1/+/status", client_id="sub-why-late") as late:
+        await late.wait_count(4)
+        assert sorted(late.payloads()) == [b"guest-panicked", b"paused", b"paused", b"shutdown"]
+
+
 async def test_unknown_broker_is_an_action_error(mosquitto: Broker) -> None:
     async with running_hub({"main": cfg(mosquitto)}) as (hub, _):
         ctx = Ctx(ev(), {MqttHub: hub})

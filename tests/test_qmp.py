@@ -294,6 +294,23 @@ async def test_check_rule_usage_warns_once(tmp_path: Path, caplog: pytest.LogCap
         assert any("bogus" in w and "RESET" in w for w in warnings)
 
 
+@pytest.mark.qemu
+async def test_real_qemu_warns_about_a_command_it_lacks(qemu: Qemu, caplog: pytest.LogCaptureFixture) -> None:
+    # query-audiodevs is in the command catalog (QEMU 10.2), so rules using it load; QEMU 7.2 lacks it
+    rec = Recorder()
+    async with running(qemu.sock, rec, name="realvm") as conn:
+        await rec.wait_event("REACTOR_VM_CONNECTED")
+        assert conn.schema_commands is not None and "cont" in conn.schema_commands
+        if "query-audiodevs" in conn.schema_commands:
+            pytest.skip("this QEMU has query-audiodevs")
+        conn.check_rule_usage({}, ["cont", "query-audiodevs", "query-status"])
+        conn.check_rule_usage({}, ["cont", "query-audiodevs", "query-status"])
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith("realvm: rules use QMP command query-audiodevs, which this VM's QEMU 7.")
+        assert warnings[0].endswith(" does not have")
+
+
 async def test_storm_delivers_everything_in_order(tmp_path: Path) -> None:
     total = 50_000
     count = 0

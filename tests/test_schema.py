@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,100 @@ async def hello(ctx: ActionContext, args: Args) -> None:
     hello = json.loads(out.read_text())["definitions"]["action.hello"]
     assert hello["description"] == "Say hello."
     assert hello["anyOf"][1]["required"] == ["who"]
+
+
+# --- examples/reactor.yaml lists every config key ----------------------------------------
+
+#: A commented-out config line of examples/reactor.yaml: "# " then YAML (a key or a list item).
+_COMMENTED = re.compile(r"^# (?!yaml-language-server:)(?=\s*(?:[A-Za-z_][\w-]*:(?:\s|$)|- ))")
+
+
+def _uncommented(text: str) -> str:
+    return "\n".join(_COMMENTED.sub("", line) for line in text.splitlines()) + "\n"
+
+
+def _schema_paths(node: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every key path the schema describes (``mqtt.*.tls.ca_file``; list items add nothing)."""
+    if "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[1]]
+    out: set[str] = set()
+    for key, sub in node.get("properties", {}).items():
+        out.add(prefix + key)
+        out |= _schema_paths(sub, defs, f"{prefix}{key}.")
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict) and ("properties" in extra or "anyOf" in extra):
+        out |= _schema_paths(extra, defs, f"{prefix}*.")
+    if isinstance(node.get("items"), dict):
+        out |= _schema_paths(node["items"], defs, prefix)
+    for alt in node.get("anyOf", []):
+        out |= _schema_paths(alt, defs, prefix)
+    return out
+
+
+def _data_paths(value: Any, schema: dict[str, Any], defs: dict[str, Any], prefix: str = "") -> set[str]:
+    """The schema paths ``value`` uses (a key the schema does not know is reported as itself)."""
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].rsplit("/", 1)[1]]
+    alts = [schema, *schema.get("anyOf", [])]
+    out: set[str] = set()
+    if isinstance(value, list):
+        for alt in alts:
+            if isinstance(alt.get("items"), dict):
+                for item in value:
+                    out |= _data_paths(item, alt["items"], defs, prefix)
+                break
+        return out
+    if not isinstance(value, dict):
+        return out
+    props: dict[str, Any] = {}
+    extra: Any = None
+    for alt in alts:
+        props.update(alt.get("properties", {}))
+        extra = extra or alt.get("additionalProperties")
+    for key, sub in value.items():
+        if key in props:
+            out.add(prefix + key)
+            out |= _data_paths(sub, props[key], defs, f"{prefix}{key}.")
+        elif isinstance(extra, dict):
+            if "properties" in extra or "anyOf" in extra:
+                out |= _data_paths(sub, extra, defs, f"{prefix}*.")
+        elif not props and extra is None:
+            pass   # an open mapping (a source's own config)
+        else:
+            out.add(f"UNKNOWN {prefix}{key}")
+    return out
+
+
+def test_the_example_config_lists_every_config_key(config_validator: Any) -> None:
+    schema = json.loads((SCHEMA_DIR / "config.schema.json").read_text())
+    text = _uncommented((ROOT / "examples" / "reactor.yaml").read_text())
+    data = parse(text, "examples/reactor.yaml (uncommented)", RuleError).plain()
+    assert errors(config_validator, data) == []     # every section, uncommented, is valid
+    used = _data_paths(data, schema, schema["definitions"])
+    described = _schema_paths(schema, schema["definitions"])
+    assert sorted(k for k in used if k.startswith("UNKNOWN")) == []
+    assert sorted(described - used) == [], "keys the example does not list"
+    assert {"mqtt.*.publish_events.qos", "qmp.allow", "libvirt.domains", "fleet.commands.read_only",
+            "sources", "bus.total", "http.token"} <= used
+
+
+def test_the_example_config_as_shipped_loads(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "reactor.yaml").read_text()
+    config = parse_config(text, tmp_path / "reactor.yaml", env={})
+    assert config.qmp.deny == ("human-monitor-command",) and config.state_dir == Path("/var/lib/reactor")
+
+
+def test_the_config_schema_describes_every_key_the_section_parsers_know() -> None:
+    from reactor.integrations import mqtt, remote
+    from reactor.sources.libvirt import config as libvirt
+
+    props = config_schema()["properties"]
+    broker = props["mqtt"]["additionalProperties"]["properties"]
+    assert set(broker) == set(mqtt._BROKER_KEYS)
+    assert set(broker["tls"]["anyOf"][1]["properties"]) == set(mqtt._TLS_KEYS)
+    assert set(broker["publish_events"]["anyOf"][1]["properties"]) == set(mqtt._MIRROR_KEYS)
+    assert set(broker["outbox"]["properties"]) == set(mqtt._OUTBOX_KEYS)
+    assert set(props["fleet"]["properties"]) == set(remote._KEYS)
+    assert set(props["fleet"]["properties"]["commands"]["anyOf"][1]["properties"]) == set(remote._CMD_KEYS)
+    assert set(props["libvirt"]["anyOf"][0]["properties"]) == set(libvirt._KEYS)
+    assert set(props["qmp"]["properties"]) == {"command_timeout", "backoff_max", "deny", "allow"}

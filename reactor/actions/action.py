@@ -238,6 +238,12 @@ class ActionSpec:
     check: Callable[[Any], None] | None = None
     #: Resource classes the action uses; started when a loaded rule uses the action.
     resources: tuple[type[Resource], ...] = ()
+    #: (argument naming events, argument with a ``match`` on their data or None): checked
+    #: against the event catalog at load like a rule's ``on``/``match`` (``wait_for``).
+    events: tuple[str, str | None] | None = None
+    #: (argument naming a QMP command, argument with its arguments or None): checked
+    #: against the QMP command catalog at load (``qmp``, ``libvirt_qmp``).
+    command: tuple[str, str | None] | None = None
     #: Default step timeout in seconds (None: no default).
     timeout: float | None = None
     #: The action finishes without waiting for anything (no I/O, no sleep): it runs
@@ -259,9 +265,17 @@ def action(
     resources: tuple[type[Resource], ...] = (),
     timeout: float | None = None,
     inline: bool = False,
+    events: tuple[str, str | None] | None = None,
+    command: tuple[str, str | None] | None = None,
 ) -> Callable[[Callable[[ActionContext, A], Awaitable[object]]], ActionSpec]:
     """Declare an action.  The decorated function's second parameter must be
-    annotated with a dataclass: that dataclass declares the arguments."""
+    annotated with a dataclass: that dataclass declares the arguments.
+
+    ``events=("event", "match")`` says which arguments name events and match
+    their data, ``command=("execute", "arguments")`` which name a QMP command
+    and its arguments: the loader checks their literal values against the
+    event and command catalogs (``PATH:LINE:COL``, "did you mean").
+    """
 
     def wrap(fn: Callable[[ActionContext, A], Awaitable[object]]) -> ActionSpec:
         try:
@@ -280,6 +294,10 @@ def action(
             raise PluginError(f"action {name!r}: cannot resolve argument types: {err}") from err
         if shorthand is not None and shorthand not in arg_hints:
             raise PluginError(f"action {name!r}: shorthand {shorthand!r} is not an argument")
+        for what, pair in (("events", events), ("command", command)):
+            for arg in pair or ():
+                if arg is not None and arg not in arg_hints:
+                    raise PluginError(f"action {name!r}: {what} names {arg!r}, which is not an argument")
         mut: Callable[[Any], bool]
         mut = mutating if callable(mutating) else _always if mutating else _never
         return ActionSpec(
@@ -292,6 +310,8 @@ def action(
             resources=resources,
             timeout=timeout,
             inline=inline,
+            events=events,
+            command=command,
             doc=(fn.__doc__ or "").strip(),
             origin=getattr(fn, "__module__", "?"),
             hints=arg_hints,

@@ -62,7 +62,7 @@ async def _libvirt_qmp(ctx: ActionContext, args: LibvirtQmpArgs) -> Any:
 
 
 LIBVIRT_QMP: ActionSpec = action("libvirt_qmp", shorthand="execute", mutating=_read_only, check=_check_qmp,
-                                 resources=(QmpPolicy,))(_libvirt_qmp)
+                                 resources=(QmpPolicy,), command=("execute", "arguments"))(_libvirt_qmp)
 
 
 @dataclass(frozen=True)

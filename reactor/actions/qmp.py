@@ -6,6 +6,12 @@
 QEMU's error answer fails the step with its class and description
 (``cont: GenericError: ...``), which is what the journal and the log show.
 
+When the rules load, a literal command name is checked against the QMP
+command catalog of the supported QEMU versions ("did you mean"), and literal
+``arguments`` against the command's QAPI schema (names, required ones, types);
+templated values are left to QEMU.  A VM whose QEMU lacks a command a rule
+uses is warned about when it connects.
+
 Commands whose name starts with ``query-`` or ``x-query-``, and the few other
 read-only ones in :data:`READ_ONLY`, are not mutating: a dry run sends them
 (so templates that use their results still render) and skips everything else.
@@ -181,7 +187,8 @@ def _policy(ctx: ActionContext) -> CommandPolicy:
     return res.policy()
 
 
-@action("qmp", shorthand="execute", mutating=_mutating, check=_check, resources=(QmpPolicy,))
+@action("qmp", shorthand="execute", mutating=_mutating, check=_check, resources=(QmpPolicy,),
+        command=("execute", "arguments"))
 async def QMP(ctx: ActionContext, args: QmpArgs) -> Any:
     """Run QMP command ``execute`` with ``arguments`` on the event's VM (or ``vm``); the result is its
     ``return`` value.  Fails with QEMU's error class and description, or after ``timeout`` (default 10s).

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as _dt
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -24,14 +25,14 @@ from reactor.daemon.config import Config, load_config
 from reactor.engine.clock import VirtualClock
 from reactor.engine.engine import Engine, tune_gc
 from reactor.engine.replay import ReplayRefused, ReplayServices, replay
-from reactor.errors import LoadError, ReactorError
+from reactor.errors import LoadError, ReactorError, SourceError
 from reactor.model.catalog import default_catalog
 from reactor.model.duration import parse_duration
 from reactor.rules.loader import load_rules
 from reactor.rules.rule import RuleSet
 from reactor.rules.template import to_jsonable
 
-__all__ = ["REPLAY_EXIT_CODES", "main"]
+__all__ = ["REPLAY_EXIT_CODES", "error_json", "main"]
 
 #: ``reactor replay``'s exit codes (README "Replay", ``reactor replay --help``).
 REPLAY_EXIT_CODES = """\
@@ -86,15 +87,40 @@ def _print_errors(err: LoadError) -> None:
 
 # -- commands ---------------------------------------------------------------------------
 
+#: "(did you mean 'X'?)" in rule errors, "; did you mean 'X'?" at the end of some config errors.
+_HINT = re.compile(r" \((did you mean .+?\?)\)|; (did you mean .+\?)$")
+
+
+def error_json(err: SourceError | ReactorError) -> dict[str, Any]:
+    """One error as ``reactor check --json`` prints it: file, line, column, message, hint (or None)."""
+    pos = err.position if isinstance(err, SourceError) else None
+    message = err.message if isinstance(err, SourceError) else str(err)
+    found = _HINT.search(message)
+    hint = (found.group(1) or found.group(2)) if found else None
+    if found:
+        message = message[: found.start()] + message[found.end():]
+    return {"file": pos.path if pos else None, "line": pos.line if pos else None,
+            "column": pos.col if pos else None, "message": message, "hint": hint}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config, rules = _load(args, args.rules_dirs)
     except LoadError as err:
-        _print_errors(err)
+        if args.json:
+            print(_json({"ok": False, "errors": [error_json(e) for e in err.errors]}))
+        else:
+            _print_errors(err)
+        return 1
+    except ReactorError as err:  # a plugin that does not import, the catalog ...
+        if args.json:
+            print(_json({"ok": False, "errors": [error_json(err)]}))
+        else:
+            print(f"reactor: {err}", file=sys.stderr)
         return 1
     files = len(rules.sources)
     if args.json:
-        print(_json({"ok": True, "rules": [r.name for r in rules.rules], "files": list(rules.sources)}))
+        print(_json({"ok": True, "errors": [], "rules": [r.name for r in rules.rules], "files": list(rules.sources)}))
     elif not args.quiet:
         cfg = f", config {args.config}" if config is not None else ""
         print(f"ok: {len(rules)} rule{'s' if len(rules) != 1 else ''} in {files} file{'s' if files != 1 else ''}{cfg}")
@@ -256,7 +282,15 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 1
     path = _journal_path(args, config)
     if not path.exists():
-        print(f"no journal at {path}", file=sys.stderr)
+        if args.journal:
+            how = ""
+        elif config is None:
+            how = (" (without -c, reactor history reads ./state/journal.db; give the daemon's config with"
+                   " -c CONFIG to read its state_dir's journal, or a journal file with --journal PATH)")
+        else:
+            how = (f" (the journal of {args.config}'s state_dir; has the daemon run with this config?"
+                   " Another journal: --journal PATH)")
+        print(f"no journal at {path}{how}", file=sys.stderr)
         return 1
     since = None
     if args.since:
@@ -390,7 +424,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except LoadError as err:
         _print_errors(err)
         return 1
-    except ReactorError as err:
+    except (ReactorError, OSError) as err:   # a start-up error: one line, no traceback
         print(f"reactor: {err}", file=sys.stderr)
         return 1
 
@@ -493,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rules_dirs", nargs="*", metavar="RULES_DIR")
     s.add_argument("-c", "--config")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout, valid or not: "
+                        "{ok, errors: [{file, line, column, message, hint}], rules, files}")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("replay", help="feed recorded events through the rules on a virtual clock",
@@ -518,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vm", help="only runs for this VM")
     s.add_argument("--rule", help="only runs of this rule")
     s.add_argument("--event", metavar="NAME", help="only runs started by this event")
-    s.add_argument("--status", help="only runs with this status (ok, failed, throttled, dropped, running...)")
+    s.add_argument("--status", help="only runs with this status (ok, failed, skipped, throttled, dropped, running...)")
     s.add_argument("--since", metavar="DURATION", help="only runs started within DURATION (10m, 2h, 1d)")
     s.add_argument("--limit", type=int, default=50, help="at most this many runs, newest (default 50)")
     s.add_argument("--json", action="store_true", help="one JSON object per run, newest first")

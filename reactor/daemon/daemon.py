@@ -36,7 +36,7 @@ from reactor.daemon.plugins import load_registry
 from reactor.daemon.reload import Candidate, FileWatcher, ReloadResult, config_changes, prepare, watched_paths
 from reactor.engine.bus import Bus
 from reactor.engine.engine import Engine, tune_gc
-from reactor.errors import LoadError
+from reactor.errors import JournalError, LoadError, ReactorError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.ops.journal import Journal
@@ -44,12 +44,12 @@ from reactor.ops.looplag import LoopLag
 from reactor.ops.notify import Notifier
 from reactor.ops.retention import Retention
 from reactor.rules.loader import load_rules
-from reactor.rules.rule import RuleSet
+from reactor.rules.rule import RuleSet, Step
 from reactor.sources.fleet import Fleet
 from reactor.sources.libvirt.hub import LibvirtHub  # libvirt-python itself is imported only when it connects
 from reactor.sources.qmp import VMConnection, VMState
 
-__all__ = ["DAEMON_VM", "Daemon", "rule_usage", "run_daemon", "serve"]
+__all__ = ["DAEMON_VM", "Daemon", "rule_commands", "rule_usage", "run_daemon", "serve", "startup_error"]
 
 log = logging.getLogger("reactor.daemon.daemon")
 
@@ -71,14 +71,42 @@ def rule_usage(rules: RuleSet) -> dict[str, set[str]]:
                     out.add(str(k))
 
     for r in rules.rules:
-        if r.on is None:
-            continue
-        for name in r.on:
+        for name in r.on or ():
             if name.startswith("REACTOR_") or name in rules.emitted:
                 continue
             fields = used.setdefault(name, set())
             paths(r.match_source, fields)
+        for step in r.steps:  # wait_for's event and match
+            if step.action.events is None:
+                continue
+            names = _literal_arg(step, step.action.events[0])
+            match = _literal_arg(step, step.action.events[1]) if step.action.events[1] else None
+            for name in [names] if isinstance(names, str) else names if isinstance(names, list) else []:
+                if isinstance(name, str) and not name.startswith("REACTOR_") and name not in rules.emitted:
+                    paths(match, used.setdefault(name, set()))
     return used
+
+
+def rule_commands(rules: RuleSet) -> set[str]:
+    """The literal QMP commands the rules' steps send (for per-VM schema warnings)."""
+    out: set[str] = set()
+    for r in rules.rules:
+        for step in r.steps:
+            if step.action.command is not None:
+                command = _literal_arg(step, step.action.command[0])
+                if isinstance(command, str):
+                    out.add(command)
+    return out
+
+
+def _literal_arg(step: Step, name: str | None) -> Any:
+    """A step's argument when it is a literal (None when templated or absent)."""
+    if name is None:
+        return None
+    if step.args.static is not None:
+        return getattr(step.args.static, name, None)
+    value = step.args.fields.get(name)
+    return value if isinstance(value, (str, list, dict)) else None
 
 
 class Daemon:
@@ -192,7 +220,11 @@ class Daemon:
     async def run(self) -> None:
         cfg = self._config
         state = cfg.state_dir
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as err:
+            reason = os.strerror(err.errno).lower() if err.errno else str(err)
+            raise JournalError(f"state_dir {state}: {reason}") from err
         journal = Journal(state / "journal.db", record_events=cfg.journal.events)
         async with journal, asyncio.TaskGroup() as tg:
             self._journal = journal
@@ -230,7 +262,7 @@ class Daemon:
                 self.fleet = fleet
                 engine_task = tg.create_task(engine.run(grace=self.grace), name="reactor.engine.engine")
                 async with fleet:
-                    fleet.check_rule_usage(rule_usage(self.rules))
+                    fleet.check_rule_usage(rule_usage(self.rules), rule_commands(self.rules))
                     log.info("reactor running: %d rules, %d VMs configured, %d discover globs, %d listen sockets%s",
                              len(self.rules), len(cfg.vms), len(cfg.discover), len(cfg.listen),
                              " (dry run)" if self._dry_run else "")
@@ -379,7 +411,7 @@ class Daemon:
         if "log.level" in live:
             logging.getLogger().setLevel(new.log.level.upper())
         if self.fleet is not None:
-            self.fleet.check_rule_usage(rule_usage(cand.rules))
+            self.fleet.check_rule_usage(rule_usage(cand.rules), rule_commands(cand.rules))
             if "vms" in live:
                 await self._apply_vms(old, new)
         if self.tune_gc:
@@ -496,4 +528,33 @@ def run_daemon(config: Config, *, dry_run: bool = False, watch: bool = True) -> 
         asyncio.run(main())
     except asyncio.CancelledError:
         return 130
+    except BaseExceptionGroup as group:
+        err = startup_error(group)
+        if err is None:
+            raise   # a bug: keep its traceback
+        raise err from group
     return 0
+
+
+def startup_error(group: BaseExceptionGroup[BaseException]) -> ReactorError | None:
+    """The error to report in one line when the daemon's task group failed, or None for a bug.
+
+    A port in use, an unreadable journal, a socket path that cannot be bound: the
+    daemon stops and ``reactor run`` prints ``reactor: http.listen 127.0.0.1:9187:
+    address already in use``, not a traceback.  Only when every failure is a
+    :class:`ReactorError` or an :class:`OSError` (the first one is reported).
+    """
+    leaves: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            elif not isinstance(e, asyncio.CancelledError):
+                leaves.append(e)
+
+    walk(group)
+    if not leaves or not all(isinstance(e, (ReactorError, OSError)) for e in leaves):
+        return None
+    first = leaves[0]
+    return first if isinstance(first, ReactorError) else ReactorError(str(first))

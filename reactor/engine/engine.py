@@ -212,16 +212,22 @@ class Run:
         try:
             if rule.name in eng._durable:
                 await eng.throttle_on_disk(rule.name)
+            ran = False
             for step in rule.steps:
                 self._step = step.index
                 began = eng.seq
                 ok = await self._run_step(step)
                 self.step_seq = began   # the next step's wait_for sees events from here on
+                if ok is None:   # skipped by its `when`
+                    continue
+                ran = True
                 if not ok and step.on_error == "stop":
                     self.status = "failed"
                     break
             else:
-                self.status = "dry-run" if eng.dry_run and self.status == "dry-run" else "ok"
+                # every step skipped by `when`: nothing happened, and the record says so
+                self.status = ("skipped" if not ran else
+                               "dry-run" if eng.dry_run and self.status == "dry-run" else "ok")
         except asyncio.CancelledError:
             self.status = "cancelled"
             raise
@@ -234,7 +240,8 @@ class Run:
             eng.stats_run(rule.name, self.status)
             eng.run_finished(self)
 
-    async def _run_step(self, step: Step) -> bool:
+    async def _run_step(self, step: Step) -> bool | None:
+        """Run one step: True when it succeeded, False when it failed, None when its ``when`` skipped it."""
         eng = self.engine
         spec = step.action
         started = eng.clock.now()
@@ -246,7 +253,7 @@ class Run:
             try:
                 if not step.when.test(names):
                     eng.record_step(self, step, None, "skipped", None, None, started, 0.0)
-                    return True
+                    return None
             except TemplateError as err:
                 return self._failed(step, None, f"when: {err}", started, t0)
         try:

@@ -615,13 +615,33 @@ _STATUS_OF: dict[str, str] = {
     "REACTOR_VM_DISCONNECTED": "disconnected",
 }
 
+#: Events that say why the next STOP stops the VM (QEMU sends them first): the
+#: retained status keeps that reason (QEMU's run state) instead of ``paused``.
+_STOP_REASON: dict[tuple[str, str | None], str] = {
+    ("BLOCK_IO_ERROR", "stop"): "io-error",
+    ("GUEST_PANICKED", "pause"): "guest-panicked",
+    ("GUEST_PANICKED", None): "guest-panicked",
+    ("WATCHDOG", "pause"): "watchdog",
+    ("SHUTDOWN", None): "shutdown",
+}
 
-def _status_for(ev: Event) -> str | None:
+
+def _status_for(ev: Event, reasons: dict[str, str]) -> str | None:
+    """The VM's status after ``ev`` (None: unchanged); ``reasons`` keeps, per VM, why a coming STOP stops it."""
     if ev.name == "REACTOR_VM_CONNECTED":
+        reasons.pop(ev.vm, None)
         status = ev.data.get("status")
         return str(status) if status else "connected"
-    if ev.name == "BLOCK_IO_ERROR" and ev.data.get("action") == "stop":
-        return "io-error"
+    action = ev.data.get("action") if ev.name != "SHUTDOWN" else None
+    reason = _STOP_REASON.get((ev.name, action if isinstance(action, str) else None))
+    if reason is not None:
+        reasons[ev.vm] = reason
+    if ev.name == "BLOCK_IO_ERROR":
+        return "io-error" if action == "stop" else None
+    if ev.name == "STOP":
+        return reasons.pop(ev.vm, "paused")
+    if ev.name in ("RESUME", "WAKEUP", "REACTOR_VM_DISCONNECTED"):
+        reasons.pop(ev.vm, None)
     return _STATUS_OF.get(ev.name)
 
 
@@ -639,6 +659,7 @@ class _Mirror:
         self.want_event = _glob_matcher(config.events)
         self.want_vm = _glob_matcher(config.vms)
         self.status: dict[str, str] = {}
+        self.stop_reasons: dict[str, str] = {}
         self.base = f"{config.prefix}/{host}"
         self.discovery: Any = None   # Home Assistant discovery, when configured
         if config.homeassistant is not None:
@@ -672,7 +693,7 @@ class _Mirror:
                     continue
                 if self.discovery is not None:
                     self.discovery.on_event(ev, outbox.put)
-                status = _status_for(ev)
+                status = _status_for(ev, self.stop_reasons)
                 if status is not None and self.status.get(vm) != status:
                     self.status[vm] = status
                     outbox.put(f"{self.base}/{vm}/status", status.encode(), qos, True)

@@ -37,6 +37,7 @@ import hmac
 import importlib.resources
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -332,7 +333,9 @@ class HttpServer(Resource):
             await site.start()
         except OSError as err:
             await runner.cleanup()
-            raise HttpError(f"http.listen {self.listen}: {err.strerror or err}") from err
+            # create_server's own strerror repeats the address: "error while attempting to bind ..."
+            reason = os.strerror(err.errno).lower() if err.errno else str(err)
+            raise HttpError(f"http.listen {self.listen}: {reason}") from err
         self._runner = runner
         self._hook()
         host, port = _bound(runner.addresses)

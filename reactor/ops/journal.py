@@ -612,7 +612,8 @@ class Journal:
         self._update(run_id, status, outcome, None, None)
 
     def end_run(self, run_id: int, *, status: str, ended: float, error: str | None = None) -> None:
-        """Record the end of a run: ``ok``, ``failed``, ``cancelled``, ``interrupted``, ``dry-run``."""
+        """Record the end of a run: ``ok``, ``failed``, ``cancelled``, ``interrupted``, ``dry-run``,
+        ``skipped`` (every step was skipped by its ``when``)."""
         self._update(run_id, status, None, ended, error)
 
     def _update(self, run_id: int, status: str | None, outcome: str | None, ended: float | None,

@@ -14,7 +14,7 @@ Families (all prefixed ``reactor_``)::
     events_total{vm,name}                  events dispatched (label sets capped)
     events_unlabelled_total                events past the label-set cap
     engine_events_total, events_invalid_total, matches_total, condition_errors_total
-    runs_total{rule,outcome,mode}          ok, failed, cancelled, dry-run, throttled, dropped...
+    runs_total{rule,outcome,mode}          ok, failed, skipped, cancelled, dry-run, throttled, dropped...
     runs_in_flight
     step_duration_seconds{action}          histogram
     bus_queue_depth{vm}, bus_queued_events, bus_dropped_total{vm}

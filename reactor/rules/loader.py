@@ -18,10 +18,12 @@ from reactor.actions.action import ActionSpec
 from reactor.actions.registry import Registry, builtin_registry
 from reactor.errors import LoadError, Position, RuleError, SourceError
 from reactor.model.catalog import Catalog, default_catalog
+from reactor.model.catalog.commands import CommandCatalog, default_commands
 from reactor.model.catalog.schema import EventSchema, FieldSpec, TypeSpec
 from reactor.model.duration import parse_duration
 from reactor.rules.arguments import compile_arguments
-from reactor.rules.matcher import compile_match
+from reactor.rules.command import check_command_call
+from reactor.rules.matcher import check_event_names, compile_event_match, compile_match
 from reactor.rules.rule import Predicate, Retry, Rule, RuleSet, Step, Threshold, Throttle, VMSelector
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match, parse
 from reactor.rules.template import Expression, compile_expression
@@ -62,11 +64,19 @@ class _FileRules:
 
 
 class _Loader:
-    def __init__(self, catalog: Catalog, registry: Registry) -> None:
+    def __init__(self, catalog: Catalog, registry: Registry, commands: CommandCatalog | None) -> None:
         self.catalog = catalog
         self.registry = registry
+        self._commands = commands
         self.errors: list[RuleError] = []
         self.names: dict[str, Position] = {}
+
+    @property
+    def commands(self) -> CommandCatalog:
+        """The QMP command catalog, read when a step first needs it."""
+        if self._commands is None:
+            self._commands = default_commands()
+        return self._commands
 
     def err(self, pos: Position, msg: str) -> None:
         self.errors.append(RuleError(pos, msg))
@@ -211,31 +221,10 @@ class _Loader:
         if on is None:
             self.err(node.pos, "rule has no 'on' (an event name, a list of names, or \"*\")")
             return frozenset(), []
-        items: list[Node] = list(on.items) if isinstance(on, SeqNode) else [on]
-        if not items:
+        if isinstance(on, SeqNode) and not on.items:
             self.err(on.pos, "'on' must name at least one event")
             return frozenset(), []
-        names: list[str] = []
-        schemas: list[EventSchema] = []
-        for item in items:
-            if not isinstance(item, ScalarNode) or not isinstance(item.value, str):
-                self.err(item.pos, f"an event name must be a string, got {item.kind}")
-                continue
-            name = item.value
-            if name == "*":
-                if len(items) > 1:
-                    self.err(item.pos, "\"*\" matches every event; do not list it with other names")
-                return None, None
-            schema = self.catalog.get(name)
-            if schema is None:
-                hint = self.catalog.suggest(name)
-                self.err(item.pos, f"unknown event {name!r}" + (f" (did you mean {hint!r}?)" if hint else
-                                                                "; see `reactor events` for the catalog"))
-                continue
-            if name not in names:
-                names.append(name)
-                schemas.append(schema)
-        return frozenset(names), schemas
+        return check_event_names(on, self.catalog, self.errors, wildcard=True)
 
     def vms(self, node: Node | None) -> VMSelector | None:
         if node is None or (isinstance(node, ScalarNode) and node.value is None):
@@ -470,6 +459,8 @@ class _Loader:
         value = node.get(key)
         assert value is not None
         args = compile_arguments(spec, value, node.key_pos(key), self.errors)
+        if args is not None:
+            self.references(spec, value, node.key_pos(key))
         timeout = None
         if "timeout" in node:
             t = node.get("timeout")
@@ -489,6 +480,21 @@ class _Loader:
             return None
         return Step(index=index, action=spec, args=args, pos=node.pos, timeout=timeout, retry=retry,
                     on_error=on_error, register=register, when=when)  # type: ignore[arg-type]
+
+    def references(self, spec: ActionSpec, value: Node, key_pos: Position) -> None:
+        """Check the events and QMP command a step's arguments name against the catalogs."""
+        def arg(name: str | None) -> Node | None:
+            if name is None:
+                return None
+            if isinstance(value, MapNode):
+                return value.get(name)
+            return value if name == spec.shorthand else None
+
+        if spec.events is not None and (names := arg(spec.events[0])) is not None:
+            compile_event_match(names, arg(spec.events[1]), self.catalog, self.errors, what=spec.name,
+                                at=key_pos, templates=True)
+        if spec.command is not None and (command := arg(spec.command[0])) is not None:
+            check_command_call(command, arg(spec.command[1]), self.commands, self.errors, what=spec.name)
 
     def unknown_action(self, name: str, pos: Position) -> None:
         hint = close_match(name, self.registry.names() + list(STEP_KEYS))
@@ -524,11 +530,12 @@ class _Loader:
 
 
 def load_rules_text(
-    files: Sequence[tuple[str, str]], *, catalog: Catalog | None = None, registry: Registry | None = None
+    files: Sequence[tuple[str, str]], *, catalog: Catalog | None = None, registry: Registry | None = None,
+    commands: CommandCatalog | None = None,
 ) -> RuleSet:
     """Load rules from ``(path, text)`` pairs; raises :class:`LoadError` with every problem."""
     loader = _Loader(catalog if catalog is not None else default_catalog(),
-                     registry if registry is not None else builtin_registry())
+                     registry if registry is not None else builtin_registry(), commands)
     parsed = [loader.parse_file(text, path) for path, text in files]
     emitted = loader.collect_emitted(parsed)
     loader.add_emitted(emitted)
@@ -557,7 +564,8 @@ def _order(files: Sequence[tuple[str, str]]) -> Any:
 
 
 def load_rules(
-    paths: Iterable[str | Path], *, catalog: Catalog | None = None, registry: Registry | None = None
+    paths: Iterable[str | Path], *, catalog: Catalog | None = None, registry: Registry | None = None,
+    commands: CommandCatalog | None = None,
 ) -> RuleSet:
     """Load every rule file under ``paths``; raises :class:`LoadError` listing every problem."""
     files, errors = find_rule_files(paths)
@@ -569,4 +577,4 @@ def load_rules(
             errors.append(RuleError(Position(str(f), 1, 1), f"cannot read: {err}"))
     if errors:
         raise LoadError(list(errors))
-    return load_rules_text(texts, catalog=catalog, registry=registry)
+    return load_rules_text(texts, catalog=catalog, registry=registry, commands=commands)

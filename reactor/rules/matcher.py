@@ -17,15 +17,26 @@ import fnmatch
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from reactor.errors import Position, RuleError
+from reactor.model.catalog.catalog import Catalog
 from reactor.model.catalog.schema import EventSchema, TypeSpec
 from reactor.model.event import Event
 from reactor.rules.rule import Predicate, Rule
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match, kind_of
 
-__all__ = ["OPERATORS", "Matcher", "compile_match", "explain_match"]
+__all__ = [
+    "OPERATORS",
+    "EventMatch",
+    "Matcher",
+    "check_event_names",
+    "compile_event_match",
+    "compile_match",
+    "explain_match",
+    "literal_problem",
+]
 
 OPERATORS = ("eq", "ne", "in", "not_in", "lt", "le", "gt", "ge", "regex", "glob", "contains", "exists")
 COMBINATORS = ("any", "all", "not")
@@ -125,19 +136,20 @@ def _op(op: str, get: Callable[[Mapping[str, Any]], Any], lit: Any) -> Predicate
 
 # --- load-time checking -------------------------------------------------------------------
 
-def _literal_problem(ts: TypeSpec, value: Any) -> str | None:
+def literal_problem(ts: TypeSpec, value: Any) -> str | None:
     """Why ``value`` cannot be a value of ``ts`` (None when it can)."""
     k = ts.kind
     if k == "any":
         return None
     if k == "alternate":
-        probs = [_literal_problem(c, value) for c in ts.choices]
+        probs = [literal_problem(c, value) for c in ts.choices]
         return None if not ts.choices or any(p is None for p in probs) else f"{value!r} does not fit {ts}"
     if k == "enum":
         if not isinstance(value, str):
             return f"expected one of {', '.join(ts.values)}, got {kind_of(value)} {value!r}"
         if ts.values and value not in ts.values:
-            return f"{value!r} is not one of {', '.join(ts.values)}"
+            hint = close_match(value, ts.values)
+            return f"{value!r} is not one of {', '.join(ts.values)}" + (f" (did you mean {hint!r}?)" if hint else "")
         return None
     checks: dict[str, Callable[[Any], bool]] = {
         "str": lambda v: isinstance(v, str),
@@ -189,7 +201,7 @@ class _Compiler:
         if not types:
             return True
         for ev, ts in types:
-            prob = _literal_problem(ts, value)
+            prob = literal_problem(ts, value)
             if prob:
                 where = f" in {ev}" if self.schemas and len(self.schemas) > 1 else ""
                 self.err(pos, f"{path}{where}: {prob}")
@@ -342,6 +354,94 @@ def compile_match(
                                                   for i in sub.items):
                 literals[key] = tuple(sub.plain())
     return (pred if len(errors) == n else None), literals
+
+
+def check_event_names(
+    node: Node, catalog: Catalog, errors: list[RuleError], *, what: str = "", wildcard: bool = False,
+    templates: bool = False,
+) -> tuple[frozenset[str] | None, list[EventSchema] | None]:
+    """Check an event name or a list of names against ``catalog``.
+
+    Returns (the names, their schemas); (None, None) for ``"*"`` when ``wildcard``
+    allows it; schemas None when a name is a template (``templates`` allows
+    ``{{ }}``), which leaves a ``match`` on them unchecked.  Problems go to
+    ``errors`` at the name's position, prefixed with ``what`` (``"wait_for: "``);
+    valid names are still returned so that later checks can go on.
+    """
+    pre = f"{what}: " if what else ""
+    items: list[Node] = list(node.items) if isinstance(node, SeqNode) else [node]
+    if not items:
+        errors.append(RuleError(node.pos, f"{pre}expected at least one event name"))
+        return frozenset(), []
+    names: list[str] = []
+    schemas: list[EventSchema] | None = []
+    for item in items:
+        if not isinstance(item, ScalarNode) or not isinstance(item.value, str):
+            errors.append(RuleError(item.pos, f"{pre}an event name must be a string, got {item.kind}"))
+            continue
+        name = item.value
+        if name == "*" and wildcard:
+            if len(items) > 1:
+                errors.append(RuleError(item.pos, f"{pre}\"*\" matches every event; do not list it with other names"))
+            return None, None
+        if templates and "{{" in name:
+            schemas = None
+            continue
+        schema = catalog.get(name)
+        if schema is None:
+            hint = catalog.suggest(name)
+            errors.append(RuleError(item.pos, f"{pre}unknown event {name!r}" + (
+                f" (did you mean {hint!r}?)" if hint else "; see `reactor events` for the catalog")))
+            continue
+        if name not in names:
+            names.append(name)
+            if schemas is not None:
+                schemas.append(schema)
+    return frozenset(names), schemas
+
+
+@dataclass(frozen=True, slots=True)
+class EventMatch:
+    """An event-name list with a ``match`` on their data, checked against the catalog."""
+
+    #: The literal event names (templated ones left out).
+    names: frozenset[str]
+    #: Their schemas; None when a name is a template (the match was not checked).
+    schemas: list[EventSchema] | None
+    #: The compiled ``match`` (None when there is none).
+    match: Predicate | None
+    #: The top-level literal equalities of ``match`` (for indexing).
+    literals: dict[str, tuple[Any, ...]]
+
+
+def compile_event_match(
+    names: Node | None, match: Node | None, catalog: Catalog, errors: list[RuleError], *,
+    what: str, at: Position, templates: bool = False,
+) -> EventMatch | None:
+    """Check (and compile) event names plus a ``match`` on their data, as ``on``/``match`` are checked.
+
+    The one helper for every place that names events and matches their data
+    (``wait_for``'s ``event``/``match``, rule keys such as ``after``/``unless``):
+    unknown names and field paths, operators and literal types are reported to
+    ``errors`` at their ``PATH:LINE:COL`` with "did you mean" hints, prefixed
+    with ``what`` (``wait_for: unknown event 'RESUMED' (did you mean 'RESUME'?)``,
+    ``wait_for.match: RESUME has no field 'foo'``).  ``at`` is where to report a
+    missing name list.  Returns None when anything was wrong.
+    """
+    n = len(errors)
+    if names is None or (isinstance(names, ScalarNode) and names.value is None):
+        errors.append(RuleError(at, f"{what}: missing the event name (or a list of names)"))
+        return None
+    got, schemas = check_event_names(names, catalog, errors, what=what, templates=templates)
+    pred: Predicate | None = None
+    literals: dict[str, tuple[Any, ...]] = {}
+    if match is not None and not (isinstance(match, ScalarNode) and match.value is None) and len(errors) == n:
+        mine: list[RuleError] = []
+        pred, literals = compile_match(match, schemas, catalog.resolve, catalog.suggest_field, mine)
+        errors.extend(RuleError(e.position, f"{what}.match: {e.message}") for e in mine)
+    if len(errors) > n:
+        return None
+    return EventMatch(names=got or frozenset(), schemas=schemas, match=pred, literals=literals)
 
 
 def _hashable_lit(v: Any) -> bool:

@@ -316,10 +316,29 @@ def _config_keys() -> dict[str, Any]:
                          "description": "json: one JSON object per line, with rule/VM/run ids."}}
     size = {"anyOf": [{"type": "integer", "minimum": 1},
                       {"type": "string", "pattern": r"^\s*\d+\s*([KMGkmg]i?[Bb]?|[Bb])?\s*$"}]}
-    broker = {"type": "object", "properties": {
-        "host": {"type": "string"}, "port": {"type": "integer"}, "username": {"type": "string"},
+    strings = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    qos = {"type": "integer", "minimum": 0, "maximum": 2}
+    topic = {"type": "object", "additionalProperties": False, "required": ["topic"],
+             "properties": {"topic": {"type": "string"}, "qos": qos}}
+    broker = {"type": "object", "additionalProperties": False, "properties": {
+        "host": {"type": "string"}, "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "client_id": {"type": "string"}, "username": {"type": "string"},
         "password": {"type": "string"}, "password_file": {"type": "string"},
-        "tls": {"type": "object"}}}
+        "tls": {"anyOf": [{"type": "boolean"}, {"type": "object", "additionalProperties": False, "properties": {
+            "ca_file": {"type": "string"}, "cert_file": {"type": "string"}, "key_file": {"type": "string"},
+            "verify": {"type": "boolean"}}}]},
+        "keepalive": {"type": "integer", "minimum": 5, "maximum": 65535},
+        "protocol": {"enum": ["3.1.1", "5", "5.0", 5]},
+        "publish_events": {"anyOf": [{"type": "boolean"}, {
+            "type": "object", "additionalProperties": False, "properties": {
+                "prefix": {"type": "string"}, "events": strings, "vms": strings, "qos": qos}}]},
+        "subscribe": {"anyOf": [{"type": "string"}, topic,
+                                {"type": "array", "items": {"anyOf": [{"type": "string"}, topic]}}]},
+        "prefix": {"type": "string"},
+        "outbox": {"type": "object", "additionalProperties": False, "properties": {
+            "max": {"type": "integer", "minimum": 1}, "policy": {"enum": ["drop-oldest", "drop-new"]}}}}}
+    libvirt = {"type": "object", "additionalProperties": False, "properties": {
+        "uri": {"type": "string", "default": "qemu:///system"}, "domains": strings, "labels": labels}}
     return {
         "rules": {**paths, "description": "Rules directories (relative to this file)."},
         "plugins": {**paths, "description": "Directories of plugin modules."},
@@ -344,10 +363,23 @@ def _config_keys() -> dict[str, Any]:
             "events": {"enum": ["all", "matched", "none"], "default": "matched"},
             "max_age": {"$ref": "#/definitions/duration"},
             "max_size": {**size, "description": "e.g. 500MB, 2GiB"}}},
-        "sources": {"description": "Event sources other than QMP (see the sources documentation)."},
+        "sources": {"type": "array", "items": {"type": "object", "minProperties": 1, "maxProperties": 1},
+                    "description": "Event sources other than QMP, each `- SOURCE: {config}` (docs/plugins.md)."},
         "qmp": {"type": "object", "additionalProperties": False, "properties": {
             "command_timeout": {"$ref": "#/definitions/duration"},
-            "backoff_max": {"$ref": "#/definitions/duration"}}},
+            "backoff_max": {"$ref": "#/definitions/duration"},
+            "deny": {**strings, "description": "Command globs no rule may send."},
+            "allow": {"type": "object", "additionalProperties": strings,
+                      "description": "RULE-GLOB: [COMMAND-GLOB...]: what the matching rules may send."}}},
+        "fleet": {"type": "object", "additionalProperties": False, "properties": {
+            "broker": {"type": "string"}, "prefix": {"type": "string"}, "events": {"type": "boolean"},
+            "commands": {"anyOf": [{"type": "boolean"}, {"type": "object", "additionalProperties": False,
+                                                         "properties": {"allow": strings,
+                                                                        "read_only": {"type": "boolean"}}}]},
+            "dedupe": {"type": "integer", "minimum": 1}, "client_id": {"type": "string"}},
+            "description": "Fleet mode over MQTT (docs/fleet.md)."},
+        "libvirt": {"anyOf": [libvirt, {"type": "array", "items": libvirt}],
+                    "description": "libvirt connections and the domains watched through them (docs/libvirt.md)."},
         "bus": {"type": "object", "additionalProperties": False, "properties": {
             "per_vm": {"type": "integer", "minimum": 1}, "total": {"type": "integer", "minimum": 1}}},
     }

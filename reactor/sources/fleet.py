@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from reactor.errors import QMPConnectionError
 from reactor.model.event import Event
 from reactor.sources.qmp import MakeEvent, VMConnection, VMState, parse_address
 
@@ -87,6 +88,7 @@ class Fleet:
         self._discovered: dict[str, str] = {}
         self._warned: set[str] = set()
         self._used: Mapping[str, set[str]] | None = None
+        self._used_commands: tuple[str, ...] = ()
         self._tg: asyncio.TaskGroup | None = None
         self._servers: list[socket.socket] = []
         self._service: list[asyncio.Task[None]] = []
@@ -122,11 +124,12 @@ class Fleet:
             await conn.aclose()
             self._tasks.pop(conn, None)
 
-    def check_rule_usage(self, used: Mapping[str, set[str]]) -> None:
+    def check_rule_usage(self, used: Mapping[str, set[str]], commands: Iterable[str] = ()) -> None:
         """Check (now, and for VMs that connect later) what rules use against each VM's schema."""
         self._used = used
+        self._used_commands = tuple(commands)
         for conn in self._vms.values():
-            conn.check_rule_usage(used)
+            conn.check_rule_usage(used, self._used_commands)
 
     def _connection(self, **kwargs: Any) -> VMConnection:
         conn = VMConnection(
@@ -139,7 +142,7 @@ class Fleet:
             **kwargs,
         )
         if self._used is not None:
-            conn.check_rule_usage(self._used)  # stored, checked once connected
+            conn.check_rule_usage(self._used, self._used_commands)  # stored, checked once connected
         return conn
 
     def _start(self, conn: VMConnection, coro: Any) -> None:
@@ -229,6 +232,13 @@ class Fleet:
 
     # -- listen --
     def _bind(self, address: str) -> socket.socket:
+        try:
+            return self._bind_socket(address)
+        except OSError as err:
+            reason = os.strerror(err.errno).lower() if err.errno else str(err)
+            raise QMPConnectionError(f"listen {address}: {reason}") from err
+
+    def _bind_socket(self, address: str) -> socket.socket:
         target = parse_address(address)
         if isinstance(target, tuple):
             family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET

@@ -58,7 +58,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -411,25 +411,28 @@ def _intern(value: Any) -> Any:
     return _INTERNED.setdefault(value, value)
 
 
-def _read_schema(schema: object) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
-    """Event names and each event's top-level field names from query-qmp-schema."""
+def _read_schema(schema: object) -> tuple[frozenset[str], dict[str, frozenset[str]], frozenset[str]]:
+    """Event names, each event's top-level field names and the command names from query-qmp-schema."""
     if not isinstance(schema, list):
         raise QMPProtocolError("query-qmp-schema did not return a list")
     objects: dict[str, list[str]] = {}
     events: dict[str, str | None] = {}
+    commands: list[str] = []
     for entry in schema:
         if not isinstance(entry, dict):
             continue
         meta = entry.get("meta-type")
         if meta == "event":
             events[str(entry.get("name"))] = entry.get("arg-type")
+        elif meta == "command":
+            commands.append(str(entry.get("name")))
         elif meta == "object":
             members = entry.get("members") or []
             objects[str(entry.get("name"))] = [str(m.get("name")) for m in members if isinstance(m, dict)]
     fields = {
         name: _intern(frozenset(objects.get(arg, ()) if arg else ())) for name, arg in events.items()
     }
-    return _intern(frozenset(events)), fields
+    return _intern(frozenset(events)), fields, _intern(frozenset(commands))
 
 
 class VMConnection:
@@ -508,12 +511,15 @@ class VMConnection:
         self._seq = 0
         self._warned: set[str] = set()
         self._used: Mapping[str, set[str]] | None = None
+        self._used_commands: frozenset[str] = frozenset()
         self._event_fields: dict[str, frozenset[str]] = {}
 
         #: ``{"major": 7, "minor": 2, "micro": 0}`` plus ``package``, once connected.
         self.qemu_version: dict[str, Any] | None = None
         #: The events this VM's QEMU has (None until its schema was read).
         self.schema_events: frozenset[str] | None = None
+        #: The QMP commands this VM's QEMU has (None until its schema was read).
+        self.schema_commands: frozenset[str] | None = None
         #: Successful connections after the first.
         self.reconnects = 0
         #: Why the last attempt failed or the connection was lost.
@@ -612,17 +618,26 @@ class VMConnection:
         return reply["return"]
 
     # -- rule usage --
-    def check_rule_usage(self, used: Mapping[str, set[str]]) -> None:
-        """Warn (once per VM per event/field) about events or fields this VM's QEMU lacks.
+    def check_rule_usage(self, used: Mapping[str, set[str]], commands: Iterable[str] = ()) -> None:
+        """Warn (once per VM per event/field/command) about what rules use that this VM's QEMU lacks.
 
         ``used`` maps event names to the ``data`` fields rules read (dotted
-        paths allowed; the first component is checked).  Kept and checked
-        again after every connection.
+        paths allowed; the first component is checked); ``commands`` are the
+        QMP commands rules send.  Kept and checked again after every connection.
         """
         self._used = used
+        self._used_commands = frozenset(commands)
         if self.schema_events is None:
             return
         version = self._version_text()
+        for command in sorted(self._used_commands):
+            key = f"command {command}"
+            if self.schema_commands is not None and command not in self.schema_commands and key not in self._warned:
+                self._warned.add(key)
+                self.log.warning(
+                    "%s: rules use QMP command %s, which this VM's QEMU %s does not have",
+                    self._name, command, version,
+                )
         for event, fields in used.items():
             if event.startswith("REACTOR_"):
                 continue
@@ -698,7 +713,7 @@ class VMConnection:
                     "REACTOR_VM_CONNECTED", {"status": self._status, "qemu_version": self._version_text()}
                 )
                 if self._used is not None:
-                    self.check_rule_usage(self._used)
+                    self.check_rule_usage(self._used, self._used_commands)
                 reason = await self._watch(proto)
                 self._problem(f"connection to {self._where()} lost: {reason}")
                 self._set_state(VMState.DISCONNECTED)
@@ -735,7 +750,8 @@ class VMConnection:
             status = await self._call(proto, "query-status", None, timeout)
             try:
                 schema = await self._call(proto, "query-qmp-schema", None, timeout)
-                self.schema_events, self._event_fields = _read_schema(schema)
+                self.schema_events, self._event_fields, commands = _read_schema(schema)
+                self.schema_commands = commands or None  # a schema without commands cannot tell
             except QMPCommandError as err:
                 self.log.info("%s: no query-qmp-schema (%s); cannot check rule usage", self._name, err)
         self.qemu_version = version if isinstance(version, dict) else None

@@ -3,8 +3,8 @@
 QAPI files are JSON-like: single-quoted strings, ``#`` comments, and doc
 comment blocks between two ``##`` lines whose first line names the symbol
 (``# @BLOCK_IO_ERROR:``).  :func:`load_schema` reads every ``*.json`` file of a
-directory into a :class:`Schema`: the definitions (``event``, ``struct``,
-``union``, ``alternate``, ``enum``) by name, and the parsed doc of each symbol.
+directory into a :class:`Schema`: the definitions (``event``, ``command``,
+``struct``, ``union``, ``alternate``, ``enum``) by name, and the parsed doc of each symbol.
 
 Only the generator uses this module; it never runs in the daemon.
 """
@@ -57,6 +57,10 @@ class Schema:
     def events(self) -> list[Definition]:
         """The event definitions, sorted by name."""
         return sorted((d for d in self.defs.values() if d.meta == "event"), key=lambda d: d.name)
+
+    def commands(self) -> list[Definition]:
+        """The command definitions, sorted by name."""
+        return sorted((d for d in self.defs.values() if d.meta == "command"), key=lambda d: d.name)
 
 
 def parse_exprs(text: str, path: str = "<qapi>") -> list[dict[str, Any]]:
@@ -232,7 +236,7 @@ def load_schema(directory: Path) -> Schema:
             meta = next((k for k in _META if k in expr), None)
             if meta is None:
                 raise CatalogError(f"{path}: unknown QAPI expression {sorted(expr)}")
-            if meta in ("include", "pragma", "command"):
+            if meta in ("include", "pragma"):
                 continue
             name = expr[meta]
             schema.defs[name] = Definition(meta=meta, name=name, expr=expr, file=path.name)
