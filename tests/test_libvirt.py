@@ -234,7 +234,7 @@ async def test_guestless_domain_lifecycle(libvirtd: LibvirtDaemon) -> None:  # n
         dom = conn.defineXML(GUESTLESS.format(name="gl1"))
         await h.wait("LIBVIRT_LIFECYCLE", "gl1", lambda e: e.data["event"] == "defined")
         vm = h.source.get("gl1")
-        assert isinstance(vm, LibvirtVM) and not vm.connected and vm.status == "disconnected"
+        assert isinstance(vm, LibvirtVM) and not vm.connected and vm.status == "shutdown"  # no QEMU process
 
         dom.create()
         up = await h.wait("REACTOR_VM_CONNECTED", "gl1")

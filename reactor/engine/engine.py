@@ -27,12 +27,12 @@ from reactor.engine.view import RuleView, names_for
 from reactor.errors import ActionError, QMPConnectionError, ReactorError, TemplateError
 from reactor.model.catalog import Catalog, default_catalog
 from reactor.model.event import Event
+from reactor.model.runstate import RunState
 from reactor.rules.arguments import redact
 from reactor.rules.matcher import Matcher
 from reactor.rules.rule import Rule, RuleSet, Step
 
-__all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "abandoned_actions", "status_after",
-           "tune_gc"]
+__all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "abandoned_actions", "tune_gc"]
 
 log = logging.getLogger("reactor.engine.engine")
 
@@ -41,45 +41,22 @@ Vars = Mapping[str, Any]
 
 Output = Callable[[dict[str, Any]], None]
 
-#: How QEMU's run state changes with events (for VMs whose state reactor tracks from events).
-_HOLD = frozenset(["io-error", "watchdog", "guest-panicked", "internal-error", "shutdown"])
-
-
-def status_after(event: Event, current: str) -> str:
-    """The VM run state after ``event`` (QEMU's RunState names)."""
-    name = event.name
-    d = event.data
-    if name == "STOP":
-        return current if current in _HOLD else "paused"
-    if name == "RESUME":
-        return "running"
-    if name == "BLOCK_IO_ERROR" and d.get("action") == "stop":
-        return "io-error"
-    if name == "WATCHDOG" and d.get("action") == "pause":
-        return "watchdog"
-    if name == "GUEST_PANICKED" and d.get("action") == "pause":
-        return "guest-panicked"
-    if name == "SHUTDOWN":
-        return "shutdown"
-    if name == "SUSPEND":
-        return "suspended"
-    if name == "WAKEUP":
-        return "running"
-    if name == "REACTOR_VM_CONNECTED":
-        return str(d.get("status", current))
-    if name == "REACTOR_VM_DISCONNECTED":
-        return "disconnected"
-    return current
-
-
 class StaticVM:
-    """A VM known only by name (replay, tests): status from events, no QMP connection."""
+    """A VM known only by name (replay, tests): status from events (reactor.model.runstate), no QMP connection."""
 
     def __init__(self, name: str, labels: Mapping[str, str] | None = None, status: str = "running") -> None:
         self._name = name
         self._labels = dict(labels or {})
-        self.status = status
+        self.runstate = RunState(status)
         self.commands: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def status(self) -> str:
+        return self.runstate.status
+
+    @status.setter
+    def status(self, status: str) -> None:
+        self.runstate = RunState(status)
 
     @property
     def name(self) -> str:
@@ -563,7 +540,7 @@ class Engine:
             self.stats["events_invalid"] += 1
         vm = self.vm_for(event.vm)
         if isinstance(vm, StaticVM):
-            vm.status = status_after(event, vm.status)
+            vm.runstate = vm.runstate.after(event.name, event.data)
         recent = self._recent.get(event.vm)
         if recent is None:
             recent = self._recent[event.vm] = deque(maxlen=64)

@@ -53,6 +53,8 @@ from reactor.actions.action import DaemonContext, Resource
 from reactor.errors import ActionError, ConfigError, EventError, Position, ReactorError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
+from reactor.model.runstate import EVENTS as _STATE_EVENTS
+from reactor.model.runstate import RunState
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match
 
 __all__ = [
@@ -597,25 +599,7 @@ def _glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
     return match
 
 
-#: How an event changes the VM state published at ``<prefix>/<host>/<vm>/status``.
-_STATUS_OF: dict[str, str] = {
-    "RESUME": "running",
-    "STOP": "paused",
-    "SHUTDOWN": "shutdown",
-    "GUEST_PANICKED": "guest-panicked",
-    "SUSPEND": "suspended",
-    "WAKEUP": "running",
-    "REACTOR_VM_DISCONNECTED": "disconnected",
-}
-
-
-def _status_for(ev: Event) -> str | None:
-    if ev.name == "REACTOR_VM_CONNECTED":
-        status = ev.data.get("status")
-        return str(status) if status else "connected"
-    if ev.name == "BLOCK_IO_ERROR" and ev.data.get("action") == "stop":
-        return "io-error"
-    return _STATUS_OF.get(ev.name)
+_UNKNOWN = RunState()
 
 
 class _Mirror:
@@ -631,7 +615,8 @@ class _Mirror:
         self.published = 0
         self.want_event = _glob_matcher(config.events)
         self.want_vm = _glob_matcher(config.vms)
-        self.status: dict[str, str] = {}
+        self.status: dict[str, str] = {}  # what <vm>/status says: the run state, or disconnected
+        self.runstate: dict[str, RunState] = {}  # reactor.model.runstate, per VM
         self.base = f"{config.prefix}/{host}"
 
     def offer(self, ev: Event) -> None:
@@ -642,6 +627,17 @@ class _Mirror:
         self.queue.append(ev)
         if not self.wake.is_set():
             self.wake.set()
+
+    def _status_after(self, ev: Event) -> str | None:
+        """The VM's published status after ``ev`` (None: unchanged); ``disconnected`` while reactor cannot reach it."""
+        name = ev.name
+        if name == "REACTOR_VM_DISCONNECTED":
+            return "disconnected"
+        if name not in _STATE_EVENTS:
+            return None
+        state = self.runstate.get(ev.vm, _UNKNOWN).after(name, ev.data)
+        self.runstate[ev.vm] = state
+        return state.status
 
     async def run(self) -> None:
         q = self.queue
@@ -658,7 +654,7 @@ class _Mirror:
                 vm = ev.vm
                 if not self.want_vm(vm):
                     continue
-                status = _status_for(ev)
+                status = self._status_after(ev)
                 if status is not None and self.status.get(vm) != status:
                     self.status[vm] = status
                     outbox.put(f"{self.base}/{vm}/status", status.encode(), qos, True)

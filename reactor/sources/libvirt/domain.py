@@ -38,6 +38,7 @@ from xml.sax.saxutils import escape
 
 from reactor.errors import QMPCommandError, QMPConnectionError
 from reactor.model.catalog.libvirt import STATE_REASONS, STATES, enum_name, run_state
+from reactor.model.runstate import RunState
 from reactor.sources.libvirt.loop import import_libvirt
 
 if TYPE_CHECKING:
@@ -67,13 +68,18 @@ class LibvirtVM:
         self._source = source
         self._name = name
         self._labels = dict(labels)
-        self.status = "disconnected"
         self.state = "shutoff"
         self.reason = "unknown"
+        #: QEMU's run state, kept by reactor.model.runstate from the events (``shutdown``: no QEMU process)
+        self.runstate = RunState(run_state(self.state, self.reason))
         self.active = False
         self.persistent = True
 
     # -- VMHandle --
+    @property
+    def status(self) -> str:
+        return self.runstate.status
+
     @property
     def name(self) -> str:
         return self._name
