@@ -45,8 +45,31 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reactor.actions.action import ActionContext, ActionSpec, DaemonContext, Duration, Resource, VMHandle, action
-from reactor.errors import ActionError, PluginError, QMPCommandError, QMPConnectionError, ReactorError, TemplateError
+from reactor.actions.action import (
+    ActionContext,
+    ActionSpec,
+    DaemonContext,
+    Duration,
+    JournalHandle,
+    OutboxEntry,
+    Resource,
+    VMHandle,
+    action,
+)
+from reactor.errors import (
+    ActionError,
+    EventTimeout,
+    PluginError,
+    QMPCommandError,
+    QMPConnectionError,
+    ReactorError,
+    ReactorTimeoutError,
+    StepTimeout,
+    TemplateError,
+    VMCommandError,
+    VMCommandTimeout,
+    VMConnectionError,
+)
 from reactor.model.event import Event
 from reactor.sources import SourceContext, SourceSpec, source
 
@@ -58,14 +81,22 @@ __all__ = [
     "DaemonContext",
     "Duration",
     "Event",
+    "EventTimeout",
+    "JournalHandle",
+    "OutboxEntry",
     "PluginError",
     "QMPCommandError",
     "QMPConnectionError",
     "ReactorError",
+    "ReactorTimeoutError",
     "Resource",
     "SourceContext",
     "SourceSpec",
+    "StepTimeout",
     "TemplateError",
+    "VMCommandError",
+    "VMCommandTimeout",
+    "VMConnectionError",
     "VMHandle",
     "action",
     "secret",

@@ -36,7 +36,7 @@ from reactor.daemon.plugins import load_registry
 from reactor.daemon.reload import Candidate, FileWatcher, ReloadResult, config_changes, prepare, watched_paths
 from reactor.engine.bus import Bus
 from reactor.engine.engine import Engine, tune_gc
-from reactor.errors import LoadError
+from reactor.errors import JournalError, LoadError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.ops.journal import Journal
@@ -130,7 +130,8 @@ class Daemon:
 
     @property
     def journal(self) -> Journal:
-        assert self._journal is not None
+        if self._journal is None:
+            raise JournalError("the daemon has no journal (it is not running)")
         return self._journal
 
     def section(self, name: str) -> Any:

@@ -24,7 +24,7 @@ from reactor.engine.clock import Clock, RealClock
 from reactor.engine.threshold import Thresholds
 from reactor.engine.throttle import Throttles
 from reactor.engine.view import RuleView, names_for
-from reactor.errors import ActionError, QMPConnectionError, ReactorError, TemplateError
+from reactor.errors import ActionError, EventTimeout, ReactorError, StepAbandoned, TemplateError, VMConnectionError
 from reactor.model.catalog import Catalog, default_catalog
 from reactor.model.event import Event
 from reactor.model.runstate import RunState
@@ -74,7 +74,7 @@ class StaticVM:
         self, command: str, arguments: Mapping[str, Any] | None = None, *, timeout: float = 10.0
     ) -> Any:
         self.commands.append((command, dict(arguments or {})))
-        raise QMPConnectionError(f"{self._name}: no QMP connection (replay)")
+        raise VMConnectionError(f"{self._name}: no QMP connection (replay)")
 
 
 class _Waiter:
@@ -287,10 +287,6 @@ ABANDON_GRACE = 1.0
 
 #: Actions that ignored cancellation, still running; kept referenced so they are not garbage-collected.
 _abandoned: set[asyncio.Task[Any]] = set()
-
-
-class StepAbandoned(TimeoutError):
-    """A step timed out and its action ignored cancellation: it was left running, the run went on."""
 
 
 def abandoned_actions() -> list[asyncio.Task[Any]]:
@@ -750,7 +746,7 @@ class Engine:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if fut in done:
                 return fut.result()
-            raise TimeoutError(f"no {'/'.join(sorted(names))} from {vm} within {timeout:g}s")
+            raise EventTimeout(f"no {'/'.join(sorted(names))} from {vm} within {timeout:g}s")
         finally:
             sleeper.cancel()
             fut.cancel()

@@ -50,7 +50,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.exception import MalformedPacket
 
 from reactor.actions.action import DaemonContext, Resource
-from reactor.errors import ActionError, ConfigError, EventError, Position, ReactorError
+from reactor.errors import ConfigError, EventError, MqttError, Position, ReactorError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.model.runstate import EVENTS as _STATE_EVENTS
@@ -91,10 +91,6 @@ MIRROR_QUEUE = 10000
 DROP_EVENT = "REACTOR_MQTT_DROPPED"
 #: Events coming from MQTT remembered so the mirror does not send them back.
 ECHO_MEMORY = 10000
-
-
-class MqttError(ActionError):
-    """A publish could not be done (unknown broker, outbox full, broker refused)."""
 
 
 class Secret:

@@ -68,7 +68,7 @@ from qemu.qmp.error import ProtocolError
 from qemu.qmp.protocol import Runstate
 from qemu.qmp.qmp_client import ExecInterruptedError
 
-from reactor.errors import EventError, QMPCommandError, QMPConnectionError
+from reactor.errors import EventError, QMPCommandError, QMPConnectionError, QMPProtocolError, VMCommandTimeout
 from reactor.model.event import Event
 from reactor.model.runstate import EVENTS as _STATUS_EVENTS
 from reactor.model.runstate import RunState
@@ -100,10 +100,6 @@ class Backpressure(Protocol):
     def wait_room(self, vm: str) -> asyncio.Future[None]:
         """Done when ``vm`` may be read again."""
         ...
-
-
-class QMPProtocolError(QMPConnectionError):
-    """The peer broke the protocol: not JSON, not an object, a message too long, cut off."""
 
 
 class VMState(enum.Enum):
@@ -589,8 +585,8 @@ class VMConnection:
         try:
             async with asyncio.timeout(timeout):
                 reply = await proto.call(command, arguments)
-        except TimeoutError:
-            raise  # an OSError subclass: not a connection problem
+        except TimeoutError as err:  # an OSError subclass: not a connection problem
+            raise VMCommandTimeout(f"{self._name}: {command}: no reply within {timeout:g}s") from err
         except ExecInterruptedError as err:
             if command == "quit":  # QEMU may close before the reply reaches us
                 return {}

@@ -29,7 +29,7 @@ from typing import Any, Self, TypeVar
 
 from reactor.actions.action import ActionSpec, Resource, VMHandle
 from reactor.engine.clock import Clock
-from reactor.errors import ActionError, RuleError
+from reactor.errors import ActionError, EventTimeout, RuleError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.rules.arguments import convert
@@ -211,7 +211,7 @@ class _Context:
                 del self._h.upcoming[i]
                 return ev
         await self._h.clock.sleep(timeout)
-        raise TimeoutError(f"no {'/'.join(sorted(names))} from {want_vm} within {timeout:g}s")
+        raise EventTimeout(f"no {'/'.join(sorted(names))} from {want_vm} within {timeout:g}s")
 
     def resource(self, cls: type[R]) -> R:
         res = self._h.resources.get(cls)

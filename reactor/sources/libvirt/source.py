@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from reactor.errors import EventError, QMPConnectionError
+from reactor.errors import EventError, LibvirtConnectionError
 from reactor.model.catalog.libvirt import (
     AGENT_REASONS,
     AGENT_STATES,
@@ -72,10 +72,6 @@ __all__ = ["LibvirtConnectionError", "LibvirtSource", "LinkState"]
 log = logging.getLogger(__name__)
 
 MakeEvent = Callable[..., Event]
-
-
-class LibvirtConnectionError(QMPConnectionError):
-    """libvirtd could not be reached, or the connection was lost."""
 
 
 #: Where a :class:`LibvirtSource`'s supervisor is: the same states as a QMP connection's.
