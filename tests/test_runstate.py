@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import fakeqmp
 import pytest
 from fakeqmp import FakeQMP, make_event
 from qemu_fixtures import QemuVMFactory
@@ -169,6 +170,22 @@ async def test_live_connection(tmp_path: Path, start: str, events: list[Ev], exp
         fake.emit("RTC_CHANGE", {"offset": 0})  # a marker: everything before it was read
         await _until(lambda: got[-1].name == "RTC_CHANGE")
         assert conn.status == expected
+
+
+async def test_an_event_during_the_handshake_is_not_lost(tmp_path: Path) -> None:
+    """A STOP that QEMU sends while reactor still reads the schema applies on top of query-status."""
+    got: list[Event] = []
+
+    def schema(_args: dict[str, Any]) -> Any:
+        fake.status = "paused"
+        fake.emit("STOP")  # written before the reply, as QEMU would
+        return fakeqmp._schema(fakeqmp.DEFAULT_SCHEMA)
+
+    fake = FakeQMP(tmp_path / "vm.qmp", status="running", handlers={"query-qmp-schema": schema})
+    async with fake, _connection(fake.address, got) as conn:
+        await _until(lambda: "REACTOR_VM_CONNECTED" in [g.name for g in got])
+        assert [g.name for g in got] == ["STOP", "REACTOR_VM_CONNECTED"]
+        assert conn.status == "paused" == got[-1].data["status"]
 
 
 def _enum(schema: Any, name: str) -> list[str]:

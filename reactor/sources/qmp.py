@@ -724,14 +724,15 @@ class VMConnection:
                 self._rename(self._namer(str(qname) if qname else None))
             version = await self._call(proto, "query-version", None, timeout)
             status = await self._call(proto, "query-status", None, timeout)
+            if isinstance(status, dict) and isinstance(status.get("status"), str):
+                # at once: events read while the schema is fetched apply on top of it
+                self._runstate = RunState(status["status"])
             try:
                 schema = await self._call(proto, "query-qmp-schema", None, timeout)
                 self.schema_events, self._event_fields = _read_schema(schema)
             except QMPCommandError as err:
                 self.log.info("%s: no query-qmp-schema (%s); cannot check rule usage", self._name, err)
         self.qemu_version = version if isinstance(version, dict) else None
-        if isinstance(status, dict) and isinstance(status.get("status"), str):
-            self._runstate = RunState(status["status"])
 
     def _rename(self, name: str) -> None:
         if name != self._name:

@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from reactor.actions.action import ActionSpec, Resource, VMHandle
+from reactor.actions.action import ActionSpec, JournalHandle, Resource, VMHandle
 from reactor.engine.clock import Clock
-from reactor.errors import ActionError, EventTimeout, RuleError
+from reactor.errors import ActionError, EventTimeout, JournalError, RuleError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.rules.arguments import convert
@@ -95,8 +95,8 @@ class FakeDaemon:
         return self._host
 
     @property
-    def journal(self) -> Any:
-        raise ActionError("no journal in tests (FakeDaemon)")
+    def journal(self) -> JournalHandle:
+        raise JournalError("no journal in tests (FakeDaemon)")
 
     def emit(self, event: Event) -> None:
         self.emitted.append(event)
