@@ -25,6 +25,7 @@
      │    ├── EventTimeout          an awaited event did not come (``ctx.wait_for``)
      │    └── StepTimeout           a step's own work did not finish in time (``exec``)
      │         └── StepAbandoned    a step timed out and its action ignored cancellation
+     ├── StateError                 a method called in the wrong state (not running yet, already running)
      ├── PluginError                a plugin failed to import or declares badly
      ├── JournalError               the journal could not be opened or written
      └── HttpError                  the HTTP listener could not start
@@ -64,6 +65,7 @@ __all__ = [
     "RemoteError",
     "RuleError",
     "SourceError",
+    "StateError",
     "StepAbandoned",
     "StepTimeout",
     "TemplateError",
@@ -194,6 +196,10 @@ class StepTimeout(ReactorTimeoutError):
 
 class StepAbandoned(StepTimeout):
     """A step timed out and its action ignored cancellation: it was left running, the run went on."""
+
+
+class StateError(ReactorError, RuntimeError):
+    """A method was called in the wrong state (the daemon or engine not running, ``run()`` twice)."""
 
 
 class PluginError(ReactorError):

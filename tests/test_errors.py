@@ -157,3 +157,53 @@ def test_a_daemon_without_a_journal_raises_a_journal_error(tmp_path: Path) -> No
     daemon = Daemon(parse_config("vms: []\n", tmp_path / "reactor.yaml"), watch=False)
     with pytest.raises(errors.JournalError):
         daemon.journal  # noqa: B018
+
+
+#: Builtin exceptions reactor may raise: argument validation (``ValueError``/``TypeError``: an action's
+#: ``check`` and a config's parsing raise it and the loader reports it as a RuleError/ConfigError at its
+#: position; constructors reject bad arguments), abstract methods, Python's attribute protocol.
+BUILTIN_OK = {"ValueError", "TypeError", "NotImplementedError", "AttributeError"}
+#: ... and these, where they stay inside the module (path, exception): why.
+BUILTIN_INSIDE = {
+    ("reactor/daemon/plugins.py", "ImportError"): "reported as a PluginProblem with the plugin's position",
+    ("reactor/schemas/generate.py", "KeyError"): "the schema generator (a developer tool) refusing stale tables",
+    ("reactor/engine/engine.py", "AssertionError"): "an unreachable branch, not a decision",
+    ("reactor/rules/matcher.py", "AssertionError"): "an unreachable branch, not a decision",
+    ("reactor/sources/qmp.py", "EOFError"): "qemu.qmp's own end-of-stream signal inside the protocol layer",
+    # VMConnection.run() twice: StateError once the qemu.qmp boundary work (#15) in this file is merged
+    ("reactor/sources/qmp.py", "RuntimeError"): "to be a StateError",
+}
+
+
+def test_reactor_raises_only_reactor_errors() -> None:
+    """Every ``raise`` of a builtin exception in reactor is argument validation or stays inside its module."""
+    import ast
+    import builtins
+
+    root = Path(reactor.__file__).parent
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        rel = f"reactor/{path.relative_to(root)}"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Raise) or node.exc is None:
+                continue
+            target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            name = target.id if isinstance(target, ast.Name) else None
+            cls = getattr(builtins, name, None) if name else None
+            builtin = isinstance(cls, type) and issubclass(cls, BaseException)
+            if builtin and name not in BUILTIN_OK and (rel, name) not in BUILTIN_INSIDE:
+                bad.append(f"{rel}:{node.lineno}: raise {name}")
+    assert bad == []
+
+
+async def test_wrong_state_is_a_state_error(tmp_path: Path) -> None:
+    daemon = Daemon(parse_config("vms: []\n", tmp_path / "reactor.yaml"), watch=False)
+
+    async def nothing() -> None:
+        pass
+
+    coro = nothing()
+    with pytest.raises(errors.StateError) as info:
+        daemon.start_task(coro, "x")
+    coro.close()
+    assert isinstance(info.value, RuntimeError)

@@ -36,7 +36,7 @@ from reactor.daemon.plugins import load_registry
 from reactor.daemon.reload import Candidate, FileWatcher, ReloadResult, config_changes, prepare, watched_paths
 from reactor.engine.bus import Bus
 from reactor.engine.engine import Engine, tune_gc
-from reactor.errors import JournalError, LoadError
+from reactor.errors import JournalError, LoadError, StateError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.ops.journal import Journal
@@ -149,7 +149,7 @@ class Daemon:
 
     def start_task(self, coro: Awaitable[None], name: str) -> None:
         if self._tg is None:
-            raise RuntimeError("the daemon is not running")
+            raise StateError("the daemon is not running")
         self._tg.create_task(coro, name=name)  # type: ignore[arg-type]
 
     # -- lifecycle --------------------------------------------------------------------------

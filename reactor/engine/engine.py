@@ -24,7 +24,15 @@ from reactor.engine.clock import Clock, RealClock
 from reactor.engine.threshold import Thresholds
 from reactor.engine.throttle import Throttles
 from reactor.engine.view import RuleView, names_for
-from reactor.errors import ActionError, EventTimeout, ReactorError, StepAbandoned, TemplateError, VMConnectionError
+from reactor.errors import (
+    ActionError,
+    EventTimeout,
+    ReactorError,
+    StateError,
+    StepAbandoned,
+    TemplateError,
+    VMConnectionError,
+)
 from reactor.model.catalog import Catalog, default_catalog
 from reactor.model.event import Event
 from reactor.model.runstate import RunState
@@ -671,7 +679,7 @@ class Engine:
                           "run": run_id, "time": now, "data": dict(event.data)})
         tg = self._tg
         if tg is None:
-            raise RuntimeError("Engine.dispatch needs Engine.run() or Engine.session() to be active")
+            raise StateError("Engine.dispatch needs Engine.run() or Engine.session() to be active")
         if rule.name in self._inline:
             # every step is inline: run it now, without a task or a loop turn (nothing
             # else runs meanwhile, so it is never "in progress" for mode checks); if

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from reactor.errors import StateError
 from reactor.model.event import Event
 from reactor.sources.qmp import MakeEvent, VMConnection, VMState, parse_address
 
@@ -145,7 +146,7 @@ class Fleet:
     def _start(self, conn: VMConnection, coro: Any) -> None:
         if self._tg is None:
             coro.close()
-            raise RuntimeError("the fleet is not running (use async with)")
+            raise StateError("the fleet is not running (use async with)")
         self._vms[conn.name] = conn
         self._tasks[conn] = self._tg.create_task(coro, name=f"reactor[{conn.name}].supervisor")
 

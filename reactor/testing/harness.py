@@ -29,7 +29,7 @@ from typing import Any, Self, TypeVar
 
 from reactor.actions.action import ActionSpec, JournalHandle, Resource, VMHandle
 from reactor.engine.clock import Clock
-from reactor.errors import ActionError, EventTimeout, JournalError, RuleError
+from reactor.errors import ActionError, EventTimeout, JournalError, RuleError, StateError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.rules.arguments import convert
@@ -108,7 +108,7 @@ class FakeDaemon:
 
     def start_task(self, coro: Awaitable[None], name: str) -> None:
         if self._tg is None:
-            raise RuntimeError("FakeDaemon: use it as 'async with' to start tasks")
+            raise StateError("FakeDaemon: use it as 'async with' to start tasks")
         self._tasks.append(self._tg.create_task(coro, name=name))  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Self:

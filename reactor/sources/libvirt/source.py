@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from reactor.errors import EventError, LibvirtConnectionError
+from reactor.errors import EventError, LibvirtConnectionError, StateError
 from reactor.model.catalog.libvirt import (
     AGENT_REASONS,
     AGENT_STATES,
@@ -241,7 +241,7 @@ class LibvirtSource:
     async def run(self, emit: Callable[[Event], None]) -> None:
         """Connect, deliver events to ``emit``, reconnect; until :meth:`aclose` or cancellation."""
         if self._run_task is not None:
-            raise RuntimeError(f"libvirt {self.uri}: run() is already running")
+            raise StateError(f"libvirt {self.uri}: run() is already running")
         self._run_task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._emit = emit
