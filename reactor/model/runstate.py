@@ -12,7 +12,9 @@ fleet view.  The transitions, as QEMU makes them (7.2 and 10.2)::
     RESUME               -> running (-> suspended when stopped while suspended: QEMU >= 9.0)
     BLOCK_IO_ERROR       action stop, while running:  -> io-error
     WATCHDOG             action pause, while running: -> watchdog
-    GUEST_PANICKED       action pause, while running: -> guest-panicked
+                         action poweroff: -> shutdown (QEMU exits at once, without SHUTDOWN)
+    GUEST_PANICKED       action pause or poweroff, while running: -> guest-panicked
+                         (poweroff: SHUTDOWN follows, and QEMU exits)
     SHUTDOWN             -> shutdown (QEMU then exits, or stays stopped with -no-shutdown)
     RESET                not running/inmigrate/finish-migrate -> prelaunch (needs cont)
     SUSPEND              -> suspended
@@ -27,7 +29,7 @@ The announcing events (``BLOCK_IO_ERROR``, ``WATCHDOG``, ``GUEST_PANICKED``,
 state the VM is being put in (QEMU's own ``STOP`` follows and keeps it); the
 paused reason is the state (``io-error``, ``watchdog`` ...).  ``SUSPEND_DISK``
 changes nothing (QEMU shuts down: ``SHUTDOWN`` follows), nor do the other
-``action`` values (``reset``, ``poweroff``: ``RESET``/``SHUTDOWN`` follow).
+``action`` values (``reset``: ``RESET`` follows; ``inject-nmi``, ``none``, ``run``).
 ``REACTOR_VM_DISCONNECTED`` keeps the last known state (``vm.connected`` says
 whether reactor can reach the VM).  States that QEMU enters with a bare
 ``STOP`` (``debug``, ``save-vm``, ``finish-migrate``, ``internal-error``) read
@@ -72,11 +74,11 @@ EVENTS: frozenset[str] = frozenset({
 })
 
 _QEMU_STATES = frozenset(RUN_STATES)
-#: The announcing events: (the ``action`` that stops the VM, the state it stops in).
-_ANNOUNCED = {
-    "BLOCK_IO_ERROR": ("stop", "io-error"),
-    "WATCHDOG": ("pause", "watchdog"),
-    "GUEST_PANICKED": ("pause", "guest-panicked"),
+#: The announcing events: {the ``action`` that stops the VM: the state it stops in}.
+_ANNOUNCED: dict[str, dict[str, str]] = {
+    "BLOCK_IO_ERROR": {"stop": "io-error"},
+    "WATCHDOG": {"pause": "watchdog", "poweroff": "shutdown"},
+    "GUEST_PANICKED": {"pause": "guest-panicked", "poweroff": "guest-panicked"},
 }
 #: RESET leaves these as they are (QEMU's main loop); from any other state the VM is in prelaunch after it.
 _RESET_KEEPS = frozenset({"running", "inmigrate", "finish-migrate"})
@@ -153,8 +155,8 @@ class RunState:
         if name == "RESUME":
             return RunState("suspended" if self.suspended else "running")
         if name in _ANNOUNCED:
-            action, stopped = _ANNOUNCED[name]
-            return RunState(stopped) if d.get("action") == action and _running(status) else self
+            stopped = _ANNOUNCED[name].get(str(d.get("action")))
+            return RunState(stopped) if stopped is not None and _running(status) else self
         if name == "SHUTDOWN":
             return RunState("shutdown")
         if name == "RESET":
