@@ -78,7 +78,7 @@ class VMHandle(Protocol):
 
         Raises :class:`reactor.errors.VMCommandError` when QEMU answers with an
         error, :class:`reactor.errors.VMConnectionError` when the VM is not
-        connected, and :class:`TimeoutError` past ``timeout``.
+        connected, and :class:`reactor.errors.VMCommandTimeout` (also a TimeoutError) past ``timeout``.
         """
         ...
 

@@ -43,7 +43,7 @@ import orjson
 
 from reactor.actions.action import DaemonContext, Resource, VMHandle
 from reactor.actions.qmp import DESTRUCTIVE, is_read_only
-from reactor.errors import ConfigError, EventError, RemoteError, VMCommandError
+from reactor.errors import ConfigError, EventError, RemoteError, VMCommandError, VMCommandTimeout
 from reactor.integrations.fleetview import DEDUPE_PER_VM, Dedupe, FleetView, Lag
 from reactor.integrations.mqtt import install_reader, set_no_delay
 from reactor.model.catalog import default_catalog
@@ -374,7 +374,7 @@ class FleetLink(Resource):
 
         Raises :class:`~reactor.errors.VMCommandError` with the remote error
         (``Refused``, ``Expired``, QEMU's own ...), :class:`RemoteError` when the
-        link is down, :class:`TimeoutError` when no reply came within ``timeout``.
+        link is down, :class:`~reactor.errors.VMCommandTimeout` (a TimeoutError) when no reply came within ``timeout``.
         """
         client = self._client
         if client is None or not self.connected.is_set():
@@ -389,6 +389,8 @@ class FleetLink(Resource):
             async with asyncio.timeout(timeout):
                 await client.publish(f"{self.prefix}/{host}/{vm}/command", orjson.dumps(body), qos=1)
                 reply = await fut
+        except TimeoutError as timed_out:
+            raise VMCommandTimeout(f"{host}/{vm}: {command}: no reply within {timeout:g}s") from timed_out
         finally:
             self._pending.pop(rid, None)
         err = reply.get("error")

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 from xml.sax.saxutils import escape
 
-from reactor.errors import VMCommandError, VMConnectionError
+from reactor.errors import VMCommandError, VMCommandTimeout, VMConnectionError
 from reactor.model.catalog.libvirt import STATE_REASONS, STATES, enum_name, run_state
 from reactor.model.runstate import RunState
 from reactor.sources.libvirt.loop import import_libvirt
@@ -184,8 +184,11 @@ class LibvirtVM:
                     raise VMConnectionError(f"{self._name}: the domain is not running") from err
                 raise VMCommandError(command, "LibvirtError", err.get_error_message() or str(err)) from err
 
-        async with asyncio.timeout(timeout):
-            return await asyncio.to_thread(run)
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.to_thread(run)
+        except TimeoutError as err:
+            raise VMCommandTimeout(f"{self._name}: {command}: no answer from libvirt within {timeout:g}s") from err
 
 
 def _tag_text(xml: str, tag: str) -> str:
