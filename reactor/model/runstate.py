@@ -29,11 +29,13 @@ The announcing events (``BLOCK_IO_ERROR``, ``WATCHDOG``, ``GUEST_PANICKED``,
 state the VM is being put in (QEMU's own ``STOP`` follows and keeps it); the
 paused reason is the state (``io-error``, ``watchdog`` ...).  ``SUSPEND_DISK``
 changes nothing (QEMU shuts down: ``SHUTDOWN`` follows), nor do the other
-``action`` values (``reset``: ``RESET`` follows; ``inject-nmi``, ``none``, ``run``).
+``action`` values (``reset``: ``RESET`` follows; ``shutdown``: the guest is asked to power
+down; ``report``, ``ignore``, ``inject-nmi``, ``debug``, ``none``, ``run``).  "While running"
+includes ``unknown``: a state reactor has not learnt yet.
 ``REACTOR_VM_DISCONNECTED`` keeps the last known state (``vm.connected`` says
 whether reactor can reach the VM).  States that QEMU enters with a bare
 ``STOP`` (``debug``, ``save-vm``, ``finish-migrate``, ``internal-error``) read
-as ``paused`` until the next ``query-status``.
+as ``paused`` (reactor reads ``query-status`` when it connects).
 """
 
 from __future__ import annotations
