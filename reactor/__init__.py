@@ -18,9 +18,12 @@ from reactor.errors import (
     QMPCommandError,
     QMPConnectionError,
     ReactorError,
+    ReactorTimeoutError,
     RuleError,
     SourceError,
     TemplateError,
+    VMCommandError,
+    VMConnectionError,
 )
 from reactor.model.catalog import Catalog, default_catalog
 from reactor.model.event import Event
@@ -45,11 +48,14 @@ __all__ = [
     "QMPCommandError",
     "QMPConnectionError",
     "ReactorError",
+    "ReactorTimeoutError",
     "Rule",
     "RuleError",
     "RuleSet",
     "SourceError",
     "TemplateError",
+    "VMCommandError",
+    "VMConnectionError",
     "__version__",
     "default_catalog",
     "load_config",

@@ -2,19 +2,37 @@
 
 ::
 
-    ReactorError
-     ├── SourceError            a position in a file, with a message
-     │    ├── RuleError         a rule file (YAML, schema, templates)
-     │    └── ConfigError       the daemon's config file
-     ├── LoadError             several SourceErrors at once: nothing was loaded
-     ├── CatalogError          the event catalog itself is broken
-     ├── EventError            data that is not a QMP event (replay, MQTT, QMP)
-     ├── ActionError           a step failed at run time
-     │    ├── TemplateError     a template or `when` failed to render
-     │    └── QMPCommandError   QEMU answered a command with an error
-     ├── PluginError           a plugin failed to import or declares badly
-     ├── ConnectionError_      a VM's QMP connection failed (name avoids the builtin)
-     └── JournalError          the journal could not be opened or written
+    ReactorError                    everything below; ``except ReactorError`` catches all of reactor's errors
+     ├── SourceError                a position in a file, with a message
+     │    ├── RuleError             a rule file (YAML, schema, templates)
+     │    ├── ConfigError           the daemon's config file
+     │    └── PluginProblem         one plugin problem (a plugin file, or the plugin's name)
+     ├── LoadError                  several SourceErrors at once: nothing was loaded
+     │    └── PluginLoadError       plugins could not be loaded (also a PluginError)
+     ├── CatalogError               the event catalog itself is broken
+     ├── EventError                 data that is not a QMP event (replay, MQTT, QMP)
+     ├── ActionError                a step failed at run time
+     │    ├── TemplateError         a template or ``when`` failed to render
+     │    ├── VMCommandError        the VM answered a command with an error (QEMU's class and desc)
+     │    ├── WebhookError          a webhook request failed (``status``: the last HTTP status)
+     │    ├── MqttError             an MQTT publish could not be done
+     │    └── RemoteError           a remote (fleet) request could not be sent
+     ├── VMConnectionError          a VM could not be reached, or the connection was lost
+     │    ├── VMProtocolError       the VM's monitor broke the protocol
+     │    └── LibvirtConnectionError  libvirtd could not be reached, or the connection was lost
+     ├── ReactorTimeoutError        something did not happen in time (also a builtin TimeoutError)
+     │    ├── VMCommandTimeout      no reply to a VM command in time
+     │    ├── EventTimeout          an awaited event did not come (``ctx.wait_for``)
+     │    └── StepTimeout           a step's own work did not finish in time (``exec``)
+     │         └── StepAbandoned    a step timed out and its action ignored cancellation
+     ├── StateError                 a method called in the wrong state (not running yet, already running)
+     ├── PluginError                a plugin failed to import or declares badly
+     ├── JournalError               the journal could not be opened or written
+     └── HttpError                  the HTTP listener could not start
+
+Old names kept for one release (the same classes): ``QMPCommandError`` (VMCommandError),
+``QMPConnectionError`` (VMConnectionError), ``QMPProtocolError`` (VMProtocolError).
+``reactor.testing.qemu`` adds ``QemuError`` (a test QEMU failed to start) under ReactorError.
 
 Every error keeps its cause (``raise ... from err``).  Source errors print as
 ``PATH:LINE:COL: message`` with 1-based line and column.
@@ -29,16 +47,33 @@ __all__ = [
     "CatalogError",
     "ConfigError",
     "EventError",
+    "EventTimeout",
+    "HttpError",
     "JournalError",
+    "LibvirtConnectionError",
     "LoadError",
+    "MqttError",
     "PluginError",
+    "PluginLoadError",
+    "PluginProblem",
     "Position",
     "QMPCommandError",
     "QMPConnectionError",
+    "QMPProtocolError",
     "ReactorError",
+    "ReactorTimeoutError",
+    "RemoteError",
     "RuleError",
     "SourceError",
+    "StateError",
+    "StepAbandoned",
+    "StepTimeout",
     "TemplateError",
+    "VMCommandError",
+    "VMCommandTimeout",
+    "VMConnectionError",
+    "VMProtocolError",
+    "WebhookError",
 ]
 
 
@@ -105,8 +140,8 @@ class TemplateError(ActionError):
     """A template or expression failed while rendering (undefined name, limit hit...)."""
 
 
-class QMPCommandError(ActionError):
-    """QEMU answered a command with ``{"error": {"class": ..., "desc": ...}}``."""
+class VMCommandError(ActionError):
+    """The VM answered a command with ``{"error": {"class": ..., "desc": ...}}``."""
 
     def __init__(self, command: str, error_class: str, desc: str) -> None:
         self.command = command
@@ -115,13 +150,81 @@ class QMPCommandError(ActionError):
         super().__init__(f"{command}: {error_class}: {desc}")
 
 
-class QMPConnectionError(ReactorError):
-    """A VM's QMP connection could not be made or was lost."""
+class WebhookError(ActionError):
+    """A webhook request failed: ``status`` is the final HTTP status (None: no response)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MqttError(ActionError):
+    """A publish could not be done (unknown broker, outbox full, broker refused)."""
+
+
+class RemoteError(ActionError):
+    """A remote request could not be sent (no fleet link, not connected)."""
+
+
+class VMConnectionError(ReactorError):
+    """A VM could not be reached (not connected, connect failed) or its connection was lost."""
+
+
+class VMProtocolError(VMConnectionError):
+    """The peer broke the protocol: not JSON, not an object, a message too long, cut off."""
+
+
+class LibvirtConnectionError(VMConnectionError):
+    """libvirtd could not be reached, or the connection was lost."""
+
+
+class ReactorTimeoutError(ReactorError, TimeoutError):
+    """Something reactor waited for did not happen in time; ``except TimeoutError`` catches it too."""
+
+
+class VMCommandTimeout(ReactorTimeoutError):
+    """A VM command got no reply within its timeout (the connection stays up)."""
+
+
+class EventTimeout(ReactorTimeoutError):
+    """An awaited event did not come within the timeout."""
+
+
+class StepTimeout(ReactorTimeoutError):
+    """A step's own work did not finish within its timeout (``exec``'s process ...)."""
+
+
+class StepAbandoned(StepTimeout):
+    """A step timed out and its action ignored cancellation: it was left running, the run went on."""
+
+
+class StateError(ReactorError, RuntimeError):
+    """A method was called in the wrong state (the daemon or engine not running, ``run()`` twice)."""
 
 
 class PluginError(ReactorError):
     """A plugin failed to import or declares something invalid."""
 
 
+class PluginProblem(SourceError):
+    """One plugin problem: where it is (when known) and a message naming the plugin."""
+
+
+class PluginLoadError(LoadError, PluginError):
+    """Plugins could not be loaded; ``errors`` lists every problem."""
+
+    errors: list[SourceError]
+
+
 class JournalError(ReactorError):
     """The journal could not be opened or written."""
+
+
+class HttpError(ReactorError):
+    """The HTTP listener could not start (bad ``http.listen``, address in use)."""
+
+
+# The old names, for one release.
+QMPCommandError = VMCommandError
+QMPConnectionError = VMConnectionError
+QMPProtocolError = VMProtocolError

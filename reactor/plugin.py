@@ -45,8 +45,33 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reactor.actions.action import ActionContext, ActionSpec, DaemonContext, Duration, Resource, VMHandle, action
-from reactor.errors import ActionError, PluginError, QMPCommandError, QMPConnectionError, ReactorError, TemplateError
+from reactor.actions.action import (
+    ActionContext,
+    ActionSpec,
+    DaemonContext,
+    Duration,
+    JournalHandle,
+    OutboxEntry,
+    Resource,
+    VMHandle,
+    action,
+)
+from reactor.errors import (
+    ActionError,
+    EventTimeout,
+    JournalError,
+    PluginError,
+    QMPCommandError,
+    QMPConnectionError,
+    ReactorError,
+    ReactorTimeoutError,
+    StateError,
+    StepTimeout,
+    TemplateError,
+    VMCommandError,
+    VMCommandTimeout,
+    VMConnectionError,
+)
 from reactor.model.event import Event
 from reactor.sources import SourceContext, SourceSpec, source
 
@@ -58,14 +83,24 @@ __all__ = [
     "DaemonContext",
     "Duration",
     "Event",
+    "EventTimeout",
+    "JournalError",
+    "JournalHandle",
+    "OutboxEntry",
     "PluginError",
     "QMPCommandError",
     "QMPConnectionError",
     "ReactorError",
+    "ReactorTimeoutError",
     "Resource",
     "SourceContext",
     "SourceSpec",
+    "StateError",
+    "StepTimeout",
     "TemplateError",
+    "VMCommandError",
+    "VMCommandTimeout",
+    "VMConnectionError",
     "VMHandle",
     "action",
     "secret",

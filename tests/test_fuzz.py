@@ -9,7 +9,7 @@ through the real code and asserts the property of docs/reliability.md
 * the QMP stream reader (``reactor.sources.qmp``'s ``_Protocol``): random bytes,
   truncated and nested JSON, huge numbers, deep nesting, invalid UTF-8, lines
   over the size limit, events with wrong types.  It either delivers events or
-  ends the session with ``QMPProtocolError`` / ``EOFError``; nothing else
+  ends the session with ``VMProtocolError`` / ``EOFError``; nothing else
   escapes, and a real connection over a unix socket survives it (the
   supervisor records why and stays up);
 * the rule loader and the config loader: generated and mutated files load or
@@ -47,12 +47,12 @@ from reactor.engine.clock import VirtualClock
 from reactor.engine.engine import Engine
 from reactor.engine.replay import replay
 from reactor.engine.view import names_for
-from reactor.errors import LoadError, Position, SourceError, TemplateError
+from reactor.errors import LoadError, Position, SourceError, TemplateError, VMProtocolError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.rules.loader import load_rules_text
 from reactor.rules.template import Expression, Template, compile_expression, compile_template
-from reactor.sources.qmp import QMPProtocolError, VMConnection, VMState
+from reactor.sources.qmp import VMConnection, VMState
 from reactor.testing import FakeVM
 
 EXAMPLES = int(os.environ.get("REACTOR_FUZZ_EXAMPLES", "200"))
@@ -182,7 +182,7 @@ async def _read_all(data: bytes, max_line: int = 4096) -> tuple[list[Event], Bas
         while ended is None:
             try:
                 await proto._bh_recv_message()
-            except (QMPProtocolError, EOFError) as err:
+            except (VMProtocolError, EOFError) as err:
                 ended = err
     return sink.events, ended
 
@@ -193,7 +193,7 @@ async def test_qmp_reader_never_crashes(parts: list[tuple[bytes, bool]], max_lin
     RAN["qmp-reader"] += 1
     data = _join(parts)
     events, ended = await _read_all(data, max_line)
-    if isinstance(ended, QMPProtocolError):
+    if isinstance(ended, VMProtocolError):
         assert str(ended) and len(str(ended)) < 200, "a protocol error is one short line"
     complete = [c for c, nl in parts if nl]
     assert len(events) <= len(complete) + 1

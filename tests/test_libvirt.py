@@ -27,7 +27,7 @@ from reactor.actions.action import ActionContext, action
 from reactor.actions.libvirt_qmp import LIBVIRT_ACTIONS
 from reactor.actions.registry import Registry, builtin_registry
 from reactor.engine.engine import Engine
-from reactor.errors import ConfigError, LoadError, QMPCommandError
+from reactor.errors import ConfigError, LoadError, VMCommandError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.rules.loader import load_rules_text
@@ -234,7 +234,7 @@ async def test_guestless_domain_lifecycle(libvirtd: LibvirtDaemon) -> None:  # n
         dom = conn.defineXML(GUESTLESS.format(name="gl1"))
         await h.wait("LIBVIRT_LIFECYCLE", "gl1", lambda e: e.data["event"] == "defined")
         vm = h.source.get("gl1")
-        assert isinstance(vm, LibvirtVM) and not vm.connected and vm.status == "disconnected"
+        assert isinstance(vm, LibvirtVM) and not vm.connected and vm.status == "shutdown"  # no QEMU process
 
         dom.create()
         up = await h.wait("REACTOR_VM_CONNECTED", "gl1")
@@ -268,7 +268,7 @@ async def test_guestless_domain_lifecycle(libvirtd: LibvirtDaemon) -> None:  # n
         await h.wait("DEVICE_DELETED", "gl1", lambda e: e.data["device"] == "ua-tablet", since=n)
 
         # unmapped QMP commands need the explicit opt-in
-        with pytest.raises(QMPCommandError) as err:
+        with pytest.raises(VMCommandError) as err:
             await vm.execute("query-block")
         assert err.value.error_class == "NotThroughLibvirt"
         assert await vm.monitor_command("query-name") == {"name": "gl1"}

@@ -400,18 +400,21 @@ async def test_mirror_events_status_presence(mosquitto: Broker) -> None:
     async with Subscriber(mosquitto.port, "mir/#", client_id="sub-mirror") as sub:
         async with running_hub({"main": cfg(mosquitto, publish_events=mirror)}) as (hub, daemon):
             await connected(hub)
-            for e in [ev("STOP", "web-1"), ev("RESUME", "web-1"), ev("GUEST_PANICKED", "web-2"),
-                      ev("STOP", "db-1"), ev("RESET", "web-1")]:  # fmt: skip
+            for e in [ev("STOP", "web-1"), ev("RESUME", "web-1"), ev("GUEST_PANICKED", "web-2", action="pause"),
+                      ev("STOP", "db-1"), ev("RESET", "web-1"),
+                      ev("BLOCK_IO_ERROR", "web-3", action="stop"), ev("STOP", "web-3"),  # io-error, not paused
+                      ev("REACTOR_VM_DISCONNECTED", "web-3", reason="x")]:  # fmt: skip
                 daemon.publish(e)
-            await sub.wait_count(6)
-        await sub.wait_count(7)  # offline on a clean stop
+            await sub.wait_count(9)
+        await sub.wait_count(10)  # offline on a clean stop
     got = [(m.topic.value, bytes(m.payload)) for m in sub.messages]
     assert got[0] == ("mir/h1/status", b"online")
     events = [t for t, _ in got if "/event/" in t]
-    assert events == ["mir/h1/web-1/event/STOP", "mir/h1/web-2/event/GUEST_PANICKED"]
+    assert events == ["mir/h1/web-1/event/STOP", "mir/h1/web-2/event/GUEST_PANICKED", "mir/h1/web-3/event/STOP"]
     status = [(t, p) for t, p in got if t.endswith("/status") and t != "mir/h1/status"]
     assert status == [("mir/h1/web-1/status", b"paused"), ("mir/h1/web-1/status", b"running"),
-                      ("mir/h1/web-2/status", b"guest-panicked")]  # fmt: skip
+                      ("mir/h1/web-2/status", b"guest-panicked"), ("mir/h1/web-3/status", b"io-error"),
+                      ("mir/h1/web-3/status", b"disconnected")]  # fmt: skip
     assert got[-1] == ("mir/h1/status", b"offline")
     # retained: a late subscriber sees the VM's last status
     async with Subscriber(mosquitto.port, "mir/h1/web-1/status", client_id="sub-late") as late:

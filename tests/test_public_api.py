@@ -25,8 +25,9 @@ def test_top_level_api() -> None:
     assert set(reactor.__all__) == {
         "ActionError", "Catalog", "CatalogError", "Config", "ConfigError", "Engine", "Event", "EventError",
         "JournalError", "LoadError", "PluginError", "Position", "QMPCommandError", "QMPConnectionError",
-        "ReactorError", "Rule", "RuleError", "RuleSet", "SourceError", "TemplateError", "__version__",
-        "default_catalog", "load_config", "load_rules", "load_rules_text", "parse_config",
+        "ReactorError", "ReactorTimeoutError", "Rule", "RuleError", "RuleSet", "SourceError", "TemplateError",
+        "__version__", "VMCommandError", "VMConnectionError", "default_catalog", "load_config", "load_rules",
+        "load_rules_text", "parse_config",
     }
 
 

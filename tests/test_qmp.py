@@ -21,7 +21,7 @@ from test_http import eventually
 
 from reactor.actions.action import VMHandle
 from reactor.engine.bus import Bus
-from reactor.errors import QMPCommandError, QMPConnectionError
+from reactor.errors import VMCommandError, VMConnectionError
 from reactor.model.event import Event
 from reactor.sources.qmp import VMConnection, VMState, parse_address
 from reactor.testing.qemu import qemu_version
@@ -123,7 +123,7 @@ async def test_execute_and_error_mapping(tmp_path: Path) -> None:
         assert await conn.execute("cont") == {}
         await rec.wait_event("RESUME")
         assert conn.status == "running"
-        with pytest.raises(QMPCommandError) as info:
+        with pytest.raises(VMCommandError) as info:
             await conn.execute("no-such-command", {"x": 1})
         assert info.value.error_class == "CommandNotFound"
         assert info.value.command == "no-such-command"
@@ -132,7 +132,7 @@ async def test_execute_and_error_mapping(tmp_path: Path) -> None:
 
 async def test_execute_when_not_connected(tmp_path: Path) -> None:
     conn = VMConnection(name="vm1", address=tmp_path / "none.qmp", make_event=make_event, on_event=print)
-    with pytest.raises(QMPConnectionError):
+    with pytest.raises(VMConnectionError):
         await conn.execute("query-status")
 
 
@@ -156,7 +156,7 @@ async def test_vanish_mid_command_then_reconnect(tmp_path: Path, caplog: pytest.
         running(fake.address, rec, backoff_initial=0.05) as conn,
     ):
         await rec.wait_event("REACTOR_VM_CONNECTED")
-        with pytest.raises(QMPConnectionError, match="lost during query-block"):
+        with pytest.raises(VMConnectionError, match="lost during query-block"):
             await conn.execute("query-block")
         ev = await rec.wait_event("REACTOR_VM_DISCONNECTED")
         assert ev.data == {"reason": "connection closed by peer"}
@@ -473,7 +473,7 @@ async def test_real_qemu_lifecycle(qemu: Qemu) -> None:
         await conn.execute("stop")
         await rec.wait_event("STOP")
         assert conn.status == "paused"
-        with pytest.raises(QMPCommandError) as info:
+        with pytest.raises(VMCommandError) as info:
             await conn.execute("device_del", {"id": "nope"})
         assert info.value.error_class == "DeviceNotFound"
         conn.check_rule_usage({"BLOCK_IO_ERROR": {"device", "no-such-field"}})

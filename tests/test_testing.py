@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from reactor.errors import QMPCommandError, QMPConnectionError, RuleError
+from reactor.errors import RuleError, VMCommandError, VMConnectionError
 from reactor.model.catalog.events import BlockIoError
 from reactor.plugin import ActionContext, Duration, Resource, action
 from reactor.testing import ActionHarness, FakeVM, make_event, run_action, run_rules
@@ -27,11 +27,11 @@ async def test_fake_vm_answers_like_qemu() -> None:
     assert (await vm.execute("query-status"))["status"] == "paused"
     await vm.execute("cont")
     assert vm.status == "running"
-    with pytest.raises(QMPCommandError) as info:
+    with pytest.raises(VMCommandError) as info:
         await vm.execute("no-such-command", {"x": 1})
     assert info.value.error_class == "CommandNotFound"
     vm.fail("stop", "GenericError", "nope")
-    with pytest.raises(QMPCommandError, match="stop: GenericError: nope"):
+    with pytest.raises(VMCommandError, match="stop: GenericError: nope"):
         await vm.execute("stop")
     vm.respond("query-name", lambda args: {"name": "renamed"})
     assert await vm.execute("query-name") == {"name": "renamed"}
@@ -39,7 +39,7 @@ async def test_fake_vm_answers_like_qemu() -> None:
                                            "query-name"]
     assert vm.called("no-such-command") == [{"x": 1}]
     vm.disconnect()
-    with pytest.raises(QMPConnectionError):
+    with pytest.raises(VMConnectionError):
         await vm.execute("query-status")
 
 

@@ -25,7 +25,7 @@ run, and the rendered text is converted to the field's type.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, is_dataclass
 from typing import TYPE_CHECKING, Any, NewType, Protocol, TypeVar, get_type_hints, runtime_checkable
 
@@ -33,13 +33,14 @@ from reactor.errors import PluginError
 
 if TYPE_CHECKING:
     from reactor.model.event import Event
-    from reactor.ops.journal import Journal
 
 __all__ = [
     "ActionContext",
     "ActionSpec",
     "DaemonContext",
     "Duration",
+    "JournalHandle",
+    "OutboxEntry",
     "Resource",
     "VMHandle",
     "action",
@@ -75,10 +76,61 @@ class VMHandle(Protocol):
     ) -> Any:
         """Run a QMP command; return its ``return`` value.
 
-        Raises :class:`reactor.errors.QMPCommandError` when QEMU answers with an
-        error, :class:`reactor.errors.QMPConnectionError` when the VM is not
-        connected, and :class:`TimeoutError` past ``timeout``.
+        Raises :class:`reactor.errors.VMCommandError` when QEMU answers with an
+        error, :class:`reactor.errors.VMConnectionError` when the VM is not
+        connected, and :class:`reactor.errors.VMCommandTimeout` (also a TimeoutError) past ``timeout``.
         """
+        ...
+
+
+class OutboxEntry(Protocol):
+    """One message kept in the journal's outbox until its broker acknowledged it."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def broker(self) -> str: ...
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def payload(self) -> bytes: ...
+
+    @property
+    def qos(self) -> int: ...
+
+    @property
+    def retain(self) -> bool: ...
+
+    @property
+    def created(self) -> float: ...
+
+
+@runtime_checkable
+class JournalHandle(Protocol):
+    """The part of the journal a plugin uses (``DaemonContext.journal``): records that survive a restart.
+
+    Writes are queued and flushed in batches by the daemon (they never block); when the journal is
+    unhealthy they are counted and dropped, not raised.
+    """
+
+    def record_event(self, name: str, vm: str, host: str | None, timestamp: float, data: Mapping[str, Any],
+                     problems: tuple[str, ...] = ()) -> int:
+        """Record an event (shown by ``reactor journal`` and the HTTP API); its id."""
+        ...
+
+    def outbox_put(self, broker: str, topic: str, payload: bytes, qos: int, retain: bool) -> int:
+        """Keep a message for ``broker`` until :meth:`outbox_ack`; its id."""
+        ...
+
+    def outbox_ack(self, msg_id: int) -> None:
+        """Forget an outbox message: its broker acknowledged it."""
+        ...
+
+    def outbox_pending(self, broker: str, limit: int = 10000) -> Sequence[OutboxEntry]:
+        """The messages not yet acknowledged for ``broker``, oldest first (after a restart: resend them)."""
         ...
 
 
@@ -103,8 +155,8 @@ class DaemonContext(Protocol):
         ...
 
     @property
-    def journal(self) -> Journal:
-        """The journal (for outboxes and records that must survive a restart)."""
+    def journal(self) -> JournalHandle:
+        """The journal (for outboxes and records that must survive a restart); JournalError when none."""
         ...
 
     def emit(self, event: Event) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from reactor.actions.action import ActionContext, Duration, action
-from reactor.errors import ActionError
+from reactor.errors import ActionError, StepTimeout
 from reactor.rules.arguments import _SECRET_KEY, REDACTED
 from reactor.rules.template import to_jsonable
 
@@ -86,7 +86,7 @@ async def EXEC(ctx: ActionContext, args: ExecArgs) -> dict[str, Any]:
         with contextlib.suppress(ProcessLookupError):
             await asyncio.shield(proc.wait())
         if isinstance(err, TimeoutError):
-            raise TimeoutError(f"exec {args.argv[0]!r} did not finish within {args.timeout:g}s (killed)") from err
+            raise StepTimeout(f"exec {args.argv[0]!r} did not finish within {args.timeout:g}s (killed)") from err
         raise
     secrets = _secret_env_values(args.env)
     stderr = _scrub(err_out.decode(errors="replace"), secrets)

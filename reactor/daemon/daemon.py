@@ -36,7 +36,7 @@ from reactor.daemon.plugins import load_registry
 from reactor.daemon.reload import Candidate, FileWatcher, ReloadResult, config_changes, prepare, watched_paths
 from reactor.engine.bus import Bus
 from reactor.engine.engine import Engine, tune_gc
-from reactor.errors import JournalError, LoadError, ReactorError
+from reactor.errors import JournalError, LoadError, ReactorError, StateError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.ops.journal import Journal
@@ -158,7 +158,8 @@ class Daemon:
 
     @property
     def journal(self) -> Journal:
-        assert self._journal is not None
+        if self._journal is None:
+            raise JournalError("the daemon has no journal (it is not running)")
         return self._journal
 
     def section(self, name: str) -> Any:
@@ -176,7 +177,7 @@ class Daemon:
 
     def start_task(self, coro: Awaitable[None], name: str) -> None:
         if self._tg is None:
-            raise RuntimeError("the daemon is not running")
+            raise StateError("the daemon is not running")
         self._tg.create_task(coro, name=name)  # type: ignore[arg-type]
 
     # -- lifecycle --------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 
 from reactor.actions.action import ActionSpec
 from reactor.actions.registry import Registry, builtin_registry
-from reactor.errors import LoadError, PluginError, Position, SourceError
+from reactor.errors import PluginError, PluginLoadError, PluginProblem, Position, SourceError
 from reactor.sources import SourceRegistry, SourceSpec, builtin_sources
 
 __all__ = [
@@ -53,16 +53,6 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "reactor.actions"
 SOURCE_ENTRY_POINT_GROUP = "reactor.sources"
-
-
-class PluginProblem(SourceError):
-    """One plugin problem: where it is (when known) and a message naming the plugin."""
-
-
-class PluginLoadError(LoadError, PluginError):
-    """Plugins could not be loaded; ``errors`` lists every problem."""
-
-    errors: list[SourceError]
 
 
 @dataclass(frozen=True, slots=True)

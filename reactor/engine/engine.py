@@ -24,15 +24,23 @@ from reactor.engine.clock import Clock, RealClock
 from reactor.engine.threshold import Thresholds
 from reactor.engine.throttle import Throttles
 from reactor.engine.view import RuleView, names_for
-from reactor.errors import ActionError, QMPConnectionError, ReactorError, TemplateError
+from reactor.errors import (
+    ActionError,
+    EventTimeout,
+    ReactorError,
+    StateError,
+    StepAbandoned,
+    TemplateError,
+    VMConnectionError,
+)
 from reactor.model.catalog import Catalog, default_catalog
 from reactor.model.event import Event
+from reactor.model.runstate import RunState
 from reactor.rules.arguments import redact
 from reactor.rules.matcher import Matcher
 from reactor.rules.rule import Rule, RuleSet, Step
 
-__all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "abandoned_actions", "status_after",
-           "tune_gc"]
+__all__ = ["ABANDON_GRACE", "Engine", "Run", "StaticVM", "StepAbandoned", "abandoned_actions", "tune_gc"]
 
 log = logging.getLogger("reactor.engine.engine")
 
@@ -41,45 +49,22 @@ Vars = Mapping[str, Any]
 
 Output = Callable[[dict[str, Any]], None]
 
-#: How QEMU's run state changes with events (for VMs whose state reactor tracks from events).
-_HOLD = frozenset(["io-error", "watchdog", "guest-panicked", "internal-error", "shutdown"])
-
-
-def status_after(event: Event, current: str) -> str:
-    """The VM run state after ``event`` (QEMU's RunState names)."""
-    name = event.name
-    d = event.data
-    if name == "STOP":
-        return current if current in _HOLD else "paused"
-    if name == "RESUME":
-        return "running"
-    if name == "BLOCK_IO_ERROR" and d.get("action") == "stop":
-        return "io-error"
-    if name == "WATCHDOG" and d.get("action") == "pause":
-        return "watchdog"
-    if name == "GUEST_PANICKED" and d.get("action") == "pause":
-        return "guest-panicked"
-    if name == "SHUTDOWN":
-        return "shutdown"
-    if name == "SUSPEND":
-        return "suspended"
-    if name == "WAKEUP":
-        return "running"
-    if name == "REACTOR_VM_CONNECTED":
-        return str(d.get("status", current))
-    if name == "REACTOR_VM_DISCONNECTED":
-        return "disconnected"
-    return current
-
-
 class StaticVM:
-    """A VM known only by name (replay, tests): status from events, no QMP connection."""
+    """A VM known only by name (replay, tests): status from events (reactor.model.runstate), no QMP connection."""
 
     def __init__(self, name: str, labels: Mapping[str, str] | None = None, status: str = "running") -> None:
         self._name = name
         self._labels = dict(labels or {})
-        self.status = status
+        self.runstate = RunState(status)
         self.commands: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def status(self) -> str:
+        return self.runstate.status
+
+    @status.setter
+    def status(self, status: str) -> None:
+        self.runstate = RunState(status)
 
     @property
     def name(self) -> str:
@@ -97,7 +82,7 @@ class StaticVM:
         self, command: str, arguments: Mapping[str, Any] | None = None, *, timeout: float = 10.0
     ) -> Any:
         self.commands.append((command, dict(arguments or {})))
-        raise QMPConnectionError(f"{self._name}: no QMP connection (replay)")
+        raise VMConnectionError(f"{self._name}: no QMP connection (replay)")
 
 
 class _Waiter:
@@ -317,10 +302,6 @@ ABANDON_GRACE = 1.0
 
 #: Actions that ignored cancellation, still running; kept referenced so they are not garbage-collected.
 _abandoned: set[asyncio.Task[Any]] = set()
-
-
-class StepAbandoned(TimeoutError):
-    """A step timed out and its action ignored cancellation: it was left running, the run went on."""
 
 
 def abandoned_actions() -> list[asyncio.Task[Any]]:
@@ -570,7 +551,7 @@ class Engine:
             self.stats["events_invalid"] += 1
         vm = self.vm_for(event.vm)
         if isinstance(vm, StaticVM):
-            vm.status = status_after(event, vm.status)
+            vm.runstate = vm.runstate.after(event.name, event.data)
         recent = self._recent.get(event.vm)
         if recent is None:
             recent = self._recent[event.vm] = deque(maxlen=64)
@@ -705,7 +686,7 @@ class Engine:
                           "run": run_id, "time": now, "data": dict(event.data)})
         tg = self._tg
         if tg is None:
-            raise RuntimeError("Engine.dispatch needs Engine.run() or Engine.session() to be active")
+            raise StateError("Engine.dispatch needs Engine.run() or Engine.session() to be active")
         if rule.name in self._inline:
             # every step is inline: run it now, without a task or a loop turn (nothing
             # else runs meanwhile, so it is never "in progress" for mode checks); if
@@ -780,7 +761,7 @@ class Engine:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if fut in done:
                 return fut.result()
-            raise TimeoutError(f"no {'/'.join(sorted(names))} from {vm} within {timeout:g}s")
+            raise EventTimeout(f"no {'/'.join(sorted(names))} from {vm} within {timeout:g}s")
         finally:
             sleeper.cancel()
             fut.cancel()

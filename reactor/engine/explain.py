@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from reactor.engine.engine import StaticVM, status_after
+from reactor.engine.engine import StaticVM
 from reactor.engine.view import names_for
 from reactor.errors import TemplateError
 from reactor.model.duration import format_duration
@@ -68,7 +68,8 @@ def explain(event: Event, rules: RuleSet, *, labels: Mapping[str, str] | None = 
             journal: Journal | None = None, now: float | None = None) -> list[Verdict]:
     """A :class:`Verdict` for every rule listening to ``event``, in definition order."""
     now = time.time() if now is None else now
-    vm = StaticVM(event.vm, labels or {}, status_after(event, status))
+    vm = StaticVM(event.vm, labels or {}, status)
+    vm.runstate = vm.runstate.after(event.name, event.data)  # the state the event leaves the VM in
     out: list[Verdict] = []
     for rule in sorted((r for r in rules.rules if _listens(r, event.name)), key=lambda r: r.index):
         out.append(_one(rule, event, vm, journal, now))

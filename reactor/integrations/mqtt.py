@@ -50,9 +50,11 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.exception import MalformedPacket
 
 from reactor.actions.action import DaemonContext, Resource
-from reactor.errors import ActionError, ConfigError, EventError, Position, ReactorError
+from reactor.errors import ConfigError, EventError, MqttError, Position, ReactorError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
+from reactor.model.runstate import EVENTS as _STATE_EVENTS
+from reactor.model.runstate import RunState
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match
 
 __all__ = [
@@ -89,10 +91,6 @@ MIRROR_QUEUE = 10000
 DROP_EVENT = "REACTOR_MQTT_DROPPED"
 #: Events coming from MQTT remembered so the mirror does not send them back.
 ECHO_MEMORY = 10000
-
-
-class MqttError(ActionError):
-    """A publish could not be done (unknown broker, outbox full, broker refused)."""
 
 
 class Secret:
@@ -604,45 +602,7 @@ def _glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
     return match
 
 
-#: How an event changes the VM state published at ``<prefix>/<host>/<vm>/status``.
-_STATUS_OF: dict[str, str] = {
-    "RESUME": "running",
-    "STOP": "paused",
-    "SHUTDOWN": "shutdown",
-    "GUEST_PANICKED": "guest-panicked",
-    "SUSPEND": "suspended",
-    "WAKEUP": "running",
-    "REACTOR_VM_DISCONNECTED": "disconnected",
-}
-
-#: Events that say why the next STOP stops the VM (QEMU sends them first): the
-#: retained status keeps that reason (QEMU's run state) instead of ``paused``.
-_STOP_REASON: dict[tuple[str, str | None], str] = {
-    ("BLOCK_IO_ERROR", "stop"): "io-error",
-    ("GUEST_PANICKED", "pause"): "guest-panicked",
-    ("GUEST_PANICKED", None): "guest-panicked",
-    ("WATCHDOG", "pause"): "watchdog",
-    ("SHUTDOWN", None): "shutdown",
-}
-
-
-def _status_for(ev: Event, reasons: dict[str, str]) -> str | None:
-    """The VM's status after ``ev`` (None: unchanged); ``reasons`` keeps, per VM, why a coming STOP stops it."""
-    if ev.name == "REACTOR_VM_CONNECTED":
-        reasons.pop(ev.vm, None)
-        status = ev.data.get("status")
-        return str(status) if status else "connected"
-    action = ev.data.get("action") if ev.name != "SHUTDOWN" else None
-    reason = _STOP_REASON.get((ev.name, action if isinstance(action, str) else None))
-    if reason is not None:
-        reasons[ev.vm] = reason
-    if ev.name == "BLOCK_IO_ERROR":
-        return "io-error" if action == "stop" else None
-    if ev.name == "STOP":
-        return reasons.pop(ev.vm, "paused")
-    if ev.name in ("RESUME", "WAKEUP", "REACTOR_VM_DISCONNECTED"):
-        reasons.pop(ev.vm, None)
-    return _STATUS_OF.get(ev.name)
+_UNKNOWN = RunState()
 
 
 class _Mirror:
@@ -658,8 +618,8 @@ class _Mirror:
         self.published = 0
         self.want_event = _glob_matcher(config.events)
         self.want_vm = _glob_matcher(config.vms)
-        self.status: dict[str, str] = {}
-        self.stop_reasons: dict[str, str] = {}
+        self.status: dict[str, str] = {}  # what <vm>/status says: the run state, or disconnected
+        self.runstate: dict[str, RunState] = {}  # reactor.model.runstate, per VM
         self.base = f"{config.prefix}/{host}"
         self.discovery: Any = None   # Home Assistant discovery, when configured
         if config.homeassistant is not None:
@@ -675,6 +635,17 @@ class _Mirror:
         self.queue.append(ev)
         if not self.wake.is_set():
             self.wake.set()
+
+    def _status_after(self, ev: Event) -> str | None:
+        """The VM's published status after ``ev`` (None: unchanged); ``disconnected`` while reactor cannot reach it."""
+        name = ev.name
+        if name == "REACTOR_VM_DISCONNECTED":
+            return "disconnected"
+        if name not in _STATE_EVENTS:
+            return None
+        state = self.runstate.get(ev.vm, _UNKNOWN).after(name, ev.data)
+        self.runstate[ev.vm] = state
+        return state.status
 
     async def run(self) -> None:
         q = self.queue
@@ -693,7 +664,7 @@ class _Mirror:
                     continue
                 if self.discovery is not None:
                     self.discovery.on_event(ev, outbox.put)
-                status = _status_for(ev, self.stop_reasons)
+                status = self._status_after(ev)
                 if status is not None and self.status.get(vm) != status:
                     self.status[vm] = status
                     outbox.put(f"{self.base}/{vm}/status", status.encode(), qos, True)

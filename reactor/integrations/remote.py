@@ -43,7 +43,7 @@ import orjson
 
 from reactor.actions.action import DaemonContext, Resource, VMHandle
 from reactor.actions.qmp import DESTRUCTIVE, is_read_only
-from reactor.errors import ActionError, ConfigError, EventError, QMPCommandError
+from reactor.errors import ConfigError, EventError, RemoteError, VMCommandError, VMCommandTimeout
 from reactor.integrations.fleetview import DEDUPE_PER_VM, Dedupe, FleetView, Lag
 from reactor.integrations.mqtt import install_reader, set_no_delay
 from reactor.model.catalog import default_catalog
@@ -65,10 +65,6 @@ log = logging.getLogger(__name__)
 COMMAND_EVENT = "REACTOR_REMOTE_COMMAND"
 #: Most remote commands running at once on a host; more are refused (``Busy``).
 MAX_RUNNING = 64
-
-
-class RemoteError(ActionError):
-    """A remote request could not be sent (no fleet link, not connected)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,9 +372,9 @@ class FleetLink(Resource):
                       *, timeout: float = 10.0) -> Any:
         """Run ``command`` on ``vm`` of ``host``; its ``return`` value.
 
-        Raises :class:`~reactor.errors.QMPCommandError` with the remote error
+        Raises :class:`~reactor.errors.VMCommandError` with the remote error
         (``Refused``, ``Expired``, QEMU's own ...), :class:`RemoteError` when the
-        link is down, :class:`TimeoutError` when no reply came within ``timeout``.
+        link is down, :class:`~reactor.errors.VMCommandTimeout` (a TimeoutError) when no reply came within ``timeout``.
         """
         client = self._client
         if client is None or not self.connected.is_set():
@@ -393,11 +389,13 @@ class FleetLink(Resource):
             async with asyncio.timeout(timeout):
                 await client.publish(f"{self.prefix}/{host}/{vm}/command", orjson.dumps(body), qos=1)
                 reply = await fut
+        except TimeoutError as timed_out:
+            raise VMCommandTimeout(f"{host}/{vm}: {command}: no reply within {timeout:g}s") from timed_out
         finally:
             self._pending.pop(rid, None)
         err = reply.get("error")
         if isinstance(err, dict):
-            raise QMPCommandError(command, str(err.get("class", "GenericError")), str(err.get("desc", "")))
+            raise VMCommandError(command, str(err.get("class", "GenericError")), str(err.get("desc", "")))
         return reply.get("return", {})
 
     def _on_reply(self, payload: bytes) -> None:
@@ -453,7 +451,7 @@ class FleetLink(Resource):
                 self._running += 1
                 try:
                     reply["return"] = await vm.execute(command, args or None, timeout=max(0.001, expires - now))
-                except QMPCommandError as err:
+                except VMCommandError as err:
                     error, outcome = (err.error_class, err.desc), "error"
                 except TimeoutError:
                     error, outcome = ("Timeout", f"{command}: no answer from {vm_name} before the expiry"), "error"

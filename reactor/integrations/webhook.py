@@ -20,7 +20,7 @@ import time
 import aiohttp
 
 from reactor.actions.action import DaemonContext, Resource
-from reactor.errors import ActionError
+from reactor.errors import ActionError, WebhookError
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -36,14 +36,6 @@ __all__ = [
 TIMESTAMP_HEADER = "X-Reactor-Timestamp"
 #: ``sha256=<hex HMAC-SHA256 of "<timestamp>." + body>``.
 SIGNATURE_HEADER = "X-Reactor-Signature"
-
-
-class WebhookError(ActionError):
-    """A webhook request failed: ``status`` is the final HTTP status (None: no response)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:

@@ -49,7 +49,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from reactor.actions.action import Resource
-from reactor.errors import JournalError, ReactorError
+from reactor.errors import HttpError, JournalError
 from reactor.model.duration import parse_duration
 from reactor.model.event import Event
 from reactor.ops.journal import EventRecord, RunRecord, StepRecord
@@ -84,10 +84,6 @@ _LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 _JSON_OPTIONS: Final = orjson.OPT_NON_STR_KEYS
 _MAX_LIMIT: Final = 1000
 _MAX_PARAM: Final = 256
-
-
-class HttpError(ReactorError):
-    """The HTTP listener could not start (bad ``http.listen``, address in use)."""
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -656,7 +652,7 @@ def _last_runs(journal: Any, names: list[str], recent: int = 1000, singles: int 
 def _journal_of(daemon: Any) -> Any:
     try:
         return daemon.journal
-    except (AssertionError, AttributeError):
+    except (JournalError, AttributeError):  # not running yet, or not a daemon (tests)
         return None
 
 

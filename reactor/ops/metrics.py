@@ -48,6 +48,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from reactor.errors import JournalError
 from reactor.model.event import Event
 from reactor.sources.qmp import VMState
 
@@ -332,8 +333,8 @@ def _file_bytes(journal: Any) -> int:
 
 
 def _journal_of(daemon: Any) -> Any:
-    """The daemon's journal, or None while it has none (``Daemon.journal`` asserts)."""
+    """The daemon's journal, or None while it has none (``Daemon.journal`` raises JournalError)."""
     try:
         return daemon.journal
-    except (AssertionError, AttributeError):
+    except (JournalError, AttributeError):  # not running yet, or not a daemon (tests)
         return None

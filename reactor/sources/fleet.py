@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from reactor.errors import QMPConnectionError
+from reactor.errors import StateError, VMConnectionError
 from reactor.model.event import Event
 from reactor.sources.qmp import MakeEvent, VMConnection, VMState, parse_address
 
@@ -148,7 +148,7 @@ class Fleet:
     def _start(self, conn: VMConnection, coro: Any) -> None:
         if self._tg is None:
             coro.close()
-            raise RuntimeError("the fleet is not running (use async with)")
+            raise StateError("the fleet is not running (use async with)")
         self._vms[conn.name] = conn
         self._tasks[conn] = self._tg.create_task(coro, name=f"reactor[{conn.name}].supervisor")
 
@@ -236,7 +236,7 @@ class Fleet:
             return self._bind_socket(address)
         except OSError as err:
             reason = os.strerror(err.errno).lower() if err.errno else str(err)
-            raise QMPConnectionError(f"listen {address}: {reason}") from err
+            raise VMConnectionError(f"listen {address}: {reason}") from err
 
     def _bind_socket(self, address: str) -> socket.socket:
         target = parse_address(address)

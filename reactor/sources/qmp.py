@@ -68,8 +68,10 @@ from qemu.qmp.error import ProtocolError
 from qemu.qmp.protocol import Runstate
 from qemu.qmp.qmp_client import ExecInterruptedError
 
-from reactor.errors import EventError, QMPCommandError, QMPConnectionError
+from reactor.errors import EventError, QMPCommandError, QMPConnectionError, QMPProtocolError, VMCommandTimeout
 from reactor.model.event import Event
+from reactor.model.runstate import EVENTS as _STATUS_EVENTS
+from reactor.model.runstate import RunState
 
 __all__ = [
     "Backpressure",
@@ -98,10 +100,6 @@ class Backpressure(Protocol):
     def wait_room(self, vm: str) -> asyncio.Future[None]:
         """Done when ``vm`` may be read again."""
         ...
-
-
-class QMPProtocolError(QMPConnectionError):
-    """The peer broke the protocol: not JSON, not an object, a message too long, cut off."""
 
 
 class VMState(enum.Enum):
@@ -397,12 +395,6 @@ class _Raw:
         return self.data
 
 
-# Which run state an event leaves the VM in (None: see _deliver).
-_STATUS_EVENTS = frozenset(
-    {"STOP", "RESUME", "SHUTDOWN", "SUSPEND", "SUSPEND_DISK", "WAKEUP", "GUEST_PANICKED",
-     "BLOCK_IO_ERROR", "WATCHDOG", "RESET"}
-)
-
 # Schema facts shared by VMs running the same QEMU build.
 _INTERNED: dict[object, Any] = {}
 
@@ -503,8 +495,7 @@ class VMConnection:
 
         self._state = VMState.IDLE
         self._state_changed = asyncio.Event()  # set (and replaced) at every state change
-        self._status = "unknown"
-        self._stop_reason: str | None = None
+        self._runstate = RunState()  # reactor.model.runstate: the one model of QEMU's run state
         self._proto: _Protocol | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -541,7 +532,7 @@ class VMConnection:
     @property
     def status(self) -> str:
         """The last known QEMU run state (``unknown`` before the first connection)."""
-        return self._status
+        return self._runstate.status
 
     @property
     def connected(self) -> bool:
@@ -563,7 +554,7 @@ class VMConnection:
         return self._paused_total + (time.monotonic() - since if since is not None else 0.0)
 
     def __repr__(self) -> str:
-        return f"<VMConnection {self._name!r} {self._state.name} status={self._status}>"
+        return f"<VMConnection {self._name!r} {self._state.name} status={self._runstate.status}>"
 
     async def __aenter__(self) -> VMConnection:
         return self
@@ -600,8 +591,8 @@ class VMConnection:
         try:
             async with asyncio.timeout(timeout):
                 reply = await proto.call(command, arguments)
-        except TimeoutError:
-            raise  # an OSError subclass: not a connection problem
+        except TimeoutError as err:  # an OSError subclass: not a connection problem
+            raise VMCommandTimeout(f"{self._name}: {command}: no reply within {timeout:g}s") from err
         except ExecInterruptedError as err:
             if command == "quit":  # QEMU may close before the reply reaches us
                 return {}
@@ -707,10 +698,10 @@ class VMConnection:
                 self._set_state(VMState.CONNECTED)
                 self.log.info(
                     "%s: connected to %s (QEMU %s, %s)", self._name, self._where(), self._version_text(),
-                    self._status,
+                    self._runstate.status,
                 )
                 self._emit(
-                    "REACTOR_VM_CONNECTED", {"status": self._status, "qemu_version": self._version_text()}
+                    "REACTOR_VM_CONNECTED", {"status": self._runstate.status, "qemu_version": self._version_text()}
                 )
                 if self._used is not None:
                     self.check_rule_usage(self._used, self._used_commands)
@@ -748,6 +739,9 @@ class VMConnection:
                 self._rename(self._namer(str(qname) if qname else None))
             version = await self._call(proto, "query-version", None, timeout)
             status = await self._call(proto, "query-status", None, timeout)
+            if isinstance(status, dict) and isinstance(status.get("status"), str):
+                # at once: events read while the schema is fetched apply on top of it
+                self._runstate = RunState(status["status"])
             try:
                 schema = await self._call(proto, "query-qmp-schema", None, timeout)
                 self.schema_events, self._event_fields, commands = _read_schema(schema)
@@ -755,8 +749,6 @@ class VMConnection:
             except QMPCommandError as err:
                 self.log.info("%s: no query-qmp-schema (%s); cannot check rule usage", self._name, err)
         self.qemu_version = version if isinstance(version, dict) else None
-        if isinstance(status, dict) and isinstance(status.get("status"), str):
-            self._status = status["status"]
 
     def _rename(self, name: str) -> None:
         if name != self._name:
@@ -857,7 +849,7 @@ class VMConnection:
         """Called by the reader for each event: track status, make the Event, hand it on."""
         name = obj["event"]
         if name.__class__ is str and name in _STATUS_EVENTS:  # not a string: make_event rejects it below
-            self._track_status(name, obj.get("data"))
+            self._runstate = self._runstate.after(name, obj.get("data"))
         self._seq += 1
         self.events_received += 1
         if self._shed is not None and self._shed(self._name):
@@ -876,27 +868,6 @@ class VMConnection:
             self.callback_errors += 1
             if self.callback_errors == 1 or self.callback_errors % 1000 == 0:
                 self.log.exception("%s: on_event failed (%d so far)", self._name, self.callback_errors)
-
-    def _track_status(self, name: str, data: object) -> None:
-        action = data.get("action") if isinstance(data, dict) else None
-        if name == "STOP":
-            self._status = self._stop_reason or "paused"
-            self._stop_reason = None
-        elif name in ("RESUME", "WAKEUP"):
-            self._status = "running"
-            self._stop_reason = None
-        elif name == "SHUTDOWN":
-            self._status = "shutdown"
-            self._stop_reason = "shutdown"
-        elif name in ("SUSPEND", "SUSPEND_DISK"):
-            self._status = "suspended"
-        elif name == "GUEST_PANICKED" and action == "pause":
-            self._status = "guest-panicked"
-            self._stop_reason = "guest-panicked"
-        elif name == "BLOCK_IO_ERROR" and action == "stop":
-            self._stop_reason = "io-error"
-        elif name == "WATCHDOG" and action == "pause":
-            self._stop_reason = "watchdog"
 
 
 def _stat_key(path: str) -> tuple[int, int, int] | None:

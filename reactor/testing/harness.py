@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from reactor.actions.action import ActionSpec, Resource, VMHandle
+from reactor.actions.action import ActionSpec, JournalHandle, Resource, VMHandle
 from reactor.engine.clock import Clock
-from reactor.errors import ActionError, RuleError
+from reactor.errors import ActionError, EventTimeout, JournalError, RuleError, StateError
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.rules.arguments import convert
@@ -95,8 +95,8 @@ class FakeDaemon:
         return self._host
 
     @property
-    def journal(self) -> Any:
-        raise ActionError("no journal in tests (FakeDaemon)")
+    def journal(self) -> JournalHandle:
+        raise JournalError("no journal in tests (FakeDaemon)")
 
     def emit(self, event: Event) -> None:
         self.emitted.append(event)
@@ -108,7 +108,7 @@ class FakeDaemon:
 
     def start_task(self, coro: Awaitable[None], name: str) -> None:
         if self._tg is None:
-            raise RuntimeError("FakeDaemon: use it as 'async with' to start tasks")
+            raise StateError("FakeDaemon: use it as 'async with' to start tasks")
         self._tasks.append(self._tg.create_task(coro, name=name))  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Self:
@@ -211,7 +211,7 @@ class _Context:
                 del self._h.upcoming[i]
                 return ev
         await self._h.clock.sleep(timeout)
-        raise TimeoutError(f"no {'/'.join(sorted(names))} from {want_vm} within {timeout:g}s")
+        raise EventTimeout(f"no {'/'.join(sorted(names))} from {want_vm} within {timeout:g}s")
 
     def resource(self, cls: type[R]) -> R:
         res = self._h.resources.get(cls)

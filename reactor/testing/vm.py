@@ -21,7 +21,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from reactor.errors import QMPCommandError, QMPConnectionError
+from reactor.errors import VMCommandError, VMConnectionError
 
 __all__ = ["FakeVM", "Responder"]
 
@@ -60,7 +60,7 @@ class FakeVM:
                       timeout: float = 10.0) -> Any:
         args = dict(arguments or {})
         if not self._connected:
-            raise QMPConnectionError(f"{self._name}: not connected")
+            raise VMConnectionError(f"{self._name}: not connected")
         self.commands.append((command, args))
         if command in self._responses:
             answer = self._responses[command]
@@ -83,7 +83,7 @@ class FakeVM:
             self.status = "running"
             self._event("RESUME", {})
             return {}
-        raise QMPCommandError(command, "CommandNotFound", f"The command {command} has not been found")
+        raise VMCommandError(command, "CommandNotFound", f"The command {command} has not been found")
 
     # -- setting it up -------------------------------------------------------------------
     def respond(self, command: str, answer: Responder) -> None:
@@ -92,10 +92,10 @@ class FakeVM:
 
     def fail(self, command: str, error_class: str = "GenericError", desc: str = "failed") -> None:
         """Answer ``command`` with a QMP error, as QEMU does."""
-        self._responses[command] = QMPCommandError(command, error_class, desc)
+        self._responses[command] = VMCommandError(command, error_class, desc)
 
     def disconnect(self) -> None:
-        """From now on every command raises :class:`~reactor.errors.QMPConnectionError`."""
+        """From now on every command raises :class:`~reactor.errors.VMConnectionError`."""
         self._connected = False
 
     def called(self, command: str) -> list[dict[str, Any]]:

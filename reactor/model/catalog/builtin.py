@@ -9,28 +9,10 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from reactor.model.catalog.schema import EventSchema, FieldSpec, TypeSpec
+from reactor.model.runstate import RUN_STATES
 
 __all__ = ["BUILTIN_EVENTS", "RUN_STATES"]
 
-#: QEMU's RunState enum (the union over the supported versions).
-RUN_STATES: tuple[str, ...] = (
-    "debug",
-    "inmigrate",
-    "internal-error",
-    "io-error",
-    "paused",
-    "postmigrate",
-    "prelaunch",
-    "finish-migrate",
-    "restore-vm",
-    "running",
-    "save-vm",
-    "shutdown",
-    "suspended",
-    "watchdog",
-    "guest-panicked",
-    "colo",
-)
 
 _STR = TypeSpec("str", "str")
 _INT = TypeSpec("int", "int")

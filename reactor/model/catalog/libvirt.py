@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from reactor.model.catalog import Catalog, EventSchema, FieldSpec, TypeSpec
+from reactor.model.runstate import from_libvirt
 
 __all__ = [
     "LIBVIRT_EVENTS",
@@ -93,20 +94,7 @@ def enum_name(values: tuple[str, ...], number: int) -> str:
 
 def run_state(state: str, reason: str) -> str:
     """The QEMU RunState (what ``vm.status`` says for a QMP VM) for a libvirt state and reason."""
-    if state == "running" or state == "blocked":
-        return "running"
-    if state == "paused":
-        return {
-            "ioerror": "io-error", "watchdog": "watchdog", "crashed": "guest-panicked", "starting_up": "prelaunch",
-            "migration": "postmigrate", "save": "save-vm", "snapshot": "save-vm",
-        }.get(reason, "paused")
-    if state == "shutdown":
-        return "shutdown"
-    if state == "crashed":
-        return "guest-panicked"
-    if state == "pmsuspended":
-        return "suspended"
-    return "shutdown"  # shutoff / nostate: no QEMU process
+    return from_libvirt(state, reason)
 
 
 _STR = TypeSpec("str", "str")

@@ -19,7 +19,7 @@ QMP command          libvirt call
 ``snapshot-delete``  ``virDomainSnapshotDelete``
 ===================  ============================================
 
-Any other command raises :class:`~reactor.errors.QMPCommandError` with class
+Any other command raises :class:`~reactor.errors.VMCommandError` with class
 ``NotThroughLibvirt``: sending raw QMP behind libvirt's back makes libvirt
 mark the domain *tainted* (``custom-monitor``), so it happens only through
 :meth:`LibvirtVM.monitor_command`, which a rule must ask for by name (the
@@ -36,8 +36,9 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 from xml.sax.saxutils import escape
 
-from reactor.errors import QMPCommandError, QMPConnectionError
+from reactor.errors import VMCommandError, VMCommandTimeout, VMConnectionError
 from reactor.model.catalog.libvirt import STATE_REASONS, STATES, enum_name, run_state
+from reactor.model.runstate import RunState
 from reactor.sources.libvirt.loop import import_libvirt
 
 if TYPE_CHECKING:
@@ -67,13 +68,18 @@ class LibvirtVM:
         self._source = source
         self._name = name
         self._labels = dict(labels)
-        self.status = "disconnected"
         self.state = "shutoff"
         self.reason = "unknown"
+        #: QEMU's run state, kept by reactor.model.runstate from the events (``shutdown``: no QEMU process)
+        self.runstate = RunState(run_state(self.state, self.reason))
         self.active = False
         self.persistent = True
 
     # -- VMHandle --
+    @property
+    def status(self) -> str:
+        return self.runstate.status
+
     @property
     def name(self) -> str:
         return self._name
@@ -100,7 +106,7 @@ class LibvirtVM:
         args = dict(arguments or {})
         call = _MAPPING.get(command)
         if call is None:
-            raise QMPCommandError(
+            raise VMCommandError(
                 command, "NotThroughLibvirt",
                 f"{self._name} is managed by libvirt: {command} is not mapped to libvirt's API; "
                 "use the libvirt_qmp action to send it through libvirt's monitor passthrough "
@@ -125,7 +131,7 @@ class LibvirtVM:
             reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, text, 0))
             if "error" in reply:
                 error = reply["error"] if isinstance(reply["error"], dict) else {}
-                raise QMPCommandError(command, str(error.get("class", "GenericError")), str(error.get("desc", "")))
+                raise VMCommandError(command, str(error.get("class", "GenericError")), str(error.get("desc", "")))
             return reply.get("return")
 
         return await self._call(command, run, timeout)
@@ -164,7 +170,7 @@ class LibvirtVM:
         libvirt, _ = import_libvirt()
         conn = self._source.connection
         if conn is None:
-            raise QMPConnectionError(f"{self._name}: libvirt at {self._source.uri} is not connected")
+            raise VMConnectionError(f"{self._name}: libvirt at {self._source.uri} is not connected")
 
         def run() -> Any:
             try:
@@ -173,13 +179,16 @@ class LibvirtVM:
             except libvirt.libvirtError as err:
                 code = err.get_error_code()
                 if code == libvirt.VIR_ERR_NO_DOMAIN:
-                    raise QMPConnectionError(f"{self._name}: no such libvirt domain") from err
+                    raise VMConnectionError(f"{self._name}: no such libvirt domain") from err
                 if code == libvirt.VIR_ERR_OPERATION_INVALID and not self.active:
-                    raise QMPConnectionError(f"{self._name}: the domain is not running") from err
-                raise QMPCommandError(command, "LibvirtError", err.get_error_message() or str(err)) from err
+                    raise VMConnectionError(f"{self._name}: the domain is not running") from err
+                raise VMCommandError(command, "LibvirtError", err.get_error_message() or str(err)) from err
 
-        async with asyncio.timeout(timeout):
-            return await asyncio.to_thread(run)
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.to_thread(run)
+        except TimeoutError as err:
+            raise VMCommandTimeout(f"{self._name}: {command}: no answer from libvirt within {timeout:g}s") from err
 
 
 def _tag_text(xml: str, tag: str) -> str:

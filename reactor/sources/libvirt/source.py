@@ -41,8 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from reactor.engine.engine import status_after
-from reactor.errors import EventError, QMPConnectionError
+from reactor.errors import EventError, LibvirtConnectionError, StateError
 from reactor.model.catalog.libvirt import (
     AGENT_REASONS,
     AGENT_STATES,
@@ -62,6 +61,7 @@ from reactor.model.catalog.libvirt import (
     run_state,
 )
 from reactor.model.event import Event
+from reactor.model.runstate import RunState, lifecycle_state
 from reactor.sources.libvirt.config import LibvirtConfig
 from reactor.sources.libvirt.domain import LibvirtVM
 from reactor.sources.libvirt.loop import ensure_event_loop, import_libvirt
@@ -72,10 +72,6 @@ __all__ = ["LibvirtConnectionError", "LibvirtSource", "LinkState"]
 log = logging.getLogger(__name__)
 
 MakeEvent = Callable[..., Event]
-
-
-class LibvirtConnectionError(QMPConnectionError):
-    """libvirtd could not be reached, or the connection was lost."""
 
 
 #: Where a :class:`LibvirtSource`'s supervisor is: the same states as a QMP connection's.
@@ -135,7 +131,6 @@ _TYPED: dict[str, tuple[str, Callable[[tuple[Any, ...]], dict[str, Any]]]] = {
 }
 
 #: A lifecycle detail -> libvirt's state reason, where the words differ.
-_SUSPEND_REASON = {"paused": "user", "restored": "from_snapshot"}
 _CLOSE_REASONS = ("error", "end of file", "keepalive timeout", "closed by client")
 
 
@@ -246,7 +241,7 @@ class LibvirtSource:
     async def run(self, emit: Callable[[Event], None]) -> None:
         """Connect, deliver events to ``emit``, reconnect; until :meth:`aclose` or cancellation."""
         if self._run_task is not None:
-            raise RuntimeError(f"libvirt {self.uri}: run() is already running")
+            raise StateError(f"libvirt {self.uri}: run() is already running")
         self._run_task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         self._emit = emit
@@ -427,11 +422,9 @@ class LibvirtSource:
             vm.reason = enum_name(STATE_REASONS.get(state, ("unknown",)), reason_no)
             vm.persistent = persistent
             vm.active = state not in ("shutoff", "nostate")
+            vm.runstate = RunState(run_state(state, vm.reason))
             if vm.active:
-                vm.status = run_state(state, vm.reason)
                 self._connected(vm, time.time())
-            else:
-                vm.status = "disconnected"
         for name in [n for n in self._vms if n not in seen]:
             del self._vms[name]  # undefined while we were away
 
@@ -456,29 +449,22 @@ class LibvirtSource:
         detail = enum_name(LIFECYCLE_DETAILS.get(event, ()), detail_no)
         stamp = _stamp(now)
         if event == "started":
-            vm.active, vm.state, vm.reason, vm.status = True, "running", detail, "running"
+            vm.active, vm.state, vm.reason = True, "running", detail
+            vm.runstate = RunState(run_state(vm.state, vm.reason))
             self._connected(vm, now)
-        self._deliver(name, "LIBVIRT_LIFECYCLE", {"event": event, "detail": detail}, stamp)
+        self._deliver(name, "LIBVIRT_LIFECYCLE", {"event": event, "detail": detail}, stamp)  # status: the model
+        state = lifecycle_state(event, detail)
+        if state is not None:
+            vm.state, vm.reason = state
         if event == "defined":
             vm.persistent = True
         elif event == "undefined":
             vm.persistent = False
             if not vm.active:
                 self._vms.pop(name, None)
-        elif event == "suspended":
-            vm.state, vm.reason = "paused", _SUSPEND_REASON.get(detail, detail)
-            vm.status = run_state("paused", vm.reason)
-        elif event == "resumed":
-            vm.state, vm.reason, vm.status = "running", "unpaused", "running"
-        elif event == "shutdown":
-            vm.state, vm.reason, vm.status = "shutdown", "user", "shutdown"
-        elif event == "pmsuspended":
-            vm.state, vm.reason, vm.status = "pmsuspended", "unknown", "suspended"
-        elif event == "crashed":
-            vm.state, vm.reason, vm.status = "crashed", detail, "guest-panicked"
         elif event == "stopped":
             was_active = vm.active
-            vm.active, vm.state, vm.reason, vm.status = False, "shutoff", detail, "disconnected"
+            vm.active = False
             if was_active:
                 self._deliver(name, "REACTOR_VM_DISCONNECTED", {"reason": f"domain stopped ({detail})"}, stamp)
             if not vm.persistent:
@@ -525,8 +511,8 @@ class LibvirtSource:
             self.bad_events += 1
             self.log.warning("libvirt %s: not an event: %s", self.uri, err)
             return
-        if vm is not None and not name.startswith(("LIBVIRT_", "REACTOR_")):
-            vm.status = status_after(event, vm.status)
+        if vm is not None:
+            vm.runstate = vm.runstate.after(name, event.data)
         emit = self._emit
         if emit is None:
             return
