@@ -28,7 +28,8 @@
      ├── StateError                 a method called in the wrong state (not running yet, already running)
      ├── PluginError                a plugin failed to import or declares badly
      ├── JournalError               the journal could not be opened or written
-     └── HttpError                  the HTTP listener could not start
+     ├── HttpError                  the HTTP listener could not start
+     └── ReplayRefused              replay cannot do what the rules ask (no broker, one unreachable)
 
 Old names kept for one release (the same classes): ``QMPCommandError`` (VMCommandError),
 ``QMPConnectionError`` (VMConnectionError), ``QMPProtocolError`` (VMProtocolError).
@@ -63,6 +64,7 @@ __all__ = [
     "ReactorError",
     "ReactorTimeoutError",
     "RemoteError",
+    "ReplayRefused",
     "RuleError",
     "SourceError",
     "StateError",
@@ -222,6 +224,10 @@ class JournalError(ReactorError):
 
 class HttpError(ReactorError):
     """The HTTP listener could not start (bad ``http.listen``, address in use)."""
+
+
+class ReplayRefused(ReactorError):
+    """Replay cannot do what the rules ask (no broker configured, one unreachable): said before it starts."""
 
 
 # The old names, for one release.

@@ -33,7 +33,7 @@ import orjson
 from reactor.actions.action import Resource
 from reactor.engine.clock import VirtualClock
 from reactor.engine.engine import Engine
-from reactor.errors import EventError, ReactorError
+from reactor.errors import EventError, ReactorError, ReplayRefused
 from reactor.model.event import Event
 from reactor.rules.rule import RuleSet, Step
 from reactor.rules.source import close_match
@@ -60,10 +60,6 @@ class ReplayResult:
     @property
     def failed_runs(self) -> int:
         return self.runs.get("failed", 0) + self.runs.get("cancelled", 0)
-
-
-class ReplayRefused(ReactorError):
-    """Replay cannot do what the rules ask (no broker configured, one unreachable): said before it starts."""
 
 
 def _where(rule: str, step: Step) -> str:

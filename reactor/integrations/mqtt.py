@@ -645,7 +645,7 @@ class _Mirror:
             return None
         state = self.runstate.get(ev.vm, _UNKNOWN).after(name, ev.data)
         self.runstate[ev.vm] = state
-        return state.status
+        return None if state.status == _UNKNOWN.status else state.status  # nothing known yet: say nothing
 
     async def run(self) -> None:
         q = self.queue

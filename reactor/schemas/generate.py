@@ -331,7 +331,11 @@ def _config_keys() -> dict[str, Any]:
         "protocol": {"enum": ["3.1.1", "5", "5.0", 5]},
         "publish_events": {"anyOf": [{"type": "boolean"}, {
             "type": "object", "additionalProperties": False, "properties": {
-                "prefix": {"type": "string"}, "events": strings, "vms": strings, "qos": qos}}]},
+                "prefix": {"type": "string"}, "events": strings, "vms": strings, "qos": qos,
+                "homeassistant": {"anyOf": [{"type": "boolean"}, {
+                    "type": "object", "additionalProperties": False, "description": "Home Assistant MQTT discovery",
+                    "properties": {"prefix": {"type": "string", "default": "homeassistant"},
+                                   "buttons": strings}}]}}}]},
         "subscribe": {"anyOf": [{"type": "string"}, topic,
                                 {"type": "array", "items": {"anyOf": [{"type": "string"}, topic]}}]},
         "prefix": {"type": "string"},
