@@ -1,0 +1,370 @@
+"""Correlation over time: `after`, `count`, `unless` replayed on the virtual clock, checked at load.
+
+Edges: an event exactly at the window's end is outside it (windows are
+half-open, as for throttle and threshold); VMs interleave without mixing their
+keys; a second trigger while one is pending is dropped (journaled); a match
+still pending at the end of the input runs then, in deadline order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reactor.engine.clock import VirtualClock
+from reactor.engine.correlation import MAX_KEYS
+from reactor.engine.engine import Engine
+from reactor.engine.replay import replay
+from reactor.errors import LoadError
+from reactor.ops.journal import SCHEMA_VERSION, Journal
+from reactor.rules.loader import load_rules_text
+
+AFTER = """
+rules:
+  - name: io-after-resume
+    on: BLOCK_IO_ERROR
+    after: {event: RESUME, within: 1m}
+    actions:
+      - log: "io error {{ vars.after.timestamp.seconds }}"
+"""
+
+COUNT = """
+rules:
+  - name: repeated-io
+    on: BLOCK_IO_ERROR
+    count: {min: 3, within: 1m}
+    actions:
+      - log: >-
+          n={{ vars.count.n }} first={{ vars.count.first }}
+          {{ vars.count.events | map(attribute='timestamp.seconds') | join(',') }}
+"""
+
+UNLESS = """
+rules:
+  - name: paused-too-long
+    on: STOP
+    unless: {event: [RESUME, SHUTDOWN], within: 30s}
+    actions:
+      - log: "paused since {{ vars.pending_since }}"
+"""
+
+
+def line(name: str, vm: str, t: float, **data: Any) -> str:
+    secs = int(t)
+    return json.dumps({"event": name, "vm": vm, "data": data,
+                       "timestamp": {"seconds": secs, "microseconds": round((t - secs) * 1e6)}})
+
+
+def io(vm: str, t: float, device: str = "d0") -> str:
+    return line("BLOCK_IO_ERROR", vm, t, device=device, operation="write", action="stop", reason="EIO")
+
+
+async def play(rules: str, lines: list[str], journal: Journal | None = None
+               ) -> tuple[Engine, list[dict[str, Any]]]:
+    rs = load_rules_text([("r.yaml", textwrap.dedent(rules))])
+    clock = VirtualClock()
+    records: list[dict[str, Any]] = []
+    engine = Engine(rs, clock=clock, output=records.append, journal=journal)
+    result = await replay(lines, engine, clock)
+    assert result.errors == []
+    return engine, records
+
+
+def matches(records: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    return [(r["vm"], r["time"]) for r in records if r["type"] == "match"]
+
+
+def messages(records: list[dict[str, Any]]) -> list[str]:
+    return [r["args"]["message"] for r in records if r["type"] == "step"]
+
+
+def outcomes(engine: Engine, rule: str) -> dict[str, int]:
+    return {k[1]: n for k, n in engine.run_outcomes.items() if k[0] == rule}
+
+
+# -- after ----------------------------------------------------------------------------------
+
+async def test_after_needs_the_other_event_first_within_the_window_and_per_vm() -> None:
+    lines = [io("vm1", 990),                        # no RESUME yet: no match
+             line("RESUME", "vm1", 1000),
+             io("vm2", 1010),                       # vm2 had no RESUME: no match
+             io("vm1", 1030),                       # 30 s after vm1's RESUME: runs
+             io("vm1", 1059.999),                   # just inside
+             io("vm1", 1060)]                       # exactly 1m after: outside (half-open window)
+    engine, records = await play(AFTER, lines)
+    assert matches(records) == [("vm1", 1030.0), ("vm1", 1059.999)]
+    assert messages(records) == ["io error 1000", "io error 1000"]
+    assert outcomes(engine, "io-after-resume")["no_after"] == 3
+
+
+async def test_after_takes_the_latest_event_and_match_filters_it() -> None:
+    rules = """
+    rules:
+      - name: r
+        on: STOP
+        after: {event: BLOCK_IO_ERROR, match: {operation: write}, within: 10s, per: [vm, host]}
+        actions:
+          - log: "{{ vars.after.data.device }}"
+    """
+    lines = [line("BLOCK_IO_ERROR", "vm1", 100, device="a", operation="write", action="stop"),
+             line("BLOCK_IO_ERROR", "vm1", 101, device="b", operation="read", action="stop"),  # not matched
+             line("BLOCK_IO_ERROR", "vm1", 102, device="c", operation="write", action="stop"),
+             line("STOP", "vm1", 105)]
+    _, records = await play(rules, lines)
+    assert messages(records) == ["c"]
+
+
+async def test_the_trigger_is_never_its_own_after_event() -> None:
+    rules = """
+    rules:
+      - name: second-stop
+        on: STOP
+        after: {event: STOP, within: 10s}
+        actions: [{log: second}]
+    """
+    _, records = await play(rules, [line("STOP", "vm1", 100), line("STOP", "vm1", 105), line("STOP", "vm1", 120)])
+    assert matches(records) == [("vm1", 105.0)]
+
+
+# -- count ----------------------------------------------------------------------------------
+
+async def test_count_fires_on_the_third_of_the_same_vm_then_counts_from_zero() -> None:
+    lines = [io("vm1", 1000), io("vm2", 1001), io("vm1", 1002), io("vm2", 1003),
+             io("vm1", 1004),                           # vm1's 3rd: run
+             io("vm1", 1005), io("vm2", 1005.5),         # vm2's 3rd: run
+             io("vm1", 1006),                            # vm1 counting anew: 2 so far
+             io("vm1", 1007)]                            # vm1's 3rd again: run
+    engine, records = await play(COUNT, lines)
+    assert matches(records) == [("vm1", 1004.0), ("vm2", 1005.5), ("vm1", 1007.0)]
+    assert messages(records)[0] == "n=3 first=1000.0 1000,1002,1004"
+    assert outcomes(engine, "repeated-io")["counted"] == 6
+
+
+async def test_count_window_is_sliding_and_an_entry_exactly_within_old_has_expired() -> None:
+    lines = [io("vm1", 1000), io("vm1", 1030),
+             io("vm1", 1060),            # 1000 is exactly 1m old: expired; 2 in the window
+             io("vm1", 1089)]            # 1030, 1060, 1089: run
+    _, records = await play(COUNT, lines)
+    assert matches(records) == [("vm1", 1089.0)]
+    assert messages(records) == ["n=3 first=1030.0 1030,1060,1089"]
+
+
+async def test_count_repeats_count_and_per_data_keys_apart() -> None:
+    rules = """
+    rules:
+      - name: r
+        on: BLOCK_IO_ERROR
+        count: {min: 2, within: 1m, per: [vm, data.device]}
+        actions: [{log: "{{ vars.count.n }}"}]
+    """
+    lines = [io("vm1", 1, "a"), io("vm1", 2, "b"), io("vm1", 3, "a")]
+    _, records = await play(rules, lines)
+    assert matches(records) == [("vm1", 3.0)]
+
+
+async def test_count_min_1_runs_on_every_match() -> None:
+    rules = """
+    rules:
+      - name: r
+        on: STOP
+        count: {min: 1, within: 1m}
+        actions: [{log: "{{ vars.count.n }}"}]
+    """
+    _, records = await play(rules, [line("STOP", "vm1", 1), line("STOP", "vm1", 2)])
+    assert messages(records) == ["1", "1"]
+
+
+# -- unless ---------------------------------------------------------------------------------
+
+async def test_unless_runs_at_the_deadline_when_nothing_cancels() -> None:
+    lines = [line("STOP", "vm1", 1000), line("POWERDOWN", "vm1", 1010), line("STOP", "vm2", 1035)]
+    engine, records = await play(UNLESS, lines)
+    # vm1's run starts at its deadline (1030), before vm2's STOP at 1035; vm2's at the end of input (1065)
+    assert matches(records) == [("vm1", 1030.0), ("vm2", 1065.0)]
+    assert messages(records) == ["paused since 1000.0", "paused since 1035.0"]
+    kinds = [(r["type"], r["vm"]) for r in records if r["type"] in ("pending", "match")]
+    assert kinds == [("pending", "vm1"), ("match", "vm1"), ("pending", "vm2"), ("match", "vm2")]
+    assert outcomes(engine, "paused-too-long")["elapsed"] == 2
+
+
+async def test_unless_cancelled_by_a_resume_of_the_same_vm_only() -> None:
+    lines = [line("STOP", "vm1", 1000), line("STOP", "vm2", 1001),
+             line("RESUME", "vm2", 1005),                          # cancels vm2's, not vm1's
+             line("RESUME", "vm1", 1029.999)]                      # cancels vm1's just in time
+    engine, records = await play(UNLESS, lines)
+    assert matches(records) == []
+    cancelled = [r for r in records if r["type"] == "cancelled"]
+    assert [(r["vm"], r["by"], r["time"]) for r in cancelled] == [("vm2", "RESUME", 1005.0),
+                                                                   ("vm1", "RESUME", 1029.999)]
+    assert "cancelled by RESUME from vm1" in cancelled[1]["reason"]
+    assert outcomes(engine, "paused-too-long")["cancelled"] == 2
+
+
+async def test_unless_cancel_exactly_at_the_deadline_is_too_late() -> None:
+    lines = [line("STOP", "vm1", 1000), line("RESUME", "vm1", 1030)]
+    _, records = await play(UNLESS, lines)
+    assert matches(records) == [("vm1", 1030.0)]
+    assert not [r for r in records if r["type"] == "cancelled"]
+
+
+async def test_unless_second_trigger_while_pending_is_dropped_then_a_new_one_may_start() -> None:
+    lines = [line("STOP", "vm1", 1000), line("STOP", "vm1", 1010),   # dropped: one is pending
+             line("RESUME", "vm1", 1020),                             # cancels the first
+             line("STOP", "vm1", 1025)]                               # a new pending: runs at the end (1055)
+    _, records = await play(UNLESS, lines)
+    dropped = [r for r in records if r["type"] == "dropped"]
+    assert [(r["vm"], r["time"]) for r in dropped] == [("vm1", 1010.0)]
+    assert "pending" in dropped[0]["reason"]
+    assert matches(records) == [("vm1", 1055.0)]
+    assert messages(records) == ["paused since 1025.0"]
+
+
+async def test_pending_at_end_of_input_run_in_deadline_order() -> None:
+    rules = UNLESS + """
+  - name: short-hold
+    on: STOP
+    unless: {event: RESUME, within: 5s}
+    actions: [{log: short}]
+"""
+    lines = [line("STOP", "vm1", 1000), line("STOP", "vm2", 1001)]
+    _, records = await play(rules, lines)
+    got = [(r["rule"], r["vm"], r["time"]) for r in records if r["type"] == "match"]
+    assert got == [("short-hold", "vm1", 1005.0), ("short-hold", "vm2", 1006.0),
+                   ("paused-too-long", "vm1", 1030.0), ("paused-too-long", "vm2", 1031.0)]
+
+
+async def test_unless_match_on_the_cancelling_event_and_forms_combined() -> None:
+    rules = """
+    rules:
+      - name: r
+        on: BLOCK_IO_ERROR
+        count: {min: 2, within: 1m}
+        unless: {event: RESUME, within: 10s}
+        actions: [{log: "{{ vars.count.n }} since {{ vars.pending_since }}"}]
+      - name: s
+        on: STOP
+        unless: {event: SHUTDOWN, match: {guest: true}, within: 10s}
+        actions: [{log: s}]
+    """
+    lines = [io("vm1", 100), io("vm1", 101),                  # 2nd: pending until 111
+             line("STOP", "vm1", 102),
+             line("SHUTDOWN", "vm1", 103, guest=False, reason="host-qmp-quit"),   # match fails: no cancel
+             line("RESUME", "vm1", 120)]                      # after r's deadline
+    _, records = await play(rules, lines)
+    assert [(r["rule"], r["time"]) for r in records if r["type"] == "match"] == [("r", 111.0), ("s", 112.0)]
+    assert messages(records)[0] == "2 since 101.0"
+
+
+async def test_a_storm_of_pending_matches_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("reactor.engine.correlation.MAX_KEYS", 50)
+    lines = [line("STOP", f"vm{i}", 1000 + i * 0.001) for i in range(80)]
+    engine, records = await play(UNLESS, lines)
+    assert engine.correlation.overflow["paused-too-long"] == 30
+    assert outcomes(engine, "paused-too-long")["overflow"] == 30
+    assert len(matches(records)) == 50
+    assert MAX_KEYS == 10_000   # the documented bound
+
+
+async def test_expired_counts_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("reactor.engine.correlation.SWEEP_EVERY", 10)
+    lines = [io(f"vm{i}", 1000 + i * 10) for i in range(100)]     # every VM once, 10 s apart
+    engine, _ = await play(COUNT, lines)
+    assert len(engine.correlation._counts["repeated-io"]) <= 16   # ~6 within the minute + < 10 since a sweep
+
+
+# -- the journal ----------------------------------------------------------------------------
+
+async def test_pending_cancelled_and_elapsed_are_journaled(tmp_path: Path) -> None:
+    async with Journal(tmp_path / "j.db", record_events="matched") as journal:
+        lines = [line("STOP", "vm1", 1000), line("RESUME", "vm1", 1010), line("STOP", "vm2", 1020)]
+        await play(UNLESS, lines, journal)
+        runs = sorted(journal.runs(limit=10), key=lambda r: r.id)
+        rows = [(r.vm, r.outcome, r.status) for r in runs]
+        assert rows == [("vm1", "pending", "cancelled"), ("vm2", "pending", "elapsed"), ("vm2", "started", "ok")]
+        assert runs[0].error is not None and "cancelled by RESUME from vm1" in runs[0].error
+        assert runs[0].event is not None and runs[0].event.name == "STOP"
+        cancelling = journal.events(name="RESUME")
+        assert len(cancelling) == 1 and f"event #{cancelling[0].id}" in runs[0].error
+        assert journal.load_correlation() == []   # nothing left pending
+
+
+async def test_a_version_1_journal_gets_the_correlation_table(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    con = sqlite3.connect(db)
+    con.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    con.close()
+    async with Journal(db) as j:
+        assert [r.rule for r in j.runs()] == ["r1"]           # the old rows are kept
+        j.record_correlation("add", "r", "count", "vm1", 5.0, "sig", {"event": {"event": "STOP"}})
+        j.record_correlation("add", "r", "count", "vm1", 6.0, "sig", {"event": {"event": "STOP"}})
+        j.record_correlation("add", "r", "unless", "vm1", 7.0, "sig", {"deadline": 9.0})
+        j.record_correlation("del", "r", "count", "vm1", 5.0, "sig", None)     # rows at or before 5.0
+        await j.flush()
+        assert [(r[1], r[3]) for r in j.load_correlation()] == [("count", 6.0), ("unless", 7.0)]
+        j.record_correlation("del", "r", None, None, None, "sig", None)
+        assert j.load_correlation() == []
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    con.close()
+
+
+# -- load errors ----------------------------------------------------------------------------
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(LoadError) as exc:
+        load_rules_text([("r.yaml", textwrap.dedent(text))])
+    return [str(e) for e in exc.value.errors]
+
+
+def rule(extra: str, on: str = "STOP") -> str:
+    return f"""
+    rules:
+      - name: r
+        on: {on}
+    {textwrap.indent(textwrap.dedent(extra).strip(), '    ')}
+        actions: [{{log: x}}]
+    """
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("unless: {event: RESUMED, within: 30s}",
+     "r.yaml:5:21: unless.event: unknown event 'RESUMED' (did you mean 'RESUME'?)"),
+    ("unless: {event: [RESUME, SHUTDOWNN], within: 30s}",
+     "r.yaml:5:30: unless.event: unknown event 'SHUTDOWNN' (did you mean 'SHUTDOWN'?)"),
+    ("unless: {event: RESUME}", "r.yaml:5:13: unless: missing 'within'"),
+    ("unless: {event: RESUME, within: -5s}", "r.yaml:5:37: unless.within: "),
+    ("unless: {event: RESUME, within: 0}", "r.yaml:5:37: unless.within: must be greater than zero"),
+    ("unless: {within: 30s}", "r.yaml:5:13: unless: missing 'event'"),
+    ("unless: {event: '*', within: 30s}", "r.yaml:5:21: unless.event: name the events"),
+    ("unless: {event: RESUME, within: 30s, pre: [vm]}", "r.yaml:5:42: unless: unknown key 'pre' (did you mean 'per'?)"),
+    ("unless: {event: SHUTDOWN, match: {guets: true}, within: 30s}", "r.yaml:5:39: SHUTDOWN has no field 'guets'"),
+    ("unless: {event: SHUTDOWN, match: {reason: halt}, within: 30s}", "not one of"),
+    ("unless: {event: RESUME, within: 30s, per: [data.device]}", "r.yaml:5:48: unless.per: STOP has no field 'device'"),
+    ("unless: [RESUME]", "r.yaml:5:13: unless must be a mapping {event, match, within, per}"),
+    ("after: {event: RESUM, within: 1m}", "r.yaml:5:20: after.event: unknown event 'RESUM' (did you mean 'RESUME'?)"),
+    ("after: {event: RESUME, within: 1m, matc: {}}", "r.yaml:5:40: after: unknown key 'matc' (did you mean 'match'?)"),
+    ("after: {event: RESUME}", "r.yaml:5:12: after: missing 'within'"),
+    ("after: {event: 12, within: 1m}", "r.yaml:5:20: after.event: an event name must be a string"),
+    ("count: {min: 0, within: 1m}", "r.yaml:5:18: count.min: expected a positive integer, got 0"),
+    ("count: {min: 3}", "r.yaml:5:12: count: missing 'within'"),
+    ("count: {within: 1m}", "r.yaml:5:12: count: missing 'min'"),
+    ("count: {min: 2, within: 1m, per: [data.nope]}", "r.yaml:5:39: count.per: STOP has no field 'nope'"),
+    ("count: {min: 2, within: 1m, event: STOP}", "r.yaml:5:33: count: unknown key 'event'"),
+    ("cuont: {min: 2, within: 1m}", "r.yaml:5:5: unknown rule key 'cuont' (did you mean 'count'?)"),
+])
+def test_bad_correlation_is_a_load_error_with_position(extra: str, expected: str) -> None:
+    got = errors(rule(extra))
+    assert any(e.startswith(expected) or expected in e for e in got), got
+
+
+def test_good_correlations_load() -> None:
+    rs = load_rules_text([("r.yaml", textwrap.dedent(AFTER))])
+    c = rs.rules[0].after
+    assert c is not None and c.events == frozenset(["RESUME"]) and c.within == 60 and c.per == ("vm",)
+    rs = load_rules_text([("r.yaml", textwrap.dedent(COUNT))])
+    assert rs.rules[0].count is not None and rs.rules[0].count.min == 3
