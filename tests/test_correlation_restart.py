@@ -146,7 +146,7 @@ async def test_kill_9_while_pending_then_restart_after_the_deadline_runs_once_la
 async def test_counts_survive_kill_9(tmp_path: Path, daemons: list[Daemons]) -> None:
     third: list[float] = []
     async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="running",
-                       handlers={"x-third": lambda _a: third.append(time.time()) or {}}) as fake:
+                       handlers={"x-third": lambda _a: third.append(time.time())}) as fake:
         cfg = write_config(tmp_path, [fake], RULES.format(within="1m"))
         d = Daemons(cfg, tmp_path / "daemon.log")
         daemons.append(d)
