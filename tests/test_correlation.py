@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from reactor.cli import main
 from reactor.engine.clock import VirtualClock
 from reactor.engine.correlation import MAX_KEYS
 from reactor.engine.engine import Engine
@@ -279,7 +280,8 @@ async def test_expired_counts_are_swept(monkeypatch: pytest.MonkeyPatch) -> None
 
 # -- the journal ----------------------------------------------------------------------------
 
-async def test_pending_cancelled_and_elapsed_are_journaled(tmp_path: Path) -> None:
+async def test_pending_cancelled_and_elapsed_are_journaled(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     async with Journal(tmp_path / "j.db", record_events="matched") as journal:
         lines = [line("STOP", "vm1", 1000), line("RESUME", "vm1", 1010), line("STOP", "vm2", 1020)]
         await play(UNLESS, lines, journal)
@@ -291,6 +293,11 @@ async def test_pending_cancelled_and_elapsed_are_journaled(tmp_path: Path) -> No
         cancelling = journal.events(name="RESUME")
         assert len(cancelling) == 1 and f"event #{cancelling[0].id}" in runs[0].error
         assert journal.load_correlation() == []   # nothing left pending
+    assert main(["history", "--journal", str(tmp_path / "j.db")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "paused-too-long vm=vm1 event=STOP [pending] cancelled" in out[0] and "(cancelled by RESUME" in out[0]
+    assert "paused-too-long vm=vm2 event=STOP [pending] elapsed" in out[1] and "the run started" in out[1]
+    assert "paused-too-long vm=vm2 event=STOP ok" in out[2]
 
 
 async def test_a_version_1_journal_gets_the_correlation_table(tmp_path: Path) -> None:
@@ -368,3 +375,55 @@ def test_good_correlations_load() -> None:
     assert c is not None and c.events == frozenset(["RESUME"]) and c.within == 60 and c.per == ("vm",)
     rs = load_rules_text([("r.yaml", textwrap.dedent(COUNT))])
     assert rs.rules[0].count is not None and rs.rules[0].count.min == 3
+
+
+# -- explain --------------------------------------------------------------------------------
+
+EXPLAINED = """
+rules:
+  - name: paused-too-long
+    on: STOP
+    unless: {event: RESUME, within: 30s}
+    actions: [{log: x}]
+  - name: io-after-resume
+    on: BLOCK_IO_ERROR
+    after: {event: RESUME, within: 1m}
+    count: {min: 3, within: 10m}
+    actions: [{log: x}]
+"""
+
+
+async def test_explain_reads_correlation_state_from_the_journal(tmp_path: Path) -> None:
+    from reactor.engine.explain import explain, format_verdicts
+    from reactor.model.catalog import default_catalog
+
+    rs = load_rules_text([("r.yaml", textwrap.dedent(EXPLAINED))])
+    make = default_catalog().make_event
+
+    def event(text: str) -> Any:
+        obj = json.loads(text)
+        return make(obj, vm=obj["vm"])
+
+    path = tmp_path / "j.db"
+    async with Journal(path, record_events="matched") as journal:
+        await play(EXPLAINED, [line("STOP", "vm1", 1000), line("RESUME", "vm2", 1001), io("vm2", 1002),
+                               line("STOP", "vm3", 1003), line("RESUME", "vm3", 1004)], journal)
+        # the replay ran vm1's pending at its deadline (end of input); hold one for vm9 by hand
+        journal.record_correlation("add", "paused-too-long", "unless", "vm9", 2000.0,
+                                   rs.rules[0].correlation_signature,
+                                   {"event": {"event": "STOP", "vm": "vm9", "data": {}}, "deadline": 2030.0})
+        await journal.flush()
+        text = format_verdicts(stop9 := event(line("STOP", "vm9", 2010)),
+                               explain(stop9, rs, journal=journal, now=2010))
+        assert "paused-too-long (r.yaml:3:5): MATCH: dropped (a match is already pending)" in text
+        assert "pending since 1970-01-01 00:33:20 UTC until 1970-01-01 00:33:50 UTC" in text
+        (v,) = explain(event(line("RESUME", "vm9", 2011)), rs, journal=journal, now=2011)[:1]
+        assert v.outcome == "correlates" and "would cancel the match pending for 'vm9'" in v.correlation[0]
+        (v,) = explain(event(line("STOP", "vm3", 2012)), rs, journal=journal, now=2012)
+        assert v.outcome == "pending" and "cancelled by a RESUME of 'vm3'" in v.correlation[0]
+        assert "the last pending match of vm3 (run" in v.correlation[1] and "cancelled by RESUME" in v.correlation[1]
+        (v,) = explain(event(io("vm2", 1030)), rs, journal=journal, now=1030)
+        assert v.outcome == "below-count" and v.correlation[0].startswith("after: held by RESUME of 'vm2'")
+        assert "match 2 of 3" in v.correlation[1]
+        (v,) = explain(event(io("vm2", 1070)), rs, journal=journal, now=1070)
+        assert v.outcome == "no-match" and v.failed == "after"
