@@ -25,6 +25,8 @@ from reactor.errors import LoadError
 from reactor.ops.journal import SCHEMA_VERSION, Journal
 from reactor.rules.loader import load_rules_text
 
+SHIPPED = Path(__file__).resolve().parent.parent / "rules"
+
 AFTER = """
 rules:
   - name: io-after-resume
@@ -375,6 +377,29 @@ def test_good_correlations_load() -> None:
     assert c is not None and c.events == frozenset(["RESUME"]) and c.within == 60 and c.per == ("vm",)
     rs = load_rules_text([("r.yaml", textwrap.dedent(COUNT))])
     assert rs.rules[0].count is not None and rs.rules[0].count.min == 3
+
+
+# -- the shipped rules ----------------------------------------------------------------------
+
+async def test_shipped_rules_paused_too_long_and_repeated_io_errors() -> None:
+    from reactor.rules.loader import load_rules
+
+    rs = load_rules([SHIPPED])
+    clock = VirtualClock()
+    records: list[dict[str, Any]] = []
+    engine = Engine(rs, clock=clock, output=records.append)
+    lines = [line("STOP", "web-1", 1000), io("db-1", 1001), io("db-1", 1100),
+             line("STOP", "web-2", 1150), line("RESUME", "web-2", 1160), io("db-1", 1200),
+             line("STOP", "web-3", 1300), line("RESUME", "web-3", 1600)]       # resumed 5 min later: too late
+    assert (await replay(lines, engine, clock)).errors == []
+    got = [(r["rule"], r["vm"], r["time"]) for r in records if r["type"] == "match"
+           and r["rule"] in ("notify-paused-too-long", "repeated-io-errors")]
+    assert got == [("repeated-io-errors", "db-1", 1200.0), ("notify-paused-too-long", "web-1", 1300.0),
+                   ("notify-paused-too-long", "web-3", 1600.0)]
+    assert [(r["vm"], r["by"]) for r in records if r["type"] == "cancelled"] == [("web-2", "RESUME")]
+    said = [r["args"]["message"] for r in records if r["type"] == "step" and r["action"] == "log"
+            and r["rule"] == "repeated-io-errors"]
+    assert said == ["db-1: 3 I/O errors since 1001 (d0: EIO); snapshot failed"]
 
 
 # -- explain --------------------------------------------------------------------------------

@@ -233,8 +233,8 @@ class Correlator:
         log.info("%s: %s from %s pending until %s unless %s", rule.name, event.name, event.vm, _iso(deadline),
                  "/".join(sorted(c.events)))
         eng._output({"type": "pending", "rule": rule.name, "vm": event.vm, "event": event.name, "time": now,
-                     "until": deadline, "reason": f"held {format_duration(c.within)} unless "
-                                                  + "/".join(sorted(c.events))})
+                     "until": deadline, "reason": f"held {format_duration(c.within)} (until {_iso(deadline)}) "
+                                                  f"unless {'/'.join(sorted(c.events))}"})
 
     @staticmethod
     def _pending_state(p: Pending) -> dict[str, Any]:
