@@ -230,11 +230,13 @@ class Correlator:
         p.timer = eng.clock.call_at(deadline, lambda: self._due(p))
         self._persist("add", rule.name, "unless", key, now, self._pending_state(p))
         eng.run_outcomes[(rule.name, "pending")] += 1
-        log.info("%s: %s from %s pending until %s unless %s", rule.name, event.name, event.vm, _iso(deadline),
-                 "/".join(sorted(c.events)))
-        eng._output({"type": "pending", "rule": rule.name, "vm": event.vm, "event": event.name, "time": now,
-                     "until": deadline, "reason": f"held {format_duration(c.within)} (until {_iso(deadline)}) "
-                                                  f"unless {'/'.join(sorted(c.events))}"})
+        if log.isEnabledFor(logging.DEBUG):   # the journal has it; one line per STOP would flood the log
+            log.debug("%s: %s from %s pending until %s unless %s", rule.name, event.name, event.vm,
+                      _iso(deadline), "/".join(sorted(c.events)))
+        if eng.output is not None:
+            eng._output({"type": "pending", "rule": rule.name, "vm": event.vm, "event": event.name, "time": now,
+                         "until": deadline, "reason": f"held {format_duration(c.within)} (until {_iso(deadline)}) "
+                                                      f"unless {'/'.join(sorted(c.events))}"})
 
     @staticmethod
     def _pending_state(p: Pending) -> dict[str, Any]:
@@ -264,12 +266,14 @@ class Correlator:
                 self._run(p, now)
             self._refresh_names()
         for rule, c in self._watch.get(event.name, ()):
+            if c.form == "unless" and not self._pending.get(rule.name):
+                continue   # nothing pending: nothing to cancel
             if rule.vms is not None and not rule.vms.matches(event.vm, vm.labels):
                 continue
             if c.match is not None and not c.match(event.data):
                 continue
-            key = c.key(event.vm, event.data, event.host)
             if c.form == "after":
+                key = c.key(event.vm, event.data, event.host)
                 table = self._after.setdefault(rule.name, {})
                 if key not in table and not self._room(rule.name, table, c, now):
                     continue
@@ -277,7 +281,8 @@ class Correlator:
                 self._persist("del", rule.name, "after", key)
                 self._persist("add", rule.name, "after", key, now, {"event": event.to_qmp()})
                 continue
-            held = self._pending.get(rule.name, {}).get(key)
+            pending = self._pending.get(rule.name)
+            held = pending.get(c.key(event.vm, event.data, event.host)) if pending else None
             if held is None:
                 continue
             if now >= held.deadline:   # the timer is late: at the deadline the run wins
@@ -303,7 +308,7 @@ class Correlator:
         recent = self.cancelled.setdefault(p.rule, deque(maxlen=RECENT_CANCELLED))
         recent.append({"key": p.key, "vm": p.event.vm, "since": p.since, "at": now, "by": by.name,
                        "by_vm": by.vm, "by_data": dict(by.data), "run": p.run_id})
-        log.info("%s: pending %s from %s %s", p.rule, p.event.name, p.event.vm, why)
+        log.debug("%s: pending %s from %s %s", p.rule, p.event.name, p.event.vm, why)
         eng._output({"type": "cancelled", "rule": p.rule, "vm": p.event.vm, "event": p.event.name, "time": now,
                      "reason": why, "by": by.name})
 

@@ -114,9 +114,14 @@ class Correlation:
     match_source: Any = None
     min: int = 0
     pos: Position | None = field(default=None, compare=False)
+    #: per is the default [vm]: the key is the VM name (the common case, without event_key)
+    by_vm: bool = field(default=False, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_vm", self.per == ("vm",))
 
     def key(self, vm: str, data: Mapping[str, Any], host: str | None = None) -> str:
-        return event_key(self.per, vm, data, host)
+        return vm if self.by_vm else event_key(self.per, vm, data, host)
 
     @property
     def signature(self) -> str:
