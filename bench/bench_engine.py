@@ -399,16 +399,20 @@ def stage_correlated(n_events: int, runs: int) -> dict[str, Any]:
     tune_gc()
     out: dict[str, Any] = {"rules": 1000, "correlated_rules": len(chosen), "vms": len(FLEET_VMS) + len(VMS),
                            "events": n_events}
+    rows: dict[str, dict[str, Any]] = {name: {} for name in sets}
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        for name, rules in sets.items():
-            row: dict[str, Any] = {}
-            for jname, jdir in (("off", None), ("on", Path(tmp))):
-                samples = measure(lambda rules=rules, jdir=jdir: asyncio.run(  # type: ignore[misc]
-                    run_reactor(rules, stream.lines, journal_dir=jdir)), runs)
-                row[f"journal_{jname}"] = median_rate(samples, n_events)
-                row[f"journal_{jname}_cpu"] = median_rate(samples, n_events, 1)
-            row.update(asyncio.run(_traced(rules, stream.lines)))
-            out[name] = row
+        for jname, jdir in (("off", None), ("on", Path(tmp))):
+            samples: dict[str, list[Sample]] = {name: [] for name in sets}
+            for _ in range(runs):   # interleaved, so that the machine's load drifts over both alike
+                for name, rules in sets.items():
+                    gc.collect()
+                    samples[name].append(asyncio.run(run_reactor(rules, stream.lines, journal_dir=jdir)))
+            for name in sets:
+                rows[name][f"journal_{jname}"] = median_rate(samples[name], n_events)
+                rows[name][f"journal_{jname}_cpu"] = median_rate(samples[name], n_events, 1)
+    for name, rules in sets.items():
+        rows[name].update(asyncio.run(_traced(rules, stream.lines)))
+        out[name] = rows[name]
     for j in ("journal_off_cpu", "journal_on_cpu"):
         out[f"ratio_{j}"] = out["correlated"][j] / out["plain"][j]
     return out

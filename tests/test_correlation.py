@@ -402,6 +402,16 @@ async def test_shipped_rules_paused_too_long_and_repeated_io_errors() -> None:
     assert said == ["db-1: 3 I/O errors since 1001 (d0: EIO); snapshot failed"]
 
 
+async def test_the_examples_in_docs_correlation_md_load_and_replay() -> None:
+    doc = (SHIPPED.parent / "docs" / "correlation.md").read_text()
+    (block,) = [b.split("```", 1)[0] for b in doc.split("```yaml\n")[1:]]
+    lines = [line("RESUME", "vm1", 1000), io("vm1", 1010), io("vm1", 1020), io("vm1", 1030),
+             line("STOP", "vm2", 1040), line("STOP", "vm3", 1050), line("RESUME", "vm3", 1060)]
+    _, records = await play(block, lines)
+    assert messages(records) == ["vm1: I/O error after the resume at 1000"] * 3 + [
+        "vm1: 3 I/O errors since 1010", "vm2: paused since 1040 (paused)"]
+
+
 # -- explain --------------------------------------------------------------------------------
 
 EXPLAINED = """

@@ -196,7 +196,7 @@ class Correlator:
             self._persist("del", rule.name, "count", key, horizon)
         window.append((now, event))
         if len(window) < c.min:
-            self._persist("add", rule.name, "count", key, now, {"event": event.to_qmp()})
+            self._persist("add", rule.name, "count", key, now, event)
             eng.run_outcomes[(rule.name, "counted")] += 1
             return None
         del table[key]
@@ -228,7 +228,7 @@ class Correlator:
                 log.exception("journal: cannot record a pending match")
         p = table[key] = Pending(rule.name, key, event, event_id, now, deadline, run_id, preset)
         p.timer = eng.clock.call_at(deadline, lambda: self._due(p))
-        self._persist("add", rule.name, "unless", key, now, self._pending_state(p))
+        self._persist("add", rule.name, "unless", key, now, p)
         eng.run_outcomes[(rule.name, "pending")] += 1
         if log.isEnabledFor(logging.DEBUG):   # the journal has it; one line per STOP would flood the log
             log.debug("%s: %s from %s pending until %s unless %s", rule.name, event.name, event.vm,
@@ -279,7 +279,7 @@ class Correlator:
                     continue
                 table[key] = (now, event)
                 self._persist("del", rule.name, "after", key)
-                self._persist("add", rule.name, "after", key, now, {"event": event.to_qmp()})
+                self._persist("add", rule.name, "after", key, now, event)
                 continue
             pending = self._pending.get(rule.name)
             held = pending.get(c.key(event.vm, event.data, event.host)) if pending else None
@@ -407,15 +407,21 @@ class Correlator:
 
     # -- persistence ------------------------------------------------------------------------
     def _persist(self, op: str, rule: str, form: str | None, key: str | None, ts: float | None = None,
-                 state: Mapping[str, Any] | None = None) -> None:
+                 state: Event | Pending | None = None) -> None:
+        """Write a change through to the journal (its state built only then: no journal, no cost)."""
         journal = self._engine.journal
         if journal is None:
             return
         record = getattr(journal, "record_correlation", None)
         if record is None:
             return
+        row: dict[str, Any] | None = None
+        if isinstance(state, Pending):
+            row = self._pending_state(state)
+        elif state is not None:
+            row = {"event": state.to_qmp()}
         try:
-            record(op, rule, form, key, ts, self._sigs.get(rule, ""), state)
+            record(op, rule, form, key, ts, self._sigs.get(rule, ""), row)
         except Exception:
             log.exception("journal: cannot record correlation state")
 

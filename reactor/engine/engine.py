@@ -609,7 +609,7 @@ class Engine:
             if event_id is None and journal is not None and journal.record_events == "matched":
                 event_id = self._journal_event(event)
             preset: Vars | None = None
-            if rule.after is not None or rule.count is not None or rule.unless is not None:
+            if rule.correlated:
                 preset = self.correlation.check(rule, event, vm, event_id)   # after → count → unless
                 if preset is None:
                     continue

@@ -1131,12 +1131,19 @@ def _outbox_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[A
 
 
 def _write_correlation(con: sqlite3.Connection, rows: list[tuple[Any, ...]], clean: bool) -> None:
-    """Apply correlation ``add``/``del`` rows in their order (consecutive ones of a kind in one executemany)."""
+    """Apply correlation ``add``/``del`` rows in their order (consecutive ones of one shape in one executemany).
+
+    A ``del`` names its rule and any of form, key and a ``ts`` bound; each shape has its own statement
+    (so that SQLite uses the index).  An ``add`` that a later ``del`` of the same batch removes is not
+    written at all (a count that fired, a pending match cancelled, within one flush: the usual case
+    in a storm).
+    """
+    rows = _live_correlation(rows)
     i = 0
     while i < len(rows):
-        op = rows[i][1]
+        op, shape = rows[i][1], _shape(rows[i])
         j = i
-        while j < len(rows) and rows[j][1] == op:
+        while j < len(rows) and rows[j][1] == op and _shape(rows[j]) == shape:
             j += 1
         chunk = rows[i:j]
         if op == "add":
@@ -1144,10 +1151,42 @@ def _write_correlation(con: sqlite3.Connection, rows: list[tuple[Any, ...]], cle
                             ((_text(r[2], clean), _text(r[3], clean), _text(r[4], clean), _num(r[5], clean) or 0.0,
                               _text(r[6], clean), _json(r[7])) for r in chunk))
         else:
-            con.executemany("DELETE FROM correlation WHERE rule = ?1 AND (?2 IS NULL OR form = ?2)"
-                            " AND (?3 IS NULL OR key = ?3) AND (?4 IS NULL OR ts <= ?4)",
-                            ((_text(r[2], clean), _text(r[3], clean), _text(r[4], clean), r[5]) for r in chunk))
+            where = "".join(clause for clause, on in zip((" AND form = ?", " AND key = ?", " AND ts <= ?"), shape,
+                                                         strict=True) if on)
+            con.executemany(f"DELETE FROM correlation WHERE rule = ?{where}",
+                            ((_text(r[2], clean), *(_text(v, clean) for v, on in zip(r[3:5], shape, strict=False)
+                                                    if on), *([r[5]] if shape[2] else []))
+                             for r in chunk))
         i = j
+
+
+def _live_correlation(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` without the adds a later del of the batch covers (scanned backwards: dels seen so far)."""
+    if not any(r[1] == "del" for r in rows):
+        return rows
+    inf = float("inf")
+    bound: dict[tuple[Any, Any, Any], float] = {}   # (rule, form|None, key|None) -> rows at or before it go
+    kept: list[tuple[Any, ...]] = []
+    for r in reversed(rows):
+        _, op, rule, form, key, ts = r[:6]
+        if op == "del":
+            k = (rule, form, key)
+            b = inf if ts is None else float(ts)
+            if b > bound.get(k, -inf):
+                bound[k] = b
+            kept.append(r)
+            continue
+        t = float(ts or 0.0)
+        if (t <= bound.get((rule, form, key), -inf) or t <= bound.get((rule, form, None), -inf)
+                or t <= bound.get((rule, None, None), -inf)):
+            continue
+        kept.append(r)
+    kept.reverse()
+    return kept
+
+
+def _shape(row: tuple[Any, ...]) -> tuple[bool, bool, bool]:
+    return (row[3] is not None, row[4] is not None, row[5] is not None)
 
 
 def _loads(text: str | None) -> Any:

@@ -194,6 +194,12 @@ class Rule:
     max_parallel: int = 10
     enabled: bool = True
     index: int = 0                      # order of definition across files
+    #: has after, count or unless (one attribute for the engine's dispatch to test)
+    correlated: bool = field(default=False, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "correlated",
+                           self.after is not None or self.count is not None or self.unless is not None)
 
     def __repr__(self) -> str:
         return f"<Rule {self.name} @ {self.pos}>"
