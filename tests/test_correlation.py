@@ -302,6 +302,34 @@ async def test_pending_cancelled_and_elapsed_are_journaled(tmp_path: Path,
     assert "paused-too-long vm=vm2 event=STOP ok" in out[2]
 
 
+async def test_disabling_a_rule_drops_its_pending_matches_journaled(tmp_path: Path) -> None:
+    async with Journal(tmp_path / "j.db") as journal:
+        rs = load_rules_text([("r.yaml", textwrap.dedent(UNLESS))])
+        clock = VirtualClock(1000)
+        engine = Engine(rs, clock=clock, journal=journal)
+        make = engine.catalog.make_event
+        async with engine.session():
+            engine.dispatch(make(json.loads(line("STOP", "vm1", 1000)), vm="vm1"))
+            assert engine.correlation.snapshot("paused-too-long")["pending"]
+            off = UNLESS.replace("    on: STOP", "    on: STOP\n    enabled: false")
+            engine.set_rules(load_rules_text([("r.yaml", textwrap.dedent(off))]))
+            clock.wake_due(2000)                 # its deadline passes: nothing runs
+        (run,) = journal.runs()
+        assert (run.outcome, run.status) == ("pending", "dropped") and "disabled" in (run.error or "")
+        assert journal.load_correlation() == []
+
+
+async def test_a_pending_row_without_state_is_ended_interrupted_at_restore(tmp_path: Path) -> None:
+    async with Journal(tmp_path / "j.db") as journal:
+        rid = journal.start_run(rule="paused-too-long", vm="vm1", event_id=None, event_name="STOP", started=1.0,
+                                outcome="pending")
+        engine = Engine(load_rules_text([("r.yaml", textwrap.dedent(UNLESS))]), journal=journal)
+        engine.correlation.restore(journal.load_correlation(), 10.0,
+                                   [r.id for r in journal.runs(status="pending", with_steps=False)])
+        run = journal.run(rid)
+        assert run is not None and run.status == "interrupted" and "no state" in (run.error or "")
+
+
 async def test_a_version_1_journal_gets_the_correlation_table(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     con = sqlite3.connect(db)

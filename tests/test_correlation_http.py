@@ -55,6 +55,9 @@ async def test_api_rules_runs_and_metrics_show_correlation_state(tmp_path: Path)
         runs = await get_json(client, site, "/api/runs?rule=paused-too-long")
         assert [(r["outcome"], r["status"]) for r in runs] == [("pending", "cancelled")]
         assert "cancelled by RESUME" in runs[0]["error"]
+        trace = await get_json(client, site, f"/api/runs/{runs[0]['id']}")
+        (cond,) = [c for c in trace["conditions"] if c["kind"] == "unless"]
+        assert cond["held"] is False and any("cancelled by RESUME" in d for d in cond["detail"])
 
         async with client.get(site.url + "/metrics") as r:
             families = {f.name: f for f in text_string_to_metric_families(await r.text())}

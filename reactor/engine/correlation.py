@@ -63,6 +63,15 @@ RECENT_CANCELLED = 20
 _CONNECTED = "REACTOR_VM_CONNECTED"
 
 
+def _why_dropped(now: Rule | None) -> str:
+    """Why a rule's correlation state goes at a reload (``now``: the rule of that name in the new set)."""
+    if now is None:
+        return "the rule is gone"
+    if not now.correlated:
+        return "its correlation was removed"
+    return "its correlation changed" if now.enabled else "the rule was disabled"
+
+
 def _iso(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
@@ -109,11 +118,11 @@ class Correlator:
     # -- rules ------------------------------------------------------------------------------
     def set_rules(self, rules: RuleSet) -> None:
         """Take a new rule set: keep the state of rules whose correlations did not change, drop the rest."""
-        new = {r.name: r for r in rules.rules if r.correlations}
+        new = {r.name: r for r in rules.rules if r.correlated and r.enabled}   # disabled: its state is dropped
         for name, sig in list(self._sigs.items()):
             r = new.get(name)
             if r is None or r.correlation_signature != sig:
-                self._drop(name, "the rule is gone" if r is None else "its correlation changed")
+                self._drop(name, _why_dropped(rules.get(name)))
         self._rules = new
         self._sigs = {n: r.correlation_signature for n, r in new.items()}
         watch: dict[str, list[tuple[Rule, Correlation]]] = {}
@@ -349,9 +358,17 @@ class Correlator:
         eng._admit(rule, p.event, eng.vm_for(p.event.vm), p.event_id, eng.seq, preset)
 
     # -- restart ----------------------------------------------------------------------------
-    def restore(self, rows: Iterable[tuple[str, str, str, float, str, Mapping[str, Any]]], now: float) -> None:
-        """State from the journal (``Journal.load_correlation``), at start-up after :meth:`set_rules`."""
+    def restore(self, rows: Iterable[tuple[str, str, str, float, str, Mapping[str, Any]]], now: float,
+                pending_runs: Iterable[int] = ()) -> None:
+        """State from the journal (``Journal.load_correlation``), at start-up after :meth:`set_rules`.
+
+        ``pending_runs``: the ids of runs the journal has as ``pending``; those no state row re-arms
+        (a kill between the two writes) are ended ``interrupted``.
+        """
         eng = self._engine
+        rows = list(rows)
+        armed = {int(st["run_id"]) for _, form, _, _, _, st in rows
+                 if form == "unless" and st.get("run_id") is not None}
         make = eng.catalog.make_event
         stale: set[str] = set()
         for rule_name, form, key, ts, sig, state in rows:
@@ -398,6 +415,11 @@ class Correlator:
                 window_sorted = sorted(window, key=lambda e: e[0])
                 window.clear()
                 window.extend(window_sorted)
+        if eng.journal is not None:
+            for rid in pending_runs:
+                if rid not in armed:
+                    eng.journal.end_run(rid, status="interrupted", ended=now,
+                                        error="restart: the journal had no state for this pending match")
         late = sum(len(v) for v in self._late.values())
         pending = sum(len(t) for t in self._pending.values())
         if pending or late:

@@ -633,6 +633,14 @@ def conditions(rule: Rule, run: RunRecord, labels: Mapping[str, str]) -> list[di
     if rule.condition is not None:
         out.append({"kind": "if", "source": rule.condition.source, "held": True,
                     "detail": ["held when the event came (not evaluated again)"]})
+    for c in rule.correlations:   # what after/count/unless decided, as the journal recorded it
+        held: bool | None = True
+        detail = [c.describe()]
+        if c.form == "unless" and run.outcome == "pending":
+            held = {"cancelled": False, "pending": None}.get(run.status, True)
+            if run.error:
+                detail.append(run.error)
+        out.append({"kind": c.form, "source": _correlation_json(c), "held": held, "detail": detail})
     return out
 
 

@@ -959,8 +959,8 @@ class Journal:
         ``max_age`` (seconds): events, finished runs (with their steps) and
         throttle entries older than that.  ``max_rows``: keep only the newest
         ``max_rows`` events and the newest ``max_rows`` runs.  Runs still in
-        flight and the outbox are never pruned.  Blocking: call it through
-        ``asyncio.to_thread`` from async code.
+        flight, pending ``unless`` matches, correlation state and the outbox are
+        never pruned.  Blocking: call it through ``asyncio.to_thread`` from async code.
         """
         if self.readonly or not self._opened:
             raise JournalError(f"{self.path}: journal is not open for writing")
@@ -988,7 +988,7 @@ class Journal:
     def _prune(con: sqlite3.Connection, cutoff: float | None, max_rows: int | None) -> int:
         deleted = 0
         run_ids: list[tuple[int]] = []
-        live = "status NOT IN ('running', 'queued')"
+        live = "status NOT IN ('running', 'queued', 'pending')"   # pending: an unless match held
         if cutoff is not None:
             deleted += con.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
             deleted += con.execute("DELETE FROM throttle WHERE ts < ?", (cutoff,)).rowcount
