@@ -8,16 +8,18 @@ still pending at the end of the input runs then, in deadline order.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reactor.cli import main
-from reactor.engine.clock import VirtualClock
+from reactor.engine.clock import RealClock, VirtualClock
 from reactor.engine.correlation import MAX_KEYS
 from reactor.engine.engine import Engine
 from reactor.engine.replay import replay
@@ -317,6 +319,22 @@ async def test_disabling_a_rule_drops_its_pending_matches_journaled(tmp_path: Pa
         (run,) = journal.runs()
         assert (run.outcome, run.status) == ("pending", "dropped") and "disabled" in (run.error or "")
         assert journal.load_correlation() == []
+
+
+async def test_a_restored_deadline_due_before_the_engine_runs_fires_once_it_does() -> None:
+    rs = load_rules_text([("r.yaml", textwrap.dedent(UNLESS))])
+    records: list[dict[str, Any]] = []
+    engine = Engine(rs, clock=RealClock(), output=records.append)
+    now = time.time()
+    stop = {"event": "STOP", "vm": "vm1", "data": {}, "timestamp": {"seconds": int(now) - 29, "microseconds": 0}}
+    engine.correlation.restore([("paused-too-long", "unless", "vm1", now - 29.95, rs.rules[0].correlation_signature,
+                                 {"event": stop, "deadline": now + 0.05})], now)
+    await asyncio.sleep(0.2)              # due while the engine does not run yet
+    assert engine.correlation.snapshot("paused-too-long")["pending"]
+    async with engine.session():
+        await asyncio.sleep(0.5)
+    assert [(r["type"], r["vm"]) for r in records if r["type"] == "match"] == [("match", "vm1")]
+    assert messages(records) == [f"paused since {now - 29.95}"]
 
 
 async def test_a_pending_row_without_state_is_ended_interrupted_at_restore(tmp_path: Path) -> None:

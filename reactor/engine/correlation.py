@@ -60,6 +60,9 @@ SWEEP_EVERY = 1024
 #: Cancellations remembered per rule for ``/api/rules`` and the traces page.
 RECENT_CANCELLED = 20
 
+#: A deadline due before the engine runs (just restored) is tried again this much later.
+RETRY_NOT_RUNNING = 0.25
+
 _CONNECTED = "REACTOR_VM_CONNECTED"
 
 
@@ -332,9 +335,14 @@ class Correlator:
     # -- deadlines --------------------------------------------------------------------------
     def _due(self, p: Pending) -> None:
         """A pending match's deadline: nothing cancelled it, so the run starts (with the trigger as event)."""
+        eng = self._engine
         table = self._pending.get(p.rule)
-        if table is None or table.get(p.key) is not p or self._engine._tg is None:
-            return   # cancelled or dropped meanwhile; or the engine is stopping (the journal keeps it)
+        if table is None or table.get(p.key) is not p:
+            return   # cancelled or dropped meanwhile
+        if eng._tg is None:
+            if eng._stopping is None:   # restored at start-up, due before the engine runs: a moment later
+                p.timer = eng.clock.call_at(eng.clock.now() + RETRY_NOT_RUNNING, lambda: self._due(p))
+            return   # stopping: the journal keeps it for the next start
         del table[p.key]
         self._run(p, self._engine.clock.now())
 
