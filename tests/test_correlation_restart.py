@@ -11,6 +11,8 @@ runs once, flagged ``late``, when it comes back after it.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -141,6 +143,39 @@ async def test_kill_9_while_pending_then_restart_after_the_deadline_runs_once_la
     assert len(alerts) == 1
     runs = [r for r in read_runs(tmp_path / "state") if r.rule == "paused-too-long"]
     assert [(r.outcome, r.status) for r in runs] == [("pending", "late"), ("late", "ok")]
+
+
+async def test_a_kill_9_the_instant_the_deadline_run_acts_does_not_run_it_again(
+    tmp_path: Path, daemons: list[Daemons]
+) -> None:
+    """The fake SIGKILLs the daemon when the alert reaches it (the worst moment: the action is out, the
+    daemon dead): the pending match's end was on disk before the run acted, so a restart does not repeat it."""
+    alerts: list[float] = []
+    d: Daemons | None = None
+
+    def alert(_args: dict[str, Any]) -> dict[str, Any]:
+        alerts.append(time.time())
+        assert d is not None and d.proc is not None
+        os.kill(d.proc.pid, signal.SIGKILL)
+        return {}
+
+    async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="running", handlers={"x-alert": alert}) as fake:
+        cfg = write_config(tmp_path, [fake], RULES.format(within="1s"))
+        d = Daemons(cfg, tmp_path / "daemon.log")
+        daemons.append(d)
+        d.start()
+        await fake.wait_sessions(1, timeout=20)
+        fake.emit("STOP")
+        await until(lambda: alerts, 15, "the run at the deadline")
+        await asyncio.to_thread(d.proc.wait, 10)   # type: ignore[union-attr]
+        await fake.wait_no_sessions()
+        d.start()
+        await fake.wait_sessions(1, timeout=20)
+        await asyncio.sleep(1.5)
+        await stop(d)
+    assert len(alerts) == 1
+    runs = [r for r in read_runs(tmp_path / "state") if r.rule == "paused-too-long"]
+    assert [(r.outcome, r.status) for r in runs] == [("pending", "elapsed"), ("started", "interrupted")]
 
 
 async def test_counts_survive_kill_9(tmp_path: Path, daemons: list[Daemons]) -> None:

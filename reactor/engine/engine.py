@@ -1,9 +1,9 @@
 """The engine: events in, rules matched, runs started and driven step by step.
 
 Events → :class:`~reactor.engine.bus.Bus` → :meth:`Engine.dispatch` (matcher, ``if``,
-mode, throttle) → a :class:`Run` per match, a task in the engine's TaskGroup
-→ its steps in order.  A failing step, template or action fails that run
-(recorded in the journal), never the engine.
+correlations over time (:mod:`reactor.engine.correlation`), threshold, mode, throttle)
+→ a :class:`Run` per match, a task in the engine's TaskGroup → its steps in order.
+A failing step, template or action fails that run (recorded in the journal), never the engine.
 """
 
 from __future__ import annotations
@@ -478,7 +478,9 @@ class Engine:
         )
         # throttled rules whose steps do I/O: the slot a run takes is on disk before the
         # run acts, so a kill -9 right after (say) a `cont` cannot reopen the window
-        self._durable = frozenset(r.name for r in rules.rules if r.throttle is not None and r.name not in self._inline)
+        # (the same for a pending `unless` match or a completed `count` that starts a run: its end is on disk)
+        self._durable = frozenset(r.name for r in rules.rules if r.name not in self._inline
+                                  and (r.throttle is not None or r.unless is not None or r.count is not None))
         self.throttles.keep_only({r.name for r in rules.rules})
         self.thresholds.keep_only({r.name for r in rules.rules if r.threshold is not None})
         self.correlation.set_rules(rules)
