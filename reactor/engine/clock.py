@@ -112,12 +112,17 @@ class VirtualClock(Clock):
         return len(self._waiting)
 
     def next_deadline(self) -> float | None:
-        while self._heap and self._heap[0][2].done():
-            heapq.heappop(self._heap)
-        while self._timers and self._timers[0][2].cancelled:
-            heapq.heappop(self._timers)
-        deadlines = [q[0][0] for q in (self._heap, self._timers) if q]
-        return min(deadlines) if deadlines else None
+        heap = self._heap
+        while heap and heap[0][2].done():
+            heapq.heappop(heap)
+        timers = self._timers
+        if not timers:   # replay asks before every event: the common case first
+            return heap[0][0] if heap else None
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        if not timers:
+            return heap[0][0] if heap else None
+        return min(heap[0][0], timers[0][0]) if heap else timers[0][0]
 
     def wake_due(self, until: float) -> bool:
         """Set the time to the earliest deadline <= until, run its timers and wake its sleepers; False if none.
