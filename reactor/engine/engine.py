@@ -615,13 +615,21 @@ class Engine:
                 preset = self.correlation.check(rule, event, vm, event_id)   # after → count → unless
                 if preset is None:
                     continue
-            self._admit(rule, event, vm, event_id, seq, preset)
+            if rule.threshold is not None:   # inline (as in _admit): a plain match costs no extra call
+                crossing = self.thresholds.observe(rule.name, rule.threshold, event.vm, event.host, event.data,
+                                                   self.clock.now())
+                if crossing is None:   # counted; not run (not journaled either: it is not a run)
+                    self.run_outcomes[(rule.name, "below_threshold")] += 1
+                    continue
+                preset = {**(preset or {}), "threshold": crossing.as_vars()}
+            self._fire(rule, event, vm, event_id, seq, preset)
         if event.name in self.correlation.names:   # after/unless events (after the rules: never its own)
             self.correlation.observe(event, vm)
 
     def _admit(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int,
                preset: Vars | None) -> None:
-        """A match that passed its correlations: ``threshold``, then throttle and mode (:meth:`_fire`)."""
+        """A match that passed its correlations later (an ``unless`` deadline): ``threshold``, then throttle and
+        mode (:meth:`_fire`), as :meth:`dispatch` does inline."""
         if rule.threshold is not None:
             crossing = self.thresholds.observe(rule.name, rule.threshold, event.vm, event.host, event.data,
                                                self.clock.now())
