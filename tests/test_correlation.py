@@ -275,6 +275,18 @@ async def test_a_storm_of_pending_matches_stays_bounded(monkeypatch: pytest.Monk
     assert MAX_KEYS == 10_000   # the documented bound
 
 
+async def test_a_storm_of_stops_over_1000_vms_then_their_resumes_leaves_no_state() -> None:
+    stops = [line("STOP", f"vm{i:04d}", 1000 + i * 0.001) for i in range(1000)]
+    resumes = [line("RESUME", f"vm{i:04d}", 1002 + i * 0.001) for i in range(1000)]
+    t0 = time.process_time()
+    engine, records = await play(UNLESS, stops + stops[:10] + resumes)   # 10 repeats: dropped
+    took = time.process_time() - t0
+    out = outcomes(engine, "paused-too-long")
+    assert out["pending"] == 1000 and out["cancelled"] == 1000 and out["dropped"] == 10 and "elapsed" not in out
+    assert engine.correlation.sizes() == {("paused-too-long", "unless"): 0} and not matches(records)
+    assert took < 5.0   # about 0.1 s here: per-key dict lookups, one timer each
+
+
 async def test_expired_counts_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("reactor.engine.correlation.SWEEP_EVERY", 10)
     lines = [io(f"vm{i}", 1000 + i * 10) for i in range(100)]     # every VM once, 10 s apart
