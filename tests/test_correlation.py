@@ -349,6 +349,40 @@ async def test_a_restored_deadline_due_before_the_engine_runs_fires_once_it_does
     assert messages(records) == [f"paused since {now - 29.95}"]
 
 
+async def test_damaged_state_rows_are_dropped_and_the_good_ones_restored() -> None:
+    rs = load_rules_text([("r.yaml", textwrap.dedent(UNLESS))])
+    engine = Engine(rs, clock=VirtualClock(1000))
+    sig = rs.rules[0].correlation_signature
+    stop = {"event": "STOP", "vm": "vm1", "data": {}, "timestamp": {"seconds": 990, "microseconds": 0}}
+    engine.correlation.restore([
+        ("paused-too-long", "unless", "vm2", 990.0, sig, {"event": stop}),            # no deadline
+        ("paused-too-long", "unless", "vm3", 990.0, sig, "not a mapping"),            # type: ignore[list-item]
+        ("paused-too-long", "unless", "vm4", 990.0, sig, {"event": 42, "deadline": 1020.0}),
+        ("paused-too-long", "unless", "vm1", 990.0, sig, {"event": stop, "deadline": 1020.0}),
+    ], 1000.0)
+    assert [p["key"] for p in engine.correlation.snapshot("paused-too-long")["pending"]] == ["vm1"]
+
+
+async def test_a_bug_in_a_correlation_fails_that_match_not_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a: Any) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("reactor.engine.correlation.Correlator._count", broken)
+    monkeypatch.setattr("reactor.engine.correlation.Correlator._cancel", broken)
+    rules = COUNT + """
+  - name: held
+    on: STOP
+    unless: {event: RESUME, within: 1m}
+    actions: [{log: held}]
+  - name: plain
+    on: BLOCK_IO_ERROR
+    actions: [{log: plain}]
+"""
+    engine, records = await play(rules, [io("vm1", 1), line("STOP", "vm1", 2), line("RESUME", "vm1", 3)])
+    assert outcomes(engine, "repeated-io")["correlation_error"] == 1
+    assert [r["rule"] for r in records if r["type"] == "match"] == ["plain", "held"]   # held ran at its deadline
+
+
 async def test_a_pending_row_without_state_is_ended_interrupted_at_restore(tmp_path: Path) -> None:
     async with Journal(tmp_path / "j.db") as journal:
         rid = journal.start_run(rule="paused-too-long", vm="vm1", event_id=None, event_name="STOP", started=1.0,

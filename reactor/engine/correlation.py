@@ -167,7 +167,17 @@ class Correlator:
 
     # -- the trigger side -------------------------------------------------------------------
     def check(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None) -> dict[str, Any] | None:
-        """``after`` → ``count`` → ``unless`` for a match of ``rule``: the run's vars to go on now, else None."""
+        """``after`` → ``count`` → ``unless`` for a match of ``rule``: the run's vars to go on now, else None.
+
+        A bug here fails this match (logged, counted as ``correlation_error``), never the engine."""
+        try:
+            return self._check(rule, event, vm, event_id)
+        except Exception:
+            log.exception("%s: correlation failed for %s from %s", rule.name, event.name, event.vm)
+            self._engine.run_outcomes[(rule.name, "correlation_error")] += 1
+            return None
+
+    def _check(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None) -> dict[str, Any] | None:
         eng = self._engine
         now = eng.clock.now()
         preset: dict[str, Any] = {}
@@ -272,6 +282,12 @@ class Correlator:
     # -- the other events -------------------------------------------------------------------
     def observe(self, event: Event, vm: VMHandle) -> None:
         """An event some ``after``/``unless`` names: remember it, or cancel pending matches it satisfies."""
+        try:
+            self._observe(event, vm)
+        except Exception:   # a bug: this event's correlations are lost (logged), never the engine
+            log.exception("correlation failed for %s from %s", event.name, event.vm)
+
+    def _observe(self, event: Event, vm: VMHandle) -> None:
         now = self._engine.clock.now()
         if event.name == _CONNECTED and self._late:
             for p in self._late.pop(event.vm, []):
@@ -335,6 +351,12 @@ class Correlator:
     # -- deadlines --------------------------------------------------------------------------
     def _due(self, p: Pending) -> None:
         """A pending match's deadline: nothing cancelled it, so the run starts (with the trigger as event)."""
+        try:
+            self._deadline(p)
+        except Exception:   # a bug: this match is lost (logged); the clock and the engine go on
+            log.exception("%s: the deadline of a pending match from %s failed", p.rule, p.event.vm)
+
+    def _deadline(self, p: Pending) -> None:
         eng = self._engine
         table = self._pending.get(p.rule)
         if table is None or table.get(p.key) is not p:
@@ -375,42 +397,15 @@ class Correlator:
         """
         eng = self._engine
         rows = list(rows)
-        armed = {int(st["run_id"]) for _, form, _, _, _, st in rows
-                 if form == "unless" and st.get("run_id") is not None}
-        make = eng.catalog.make_event
+        armed = {st.get("run_id") for _, form, _, _, _, st in rows if form == "unless" and isinstance(st, dict)}
         stale: set[str] = set()
-        for rule_name, form, key, ts, sig, state in rows:
-            rule = self._rules.get(rule_name)
-            c: Correlation | None = getattr(rule, form, None) if rule is not None else None
+        for row in rows:
             try:
-                obj = state["event"]
-                event = make(obj, vm=obj.get("vm", "vm0"), host=obj.get("host"))
-            except Exception as err:
-                log.warning("journal: unreadable %s state of %s (%s): dropped", form, rule_name, err)
-                stale.add(rule_name)
-                continue
-            if rule is None or c is None or sig != self._sigs.get(rule_name):
-                stale.add(rule_name)
-                if form == "unless" and state.get("run_id") is not None and eng.journal is not None:
-                    why = "gone" if rule is None else "changed"
-                    eng.journal.end_run(int(state["run_id"]), status="dropped", ended=now,
-                                        error=f"restart: the rule's correlation {why}; the pending match was dropped")
-                continue
-            if form == "after":
-                if now - ts < c.within:
-                    self._after.setdefault(rule_name, {})[key] = (ts, event)
-            elif form == "count":
-                if now - ts < c.within:
-                    self._counts.setdefault(rule_name, {}).setdefault(key, deque()).append((ts, event))
-            elif form == "unless":
-                p = Pending(rule_name, key, event, state.get("event_id"), ts, float(state["deadline"]),
-                            state.get("run_id"), dict(state.get("vars") or {}))
-                if p.deadline > now:
-                    self._pending.setdefault(rule_name, {})[key] = p
-                    p.timer = eng.clock.call_at(p.deadline, lambda p=p: self._due(p))  # type: ignore[misc]
-                else:
-                    p.late = True
-                    self._late.setdefault(event.vm, []).append(p)
+                self._restore_row(row, now, stale)
+            except Exception as err:   # a damaged row: dropped, the start goes on
+                log.warning("journal: unreadable correlation state %r (%s: %s): dropped", row[:4],
+                            type(err).__name__, err)
+                stale.add(row[0])
         for name in stale:
             self._persist("del", name, None, None)
         for name, rule in self._rules.items():
@@ -434,6 +429,37 @@ class Correlator:
             log.info("restored %d pending match(es) (%d past their deadline: they run when their VM connects)",
                      pending + late, late)
         self._refresh_names()
+
+    def _restore_row(self, row: tuple[str, str, str, float, str, Mapping[str, Any]], now: float,
+                     stale: set[str]) -> None:
+        eng = self._engine
+        rule_name, form, key, ts, sig, state = row
+        rule = self._rules.get(rule_name)
+        c: Correlation | None = getattr(rule, form, None) if rule is not None else None
+        if rule is None or c is None or sig != self._sigs.get(rule_name):
+            stale.add(rule_name)
+            if form == "unless" and state.get("run_id") is not None and eng.journal is not None:
+                why = "is gone" if rule is None else "changed"
+                eng.journal.end_run(int(state["run_id"]), status="dropped", ended=now,
+                                    error=f"restart: the rule's correlation {why}; the pending match was dropped")
+            return
+        obj = state["event"]
+        event = eng.catalog.make_event(obj, vm=obj.get("vm", "vm0"), host=obj.get("host"))
+        if form == "after":
+            if now - ts < c.within:
+                self._after.setdefault(rule_name, {})[key] = (ts, event)
+        elif form == "count":
+            if now - ts < c.within:
+                self._counts.setdefault(rule_name, {}).setdefault(key, deque()).append((ts, event))
+        elif form == "unless":
+            p = Pending(rule_name, key, event, state.get("event_id"), ts, float(state["deadline"]),
+                        state.get("run_id"), dict(state.get("vars") or {}))
+            if p.deadline > now:
+                self._pending.setdefault(rule_name, {})[key] = p
+                p.timer = eng.clock.call_at(p.deadline, lambda: self._due(p))
+            else:
+                p.late = True
+                self._late.setdefault(event.vm, []).append(p)
 
     # -- persistence ------------------------------------------------------------------------
     def _persist(self, op: str, rule: str, form: str | None, key: str | None, ts: float | None = None,
