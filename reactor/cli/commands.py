@@ -320,7 +320,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     for r in reversed(runs):
         dur = f" {r.ended - r.started:.3f}s" if r.ended else ""
         why = f" error: {r.error}" if r.error else ""
-        print(f"{_fmt_time(r.started)} run {r.id} {r.rule} vm={r.vm} event={r.event_name} {r.status}{dur}{why}")
+        if r.outcome in ("pending", "late"):   # unless: a held match (cancelled, elapsed...), a late run
+            why = f" ({r.error})" if r.error else ""
+        tag = f" [{r.outcome}]" if r.outcome not in ("started", r.status) else ""
+        print(f"{_fmt_time(r.started)} run {r.id} {r.rule} vm={r.vm} event={r.event_name}{tag} {r.status}{dur}{why}")
         for s in r.steps:
             tail = f" !! {s.error}" if s.error else ""
             print(f"    step {s.index} {s.action} {_json(s.args)} {s.status} {s.duration * 1000:.1f}ms{tail}")

@@ -239,6 +239,8 @@ class Daemon:
             windows = [r.throttle.within for r in self.rules.rules if r.throttle]
             if windows:
                 engine.throttles.load(journal.load_throttle(time.time() - max(windows)))
+            engine.correlation.restore(journal.load_correlation(), time.time(),   # counts, pending matches
+                                       [r.id for r in journal.runs(status="pending", limit=100_000, with_steps=False)])
             started: list[Resource] = []
             self._started_resources = started
             try:

@@ -13,7 +13,10 @@ goes in three steps, driven by :meth:`reactor.daemon.daemon.Daemon.reload`:
    restart (said so in the log and in the result, never silently ignored).
 3. The daemon swaps the rule set atomically (``Engine.set_rules``): runs in
    flight finish under the rules they started with, throttle state carries
-   over for rule names that survive, and VM connections are not touched.
+   over for rule names that survive, correlation state (counts, pending
+   ``unless`` matches) for rules whose ``after``/``count``/``unless`` did not
+   change (the rest is dropped, journaled: :mod:`reactor.engine.correlation`),
+   and VM connections are not touched.
 
 :class:`FileWatcher` polls modification times (every ``interval`` seconds;
 a change must then hold still for ``debounce`` seconds, so an editor's

@@ -1,7 +1,10 @@
 """Clocks: the real one for the daemon, a virtual one for replay and tests.
 
 The virtual clock's time is set by the events fed through it; sleepers wake
-when it advances past their deadline, in deadline order.
+when it advances past their deadline, in deadline order.  Both clocks also
+run plain callbacks at a time (:meth:`Clock.call_at`: the deadlines of
+``unless`` matches): the real one through the event loop, the virtual one
+in deadline order with its sleepers as time advances.
 """
 
 from __future__ import annotations
@@ -10,8 +13,31 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 
-__all__ = ["Clock", "RealClock", "VirtualClock"]
+__all__ = ["Clock", "RealClock", "Timer", "VirtualClock"]
+
+
+class Timer:
+    """A callback scheduled by :meth:`Clock.call_at`; :meth:`cancel` before it runs to drop it."""
+
+    __slots__ = ("_handle", "callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+        self._handle: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _run(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True   # runs once
+            self.callback()
 
 
 class Clock:
@@ -28,6 +54,10 @@ class Clock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` (synchronously, from the event loop) once the time is ``when``."""
+        raise NotImplementedError
+
 
 class RealClock(Clock):
     def now(self) -> float:
@@ -35,6 +65,11 @@ class RealClock(Clock):
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, callback)
+        timer._handle = asyncio.get_running_loop().call_later(max(0.0, when - time.time()), timer._run)
+        return timer
 
 
 class VirtualClock(Clock):
@@ -47,6 +82,12 @@ class VirtualClock(Clock):
         self._heap: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._waiting: set[asyncio.Future[None]] = set()
+        self._timers: list[tuple[float, int, Timer]] = []
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, callback)
+        heapq.heappush(self._timers, (when, next(self._seq), timer))
+        return timer
 
     def now(self) -> float:
         return self._now
@@ -71,17 +112,31 @@ class VirtualClock(Clock):
         return len(self._waiting)
 
     def next_deadline(self) -> float | None:
-        while self._heap and self._heap[0][2].done():
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        heap = self._heap
+        while heap and heap[0][2].done():
+            heapq.heappop(heap)
+        timers = self._timers
+        if not timers:   # replay asks before every event: the common case first
+            return heap[0][0] if heap else None
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        if not timers:
+            return heap[0][0] if heap else None
+        return min(heap[0][0], timers[0][0]) if heap else timers[0][0]
 
     def wake_due(self, until: float) -> bool:
-        """Set the time to the earliest deadline <= until and wake its sleepers; False if none."""
+        """Set the time to the earliest deadline <= until, run its timers and wake its sleepers; False if none.
+
+        Timers due at the same time run in the order they were set, before the sleepers wake.
+        """
         deadline = self.next_deadline()
         if deadline is None or deadline > until:
             return False
         if deadline != float("inf"):
             self._now = max(self._now, deadline)
+        while self._timers and self._timers[0][0] <= deadline:
+            _, _, timer = heapq.heappop(self._timers)
+            timer._run()
         while self._heap and self._heap[0][0] <= deadline:
             _, _, fut = heapq.heappop(self._heap)
             self._waiting.discard(fut)

@@ -1,9 +1,9 @@
 """The engine: events in, rules matched, runs started and driven step by step.
 
 Events → :class:`~reactor.engine.bus.Bus` → :meth:`Engine.dispatch` (matcher, ``if``,
-mode, throttle) → a :class:`Run` per match, a task in the engine's TaskGroup
-→ its steps in order.  A failing step, template or action fails that run
-(recorded in the journal), never the engine.
+correlations over time (:mod:`reactor.engine.correlation`), threshold, mode, throttle)
+→ a :class:`Run` per match, a task in the engine's TaskGroup → its steps in order.
+A failing step, template or action fails that run (recorded in the journal), never the engine.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 from reactor.actions.action import Resource, VMHandle
 from reactor.engine.bus import Bus
 from reactor.engine.clock import Clock, RealClock
+from reactor.engine.correlation import Correlator
 from reactor.engine.threshold import Thresholds
 from reactor.engine.throttle import Throttles
 from reactor.engine.view import RuleView, names_for
@@ -435,6 +436,7 @@ class Engine:
         self._resources = dict(resources or {})
         self.throttles = Throttles(journal.record_throttle if journal is not None else None)
         self.thresholds = Thresholds()
+        self.correlation = Correlator(self)
         self.set_rules(rules)
         self._tg: asyncio.TaskGroup | None = None
         self._stopping: asyncio.Event | None = None
@@ -464,9 +466,12 @@ class Engine:
         )
         # throttled rules whose steps do I/O: the slot a run takes is on disk before the
         # run acts, so a kill -9 right after (say) a `cont` cannot reopen the window
-        self._durable = frozenset(r.name for r in rules.rules if r.throttle is not None and r.name not in self._inline)
+        # (the same for a pending `unless` match or a completed `count` that starts a run: its end is on disk)
+        self._durable = frozenset(r.name for r in rules.rules if r.name not in self._inline
+                                  and (r.throttle is not None or r.unless is not None or r.count is not None))
         self.throttles.keep_only({r.name for r in rules.rules})
         self.thresholds.keep_only({r.name for r in rules.rules if r.threshold is not None})
+        self.correlation.set_rules(rules)
 
     def subscribe(self, callback: Callable[[Event], None]) -> None:
         self._subscribers.append(callback)
@@ -594,14 +599,33 @@ class Engine:
             if event_id is None and journal is not None and journal.record_events == "matched":
                 event_id = self._journal_event(event)
             preset: Vars | None = None
-            if rule.threshold is not None:
+            if rule.correlated:
+                preset = self.correlation.check(rule, event, vm, event_id)   # after → count → unless
+                if preset is None:
+                    continue
+            if rule.threshold is not None:   # inline (as in _admit): a plain match costs no extra call
                 crossing = self.thresholds.observe(rule.name, rule.threshold, event.vm, event.host, event.data,
                                                    self.clock.now())
                 if crossing is None:   # counted; not run (not journaled either: it is not a run)
                     self.run_outcomes[(rule.name, "below_threshold")] += 1
                     continue
-                preset = {"threshold": crossing.as_vars()}
+                preset = {**(preset or {}), "threshold": crossing.as_vars()}
             self._fire(rule, event, vm, event_id, seq, preset)
+        if event.name in self.correlation.names:   # after/unless events (after the rules: never its own)
+            self.correlation.observe(event, vm)
+
+    def _admit(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int,
+               preset: Vars | None) -> None:
+        """A match that passed its correlations later (an ``unless`` deadline): ``threshold``, then throttle and
+        mode (:meth:`_fire`), as :meth:`dispatch` does inline."""
+        if rule.threshold is not None:
+            crossing = self.thresholds.observe(rule.name, rule.threshold, event.vm, event.host, event.data,
+                                               self.clock.now())
+            if crossing is None:   # counted; not run (not journaled either: it is not a run)
+                self.run_outcomes[(rule.name, "below_threshold")] += 1
+                return
+            preset = {**(preset or {}), "threshold": crossing.as_vars()}
+        self._fire(rule, event, vm, event_id, seq, preset)
 
     def _journal_event(self, event: Event) -> int | None:
         try:
@@ -674,6 +698,8 @@ class Engine:
             try:
                 run_id = int(self.journal.start_run(rule=rule.name, vm=event.vm, event_id=event_id,
                                                     event_name=event.name, started=now))
+                if preset is not None and preset.get("late"):   # an unless deadline that passed while down
+                    self.journal.update_run(run_id, outcome="late")
             except Exception:
                 log.exception("journal: cannot record run start")
                 run_id = next(self._run_ids)

@@ -56,7 +56,7 @@ from reactor.ops.journal import EventRecord, RunRecord, StepRecord
 from reactor.ops.metrics import EventCounts, HttpCounts, ReactorCollector, StepDurations, make_registry
 from reactor.rules.arguments import REDACTED, redact
 from reactor.rules.matcher import explain_match
-from reactor.rules.rule import Rule
+from reactor.rules.rule import Correlation, Rule
 
 if TYPE_CHECKING:
     from reactor.daemon.daemon import Daemon
@@ -514,6 +514,8 @@ class HttpServer(Resource):
             obj["last_run"] = None if run is None else run_json(run)
             if r.threshold is not None and engine is not None:   # distinct matches counted so far, per group
                 obj["threshold"]["pending"] = engine.thresholds.pending(r.name, r.threshold, engine.clock.now())
+            if r.correlations and engine is not None:   # counts, pending matches, recent cancellations
+                obj["correlation"] = engine.correlation.snapshot(r.name)
             out.append(obj)
         return _json(out)
 
@@ -587,10 +589,21 @@ def rule_json(r: Rule) -> dict[str, Any]:
         "threshold": None if r.threshold is None else {"count": r.threshold.count, "within": r.threshold.within,
                                                        "distinct": list(r.threshold.distinct),
                                                        "per": list(r.threshold.per)},
+        **{c.form: _correlation_json(c) for c in r.correlations},
         "steps": [{"index": s.index, "action": s.name, "args": _redact_raw(s.action, s.args.raw),
                    "when": s.when.source if s.when is not None else None, "timeout": s.timeout,
                    "on_error": s.on_error} for s in r.steps],
     }
+
+
+def _correlation_json(c: Correlation) -> dict[str, Any]:
+    out: dict[str, Any] = {"within": c.within, "per": list(c.per), "text": c.describe()}
+    if c.form == "count":
+        out["min"] = c.min
+    else:
+        out["event"] = sorted(c.events)
+        out["match"] = c.match_source
+    return out
 
 
 def conditions(rule: Rule, run: RunRecord, labels: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -619,6 +632,14 @@ def conditions(rule: Rule, run: RunRecord, labels: Mapping[str, str]) -> list[di
     if rule.condition is not None:
         out.append({"kind": "if", "source": rule.condition.source, "held": True,
                     "detail": ["held when the event came (not evaluated again)"]})
+    for c in rule.correlations:   # what after/count/unless decided, as the journal recorded it
+        held: bool | None = True
+        detail = [c.describe()]
+        if c.form == "unless" and run.outcome == "pending":
+            held = {"cancelled": False, "pending": None}.get(run.status, True)
+            if run.error:
+                detail.append(run.error)
+        out.append({"kind": c.form, "source": _correlation_json(c), "held": held, "detail": detail})
     return out
 
 

@@ -4,7 +4,8 @@ The journal records events (the engine decides which, by :attr:`Journal.record_e
 rule runs (rule, VM, triggering event, mode/throttle outcome, status, timings)
 and their steps (rendered, already redacted arguments, result or error,
 duration).  It also keeps the state that must survive a restart: throttle
-timestamps and the MQTT outbox (QoS >= 1 messages not yet acknowledged).
+timestamps, the MQTT outbox (QoS >= 1 messages not yet acknowledged) and the
+correlation state of ``after``/``count``/``unless`` rules (:meth:`Journal.record_correlation`).
 
 Writing never slows the engine down and never crashes it:
 
@@ -92,7 +93,8 @@ _STEP: Final = 3
 _THROTTLE: Final = 4
 _OUTBOX_PUT: Final = 5
 _OUTBOX_ACK: Final = 6
-_KIND_NAMES: Final = ("event", "run", "run_update", "step", "throttle", "outbox_put", "outbox_ack")
+_CORRELATION: Final = 7
+_KIND_NAMES: Final = ("event", "run", "run_update", "step", "throttle", "outbox_put", "outbox_ack", "correlation")
 
 _INTERRUPTED_ERROR: Final = "interrupted: reactor stopped while the run was in flight"
 
@@ -157,7 +159,20 @@ CREATE INDEX outbox_broker ON outbox (broker, id);
 #: change: append an entry (SQL statements separated by ``;``), never edit one
 #: that has shipped.  A writer applies the missing entries in one transaction
 #: when it opens an older journal.
-_MIGRATIONS: Final[tuple[str, ...]] = ()
+_MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1 -> 2: correlation state (issue 12): counted matches, pending `unless` matches, `after` events
+    """
+    CREATE TABLE correlation (
+        rule TEXT NOT NULL,
+        form TEXT NOT NULL,
+        key TEXT NOT NULL,
+        ts REAL NOT NULL,
+        signature TEXT NOT NULL,
+        state TEXT NOT NULL
+    );
+    CREATE INDEX correlation_key ON correlation (rule, form, key, ts)
+    """,
+)
 
 #: The schema version written to ``PRAGMA user_version``.
 SCHEMA_VERSION: Final = 1 + len(_MIGRATIONS)
@@ -689,6 +704,21 @@ class Journal:
         if n >= self.batch_rows:
             self._kick()
 
+    def record_correlation(self, op: str, rule: str, form: str | None, key: str | None, ts: float | None,
+                           signature: str, state: Mapping[str, Any] | None) -> None:
+        """Change the correlation state of ``rule``: ``add`` a row (``form``, ``key``, ``ts``, ``state``), or
+        ``del`` the rows of ``rule`` (narrowed by ``form``, ``key`` and ``ts`` (rows at or before it) when given).
+
+        ``state`` must not be mutated afterwards.  Written in order with the other rows."""
+        p = self._pending
+        n = len(p) + self._inflight
+        if n >= (self._limit if op == "add" else self._limit_ctl):
+            self._refuse(_CORRELATION)
+            return
+        p.append((_CORRELATION, op, rule, form, key, ts, signature, state))
+        if n >= self.batch_rows:
+            self._kick()
+
     # --------------------------------------------------------------- flushing
 
     async def flush(self) -> bool:
@@ -803,6 +833,8 @@ class Journal:
             if groups[_THROTTLE]:
                 con.executemany("INSERT INTO throttle VALUES (?, ?, ?)",
                                 ((_text(r[1], clean), _text(r[2], clean), r[3]) for r in groups[_THROTTLE]))
+            if groups[_CORRELATION]:
+                _write_correlation(con, groups[_CORRELATION], clean)
             outbox_dropped = 0
             puts, acks = groups[_OUTBOX_PUT], groups[_OUTBOX_ACK]
             if puts and acks:  # acknowledged before it was written: neither row is needed (the mirror's usual case)
@@ -850,6 +882,13 @@ class Journal:
                 "SELECT rule, key, ts FROM throttle WHERE ts > ? ORDER BY rule, key, ts", (since,)):
             out.setdefault((rule, key), []).append(ts)
         return out
+
+    def load_correlation(self, rule: str | None = None) -> list[tuple[str, str, str, float, str, Any]]:
+        """Correlation state rows ``(rule, form, key, ts, signature, state)``, oldest first (of ``rule``)."""
+        where, params = _where(rule=("rule = ?", rule))
+        return [(r[0], r[1], r[2], r[3], r[4], _loads(r[5]))
+                for r in self._query(f"SELECT rule, form, key, ts, signature, state FROM correlation{where}"
+                                     " ORDER BY ts, rowid", params)]
 
     def outbox_pending(self, broker: str, limit: int = 10000) -> list[OutboxMessage]:
         """The messages not yet acknowledged for ``broker``, oldest first."""
@@ -927,8 +966,8 @@ class Journal:
         ``max_age`` (seconds): events, finished runs (with their steps) and
         throttle entries older than that.  ``max_rows``: keep only the newest
         ``max_rows`` events and the newest ``max_rows`` runs.  Runs still in
-        flight and the outbox are never pruned.  Blocking: call it through
-        ``asyncio.to_thread`` from async code.
+        flight, pending ``unless`` matches, correlation state and the outbox are
+        never pruned.  Blocking: call it through ``asyncio.to_thread`` from async code.
         """
         if self.readonly or not self._opened:
             raise JournalError(f"{self.path}: journal is not open for writing")
@@ -956,7 +995,7 @@ class Journal:
     def _prune(con: sqlite3.Connection, cutoff: float | None, max_rows: int | None) -> int:
         deleted = 0
         run_ids: list[tuple[int]] = []
-        live = "status NOT IN ('running', 'queued')"
+        live = "status NOT IN ('running', 'queued', 'pending')"   # pending: an unless match held
         if cutoff is not None:
             deleted += con.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
             deleted += con.execute("DELETE FROM throttle WHERE ts < ?", (cutoff,)).rowcount
@@ -1096,6 +1135,65 @@ def _step_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any
 def _outbox_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:
     for _, mid, broker, topic, payload, qos, retain, created in rows:
         yield (mid, _text(broker, clean), _text(topic, clean), payload, int(qos), 1 if retain else 0, created)
+
+
+def _write_correlation(con: sqlite3.Connection, rows: list[tuple[Any, ...]], clean: bool) -> None:
+    """Apply correlation ``add``/``del`` rows in their order (consecutive ones of one shape in one executemany).
+
+    A ``del`` names its rule and any of form, key and a ``ts`` bound; each shape has its own statement
+    (so that SQLite uses the index).  An ``add`` that a later ``del`` of the same batch removes is not
+    written at all (a count that fired, a pending match cancelled, within one flush: the usual case
+    in a storm).
+    """
+    rows = _live_correlation(rows)
+    i = 0
+    while i < len(rows):
+        op, shape = rows[i][1], _shape(rows[i])
+        j = i
+        while j < len(rows) and rows[j][1] == op and _shape(rows[j]) == shape:
+            j += 1
+        chunk = rows[i:j]
+        if op == "add":
+            con.executemany("INSERT INTO correlation VALUES (?, ?, ?, ?, ?, ?)",
+                            ((_text(r[2], clean), _text(r[3], clean), _text(r[4], clean), _num(r[5], clean) or 0.0,
+                              _text(r[6], clean), _json(r[7])) for r in chunk))
+        else:
+            where = "".join(clause for clause, on in zip((" AND form = ?", " AND key = ?", " AND ts <= ?"), shape,
+                                                         strict=True) if on)
+            con.executemany(f"DELETE FROM correlation WHERE rule = ?{where}",
+                            ((_text(r[2], clean), *(_text(v, clean) for v, on in zip(r[3:5], shape, strict=False)
+                                                    if on), *([r[5]] if shape[2] else []))
+                             for r in chunk))
+        i = j
+
+
+def _live_correlation(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``rows`` without the adds a later del of the batch covers (scanned backwards: dels seen so far)."""
+    if not any(r[1] == "del" for r in rows):
+        return rows
+    inf = float("inf")
+    bound: dict[tuple[Any, Any, Any], float] = {}   # (rule, form|None, key|None) -> rows at or before it go
+    kept: list[tuple[Any, ...]] = []
+    for r in reversed(rows):
+        _, op, rule, form, key, ts = r[:6]
+        if op == "del":
+            k = (rule, form, key)
+            b = inf if ts is None else float(ts)
+            if b > bound.get(k, -inf):
+                bound[k] = b
+            kept.append(r)
+            continue
+        t = float(ts or 0.0)
+        if (t <= bound.get((rule, form, key), -inf) or t <= bound.get((rule, form, None), -inf)
+                or t <= bound.get((rule, None, None), -inf)):
+            continue
+        kept.append(r)
+    kept.reverse()
+    return kept
+
+
+def _shape(row: tuple[Any, ...]) -> tuple[bool, bool, bool]:
+    return (row[3] is not None, row[4] is not None, row[5] is not None)
 
 
 def _loads(text: str | None) -> Any:

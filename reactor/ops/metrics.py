@@ -14,7 +14,11 @@ Families (all prefixed ``reactor_``)::
     events_total{vm,name}                  events dispatched (label sets capped)
     events_unlabelled_total                events past the label-set cap
     engine_events_total, events_invalid_total, matches_total, condition_errors_total
-    runs_total{rule,outcome,mode}          ok, failed, skipped, cancelled, dry-run, throttled, dropped...
+    runs_total{rule,outcome,mode}          ok, failed, skipped, cancelled, dry-run, throttled, dropped...; correlation
+                                           outcomes: pending, cancelled, elapsed, late, counted, no_after,
+                                           overflow, state_dropped
+    correlation_keys{rule,form}            keys holding after/count/unless state now
+    correlation_overflow_total{rule}       new keys refused: the rule's table was full (MAX_KEYS)
     runs_in_flight
     step_duration_seconds{action}          histogram
     bus_queue_depth{vm}, bus_queued_events, bus_dropped_total{vm}
@@ -199,6 +203,18 @@ class ReactorCollector(Collector):
         yield GaugeMetricFamily("reactor_rules_loaded", "Rules in force.", value=rules)
         yield CounterMetricFamily("reactor_rule_reloads", "Rule reloads (successful or not) since start.",
                                   value=getattr(self.daemon, "reloads", 0))
+        keys = GaugeMetricFamily("reactor_correlation_keys", "Keys holding after/count/unless state, by rule.",
+                                 labels=["rule", "form"])
+        overflow = CounterMetricFamily("reactor_correlation_overflow",
+                                       "New correlation keys refused because the rule's table was full.",
+                                       labels=["rule"])
+        if engine is not None:
+            for (rule, form), n in sorted(engine.correlation.sizes().items()):
+                keys.add_metric([rule, form], n)
+            for rule, n in sorted(engine.correlation.overflow.items()):
+                overflow.add_metric([rule], n)
+        yield keys
+        yield overflow
 
     def _steps(self) -> Iterator[Metric]:
         fam = HistogramMetricFamily("reactor_step_duration_seconds", "Duration of rule steps, by action.",

@@ -24,16 +24,19 @@ from reactor.model.duration import parse_duration
 from reactor.rules.arguments import compile_arguments
 from reactor.rules.command import check_command_call
 from reactor.rules.matcher import check_event_names, compile_event_match, compile_match
-from reactor.rules.rule import Predicate, Retry, Rule, RuleSet, Step, Threshold, Throttle, VMSelector
+from reactor.rules.rule import Correlation, Predicate, Retry, Rule, RuleSet, Step, Threshold, Throttle, VMSelector
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match, parse
 from reactor.rules.template import Expression, compile_expression
 
-__all__ = ["RULE_KEYS", "STEP_KEYS", "find_rule_files", "load_rules", "load_rules_text"]
+__all__ = ["CORRELATION_KEYS", "RULE_KEYS", "STEP_KEYS", "find_rule_files", "load_rules", "load_rules_text"]
 
 log = logging.getLogger(__name__)
 
-RULE_KEYS = ("name", "description", "on", "vms", "match", "if", "throttle", "threshold", "mode", "max_queued",
-             "max_parallel", "enabled", "actions")
+RULE_KEYS = ("name", "description", "on", "vms", "match", "if", "after", "count", "unless", "throttle", "threshold",
+             "mode", "max_queued", "max_parallel", "enabled", "actions")
+#: The keys of each correlation over time (``after``, ``count``, ``unless``).
+CORRELATION_KEYS = {"after": ("event", "match", "within", "per"), "count": ("min", "within", "per"),
+                    "unless": ("event", "match", "within", "per")}
 STEP_KEYS = ("timeout", "retry", "on_error", "register", "when")
 MODES = ("single", "queued", "parallel", "restart")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -179,6 +182,7 @@ class _Loader:
             match, literals = compile_match(mnode, schemas, self.catalog.resolve, self.catalog.suggest_field,
                                             self.errors)
         cond = self.expression(node, "if")
+        corr = {form: self.correlation(node.get(form), form, schemas) for form in CORRELATION_KEYS if form in node}
         throttle = self.throttle(node.get("throttle"), schemas) if "throttle" in node else None
         threshold = self.threshold(node.get("threshold"), schemas) if "threshold" in node else None
         mode = self.choice(node, "mode", MODES, "single")
@@ -192,7 +196,8 @@ class _Loader:
         return Rule(
             name=name, pos=node.pos, on=on_names, steps=steps, description=description, vms=vms,
             match=match, literals=literals, match_source=mnode.plain() if mnode is not None else None,
-            condition=cond, throttle=throttle, threshold=threshold, mode=mode,  # type: ignore[arg-type]
+            condition=cond, throttle=throttle, threshold=threshold, after=corr.get("after"),
+            count=corr.get("count"), unless=corr.get("unless"), mode=mode,  # type: ignore[arg-type]
             max_queued=max_queued, max_parallel=max_parallel, enabled=enabled, index=index,
         )
 
@@ -354,6 +359,60 @@ class _Loader:
                 self.err(i.pos, f"{what}: expected 'vm', 'host' or 'data.<field path>', got {v!r}")
                 ok = False
         return tuple(keys) if ok else None
+
+    def correlation(self, node: Node | None, form: str, schemas: list[EventSchema] | None) -> Correlation | None:
+        """``after``/``unless`` ``{event, match, within, per}`` or ``count`` ``{min, within, per}``."""
+        keys = list(CORRELATION_KEYS[form])
+        if form == "count":
+            mnode, n, secs = self.window(node, "count", "min", keys)
+            if mnode is None:
+                return None
+            per = self.event_keys(mnode.get("per"), "count.per", schemas, ("vm",))
+            if n is None or secs is None or per is None:
+                return None
+            return Correlation(form="count", within=secs, per=per, min=n, pos=mnode.pos)
+        if not isinstance(node, MapNode):
+            self.err(node.pos if node is not None else Position("?", 1, 1),
+                     f"{form} must be a mapping {{{', '.join(keys)}}}")
+            return None
+        n_errors = len(self.errors)
+        for key in node.entries:
+            if key not in keys:
+                hint = close_match(key, keys)
+                self.err(node.key_pos(key), f"{form}: unknown key {key!r}"
+                         + (f" (did you mean {hint!r}?)" if hint else f"; keys: {', '.join(keys)}"))
+        names, own = self.correlated_events(node, form)
+        match: Predicate | None = None
+        cnode = node.get("match")
+        written = cnode is not None and not (isinstance(cnode, ScalarNode) and cnode.value is None)
+        if cnode is not None and written and names:
+            match, _ = compile_match(cnode, own, self.catalog.resolve, self.catalog.suggest_field, self.errors)
+        within = node.get("within")
+        secs = None
+        if within is None:
+            self.err(node.pos, f"{form}: missing 'within' (how long to look, e.g. 30s)")
+        else:
+            secs = self.duration(within, f"{form}.within", positive=True)
+        # a key must exist in the trigger's events and in the correlated ones (both sides compute it)
+        per = self.event_keys(node.get("per"), f"{form}.per", (schemas or []) + own, ("vm",))
+        if len(self.errors) > n_errors or secs is None or per is None or not names:
+            return None
+        return Correlation(form=form, within=secs, per=per, events=frozenset(names),  # type: ignore[arg-type]
+                           match=match, match_source=cnode.plain() if written and cnode is not None else None,
+                           pos=node.pos)
+
+    def correlated_events(self, node: MapNode, form: str) -> tuple[list[str], list[EventSchema]]:
+        """The ``event`` of ``after``/``unless``: a name or a list of names from the catalog (no "*")."""
+        ev = node.get("event")
+        if ev is None:
+            self.err(node.pos, f"{form}: missing 'event' (an event name or a list of names)")
+            return [], []
+        for item in ev.items if isinstance(ev, SeqNode) else [ev]:
+            if isinstance(item, ScalarNode) and item.value == "*":
+                self.err(item.pos, f"{form}.event: name the events (\"*\" is not allowed here)")
+                return [], []
+        names, schemas = check_event_names(ev, self.catalog, self.errors, what=f"{form}.event")
+        return sorted(names or ()), list(schemas or ())
 
     def threshold(self, node: Node | None, schemas: list[EventSchema] | None) -> Threshold | None:
         mnode, count, secs = self.window(node, "threshold", "count", ["count", "within", "distinct", "per"])

@@ -6,6 +6,7 @@ Produced only by :mod:`reactor.rules.loader`; the engine reads them.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,10 +14,12 @@ from typing import Any, Literal
 
 from reactor.actions.action import ActionSpec
 from reactor.errors import Position
+from reactor.model.duration import format_duration
 from reactor.rules.arguments import Arguments
 from reactor.rules.template import Expression
 
-__all__ = ["Mode", "Retry", "Rule", "RuleSet", "Step", "Threshold", "Throttle", "VMSelector", "event_key"]
+__all__ = ["Correlation", "Mode", "Retry", "Rule", "RuleSet", "Step", "Threshold", "Throttle", "VMSelector",
+           "event_key"]
 
 Mode = Literal["single", "queued", "parallel", "restart"]
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -93,6 +96,52 @@ class Threshold:
 
 
 @dataclass(frozen=True, slots=True)
+class Correlation:
+    """One correlation over time of a rule: ``after`` (sequence), ``count`` or ``unless`` (absence).
+
+    ``after``/``unless`` name other ``events`` (with an optional ``match`` on their
+    data); ``count`` counts the rule's own matches up to ``min``.  Keys (``per``)
+    are as in :class:`Throttle`.  Windows are half-open: an event exactly
+    ``within`` seconds away is outside (as for ``throttle`` and ``threshold``).
+    """
+
+    form: Literal["after", "count", "unless"]
+    within: float
+    per: tuple[str, ...] = ("vm",)
+    events: frozenset[str] = frozenset()
+    match: Predicate | None = field(default=None, compare=False, repr=False)
+    #: the `match` mapping as written (what equality and the signature compare)
+    match_source: Any = None
+    min: int = 0
+    pos: Position | None = field(default=None, compare=False)
+    #: per is the default [vm]: the key is the VM name (the common case, without event_key)
+    by_vm: bool = field(default=False, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_vm", self.per == ("vm",))
+
+    def key(self, vm: str, data: Mapping[str, Any], host: str | None = None) -> str:
+        return vm if self.by_vm else event_key(self.per, vm, data, host)
+
+    @property
+    def signature(self) -> str:
+        """A short digest of what the correlation means (its state is kept across reloads while it holds)."""
+        text = repr((self.form, self.within, self.per, sorted(self.events), self.match_source, self.min))
+        return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:12]
+
+    def describe(self) -> str:
+        """The correlation in words, for ``explain``, the API and the log."""
+        per = "+".join(self.per)
+        if self.form == "count":
+            return f"count: the {self.min}th match of the same {per} within {format_duration(self.within)}"
+        names = "/".join(sorted(self.events))
+        cond = f" matching {self.match_source!r}" if self.match_source else ""
+        if self.form == "after":
+            return f"after: a {names}{cond} of the same {per} in the {format_duration(self.within)} before"
+        return f"unless: held {format_duration(self.within)}, cancelled by a {names}{cond} of the same {per}"
+
+
+@dataclass(frozen=True, slots=True)
 class VMSelector:
     names: tuple[str, ...] = ()                 # globs; empty: any name
     labels: Mapping[str, str] = None  # type: ignore[assignment]
@@ -137,14 +186,33 @@ class Rule:
     condition: Expression | None = None
     throttle: Throttle | None = None
     threshold: Threshold | None = None
+    after: Correlation | None = None
+    count: Correlation | None = None
+    unless: Correlation | None = None
     mode: Mode = "single"
     max_queued: int = 10
     max_parallel: int = 10
     enabled: bool = True
     index: int = 0                      # order of definition across files
+    #: has after, count or unless (one attribute for the engine's dispatch to test)
+    correlated: bool = field(default=False, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "correlated",
+                           self.after is not None or self.count is not None or self.unless is not None)
 
     def __repr__(self) -> str:
         return f"<Rule {self.name} @ {self.pos}>"
+
+    @property
+    def correlations(self) -> tuple[Correlation, ...]:
+        """``after``, ``count``, ``unless`` (those the rule has), in the engine's order of evaluation."""
+        return tuple(c for c in (self.after, self.count, self.unless) if c is not None)
+
+    @property
+    def correlation_signature(self) -> str:
+        """Digest of the rule's correlations ("" without any): state survives a reload while it is unchanged."""
+        return "+".join(c.signature for c in self.correlations)
 
 
 @dataclass(frozen=True, slots=True)

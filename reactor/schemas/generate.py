@@ -228,6 +228,21 @@ def _rule_keys(events: dict[str, Any]) -> dict[str, Any]:
                       "properties": {"count": {"type": "integer", "minimum": 1},
                                      "within": {"$ref": "#/definitions/duration"},
                                      "distinct": event_keys, "per": event_keys}},
+        "after": {"type": "object", "additionalProperties": False, "required": ["event", "within"],
+                  "description": "Sequence: match only if an `event` (satisfying `match`) of the same key came "
+                                 "within `within` before the trigger; the run sees it as vars.after.",
+                  "properties": {"event": one_or_more, "match": {"$ref": "#/definitions/match"},
+                                 "within": {"$ref": "#/definitions/duration"}, "per": event_keys}},
+        "count": {"type": "object", "additionalProperties": False, "required": ["min", "within"],
+                  "description": "Run on the `min`-th match of the same key within a sliding `within` (repeats "
+                                 "count), then count from zero; the run sees vars.count {n, first, events}.",
+                  "properties": {"min": {"type": "integer", "minimum": 1},
+                                 "within": {"$ref": "#/definitions/duration"}, "per": event_keys}},
+        "unless": {"type": "object", "additionalProperties": False, "required": ["event", "within"],
+                   "description": "Absence: hold the match pending; an `event` (satisfying `match`) of the same "
+                                  "key within `within` cancels it, else the run starts when `within` has passed.",
+                   "properties": {"event": one_or_more, "match": {"$ref": "#/definitions/match"},
+                                  "within": {"$ref": "#/definitions/duration"}, "per": event_keys}},
         "mode": {"enum": list(MODES), "default": "single",
                  "description": "What a new match does while a run for the same VM is in progress."},
         "max_queued": {"type": "integer", "minimum": 1, "default": 10},

@@ -139,12 +139,43 @@ async function loadRules() {
          "≤ " + r.throttle.max + " per " + fmtSpan(r.throttle.within)) : null,
          r.threshold ? el("div", {class: "muted"}, "when " + r.threshold.count + " distinct " +
            r.threshold.distinct.join("+") + " in " + fmtSpan(r.threshold.within) +
-           " (" + Object.values(r.threshold.pending || {}).reduce((a, b) => Math.max(a, b), 0) + " now)") : null),
+           " (" + Object.values(r.threshold.pending || {}).reduce((a, b) => Math.max(a, b), 0) + " now)") : null,
+         correlation(r)),
       el("td", {}, last ? el("a", {href: "#run/" + last.id}, badge(last.status), " ",
                               el("span", {class: "muted"}, fmtDateTime(last.started)))
                         : el("span", {class: "muted"}, "never")));
   }));
   fillSelect($("#f-rule"), rules.map(r => r.name));
+}
+
+// after / count / unless: what the rule waits for, its counts and pending matches (per key)
+function correlation(r) {
+  const c = r.correlation || {};
+  const parts = [];
+  if (r.after) parts.push(el("div", {class: "muted corr", dataset: {form: "after"}},
+    "after " + r.after.event.join("/") + " in " + fmtSpan(r.after.within) +
+    " (" + Object.keys(c.after || {}).length + " keys hold one)"));
+  if (r.count) {
+    const counts = c.counts || {};
+    const shown = Object.entries(counts).slice(0, 5).map(([k, n]) => k + ": " + n + "/" + r.count.min);
+    parts.push(el("div", {class: "muted corr", dataset: {form: "count"}},
+      "count " + r.count.min + " in " + fmtSpan(r.count.within) +
+      (shown.length ? " (" + shown.join(", ") + (Object.keys(counts).length > 5 ? ", …" : "") + ")" : "")));
+  }
+  if (r.unless) {
+    const pending = c.pending || [];
+    const cancelled = c.cancelled || [];
+    const last = cancelled.length ? cancelled[cancelled.length - 1] : null;
+    parts.push(el("div", {class: "muted corr", dataset: {form: "unless"}},
+      "unless " + r.unless.event.join("/") + " in " + fmtSpan(r.unless.within) + ": " +
+      pending.length + " pending" +
+      (pending.length ? " (" + pending.slice(0, 3).map(p => p.key + (p.late ? " late, waits for its VM"
+                                                       : " until " + fmtDateTime(p.until))).join(", ") +
+                        (pending.length > 3 ? ", …" : "") + ")" : "") +
+      (last ? "; last cancelled by " + last.by + " from " + last.by_vm + " at " + fmtDateTime(last.at) : "")));
+  }
+  if (c.overflow) parts.push(el("div", {class: "muted corr bad"}, c.overflow + " refused: state full"));
+  return parts;
 }
 
 function fillSelect(select, names) {
