@@ -2,7 +2,7 @@
 
 As in tests/test_restart.py, ``reactor run`` is a subprocess watching a fake
 QMP server that outlives it; the rule's action is a QMP command the fake
-records (``x-alert``), so "exactly one run" is counted where it lands.  A
+records (``query-uuid``), so "exactly one run" is counted where it lands.  A
 pending match is re-armed with the time it has left when the daemon comes
 back before its deadline (one run, at the deadline; or one cancellation), and
 runs once, flagged ``late``, when it comes back after it.
@@ -29,12 +29,12 @@ rules:
     on: STOP
     unless: {{event: RESUME, within: {within}}}
     actions:
-      - qmp: {{execute: x-alert}}
+      - qmp: {{execute: query-uuid}}
   - name: third-reset
     on: RESET
     count: {{min: 3, within: 1h}}
     actions:
-      - qmp: {{execute: x-third}}
+      - qmp: {{execute: query-kvm}}
 """
 
 
@@ -57,7 +57,7 @@ def fake_vm(tmp_path: Path, alerts: list[float]) -> FakeQMP:
         return {}
 
     return FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="running",
-                   handlers={"x-alert": alert, "x-third": lambda _a: {}})
+                   handlers={"query-uuid": alert, "query-kvm": lambda _a: {}})
 
 
 async def start_with_pending(tmp_path: Path, daemons: list[Daemons], fake: FakeQMP, within: str) -> tuple[
@@ -159,7 +159,7 @@ async def test_a_kill_9_the_instant_the_deadline_run_acts_does_not_run_it_again(
         os.kill(d.proc.pid, signal.SIGKILL)
         return {}
 
-    async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="running", handlers={"x-alert": alert}) as fake:
+    async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="running", handlers={"query-uuid": alert}) as fake:
         cfg = write_config(tmp_path, [fake], RULES.format(within="1s"))
         d = Daemons(cfg, tmp_path / "daemon.log")
         daemons.append(d)
@@ -181,7 +181,7 @@ async def test_a_kill_9_the_instant_the_deadline_run_acts_does_not_run_it_again(
 async def test_counts_survive_kill_9(tmp_path: Path, daemons: list[Daemons]) -> None:
     third: list[float] = []
     async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="running",
-                       handlers={"x-third": lambda _a: third.append(time.time())}) as fake:
+                       handlers={"query-kvm": lambda _a: third.append(time.time())}) as fake:
         cfg = write_config(tmp_path, [fake], RULES.format(within="1m"))
         d = Daemons(cfg, tmp_path / "daemon.log")
         daemons.append(d)
@@ -197,5 +197,5 @@ async def test_counts_survive_kill_9(tmp_path: Path, daemons: list[Daemons]) -> 
         fake.emit("RESET", {"guest": True, "reason": "guest-reset"})   # the 3rd, across two kills
         await until(lambda: third, 10, "the run on the 3rd RESET")
         await stop(d)
-    assert len(third) == 1 and count(fake, "x-third") == 1
+    assert len(third) == 1 and count(fake, "query-kvm") == 1
     assert rows(tmp_path / "state", "count") == 0
