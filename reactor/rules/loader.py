@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reactor.actions.action import ActionSpec
+from reactor.actions.action import ActionSpec, Steps
 from reactor.actions.registry import Registry, builtin_registry
 from reactor.errors import LoadError, Position, RuleError, SourceError
 from reactor.model.catalog import Catalog, default_catalog
@@ -438,6 +438,17 @@ class _Loader:
                 steps.append(step)
         return tuple(steps) if ok else None
 
+    def nested_steps(self, node: Node, what: str) -> Steps | None:
+        """A list of steps inside an action's arguments (``resume: {probe: [...]}``), checked like ``actions``."""
+        if not isinstance(node, SeqNode):
+            self.err(node.pos, f"{what}: expected a list of steps, got {node.kind}")
+            return None
+        n_errors = len(self.errors)
+        steps = [self.step(s, i) for i, s in enumerate(node)]
+        if len(self.errors) > n_errors:
+            return None
+        return Steps(s for s in steps if s is not None)
+
     def step(self, node: Node, index: int) -> Step | None:
         if isinstance(node, ScalarNode) and isinstance(node.value, str):
             spec = self.registry.get(node.value)
@@ -469,7 +480,7 @@ class _Loader:
         key, spec = specs[0]
         value = node.get(key)
         assert value is not None
-        args = compile_arguments(spec, value, node.key_pos(key), self.errors)
+        args = compile_arguments(spec, value, node.key_pos(key), self.errors, steps=self.nested_steps)
         timeout = None
         if "timeout" in node:
             t = node.get("timeout")
