@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from fakeqmp import FakeError, FakeQMP
+from ports import free_port
 
 from reactor.daemon.config import parse_config
 from reactor.daemon.daemon import Daemon, serve
@@ -94,6 +96,28 @@ def test_bad_arguments_are_load_errors_with_position(actions: str, expected: str
     assert errors[0].startswith(expected), errors[0]
 
 
+async def test_explain_shows_the_backoff_and_the_give_up_from_the_journal(tmp_path: Path) -> None:
+    from reactor.engine.explain import explain, format_verdicts
+    from reactor.testing.events import make_event
+
+    rs = load_rules_text([("rules/r.yaml", RULES.replace("{ARGS}", "{attempts: 2, backoff: 1m}"))])
+    event = make_event("BLOCK_IO_ERROR", io_error(), vm="vm1")
+    async with Journal(tmp_path / "journal.db") as j:
+        (v,) = explain(event, rs, journal=j, now=1000.0)
+        assert v.resume == "0 failed attempt(s) of vm1 within 1h: the first attempt would start after settle (2s)"
+        j.record_resume(ResumeRecord("vm1", "resume-io", 1, "1.1", "end", "flap", 900.0, 950.0, 960.0, 980.0,
+                                     "STOP 50ms after cont"))
+        (v,) = explain(event, rs, journal=j, now=1000.0)
+        assert v.resume == ("1 failed attempt(s) of vm1 within 1h (limit 2; last: STOP 50ms after cont): "
+                            "would back off 40s first")
+        j.record_resume(ResumeRecord("vm1", "resume-io", 1, "1.2", "cont", "cont", 990.0, 990.0, 995.0, 995.0,
+                                     None))   # a cont whose outcome never came (kill -9): counted
+        (v,) = explain(event, rs, journal=j, now=1000.0)
+        assert v.resume is not None and v.resume.startswith("2 failed attempt(s)") and "would give up" in v.resume
+        assert "      resume: 2 failed attempt(s)" in format_verdicts(event, [v])
+        assert explain(event, rs, journal=j, now=1000.0 + 3600 + 996)[0].resume.startswith("0 failed")  # type: ignore[union-attr]
+
+
 # --- the daemon against fakes -------------------------------------------------------------------
 
 
@@ -145,12 +169,14 @@ rules:
 
 @contextlib.asynccontextmanager
 async def daemon_for(tmp: Path, fakes: list[FakeQMP], args: str, *, rules: str = RULES,
-                     dry_run: bool = False) -> AsyncIterator[Daemon]:
+                     dry_run: bool = False, http_port: int | None = None) -> AsyncIterator[Daemon]:
     rules_dir = tmp / "rules"
     rules_dir.mkdir(exist_ok=True)
     (rules_dir / "r.yaml").write_text(rules.replace("{ARGS}", args))
     vms = "".join(f"  - {{name: {f.name}, qmp: {f.address}}}\n" for f in fakes)
     text = f"rules: {rules_dir}\nstate_dir: {tmp / 'state'}\njournal: {{events: all}}\nvms:\n{vms}"
+    if http_port is not None:
+        text += f"http: {{listen: '127.0.0.1:{http_port}'}}\n"
     daemon = Daemon(parse_config(text, tmp / "reactor.yaml"), watch=False, grace=2.0, dry_run=dry_run)
     task = asyncio.create_task(serve(daemon, install_signals=False))
     try:
@@ -351,37 +377,43 @@ async def test_dry_run_sends_only_the_queries(tmp_path: Path) -> None:
 async def test_twenty_vms_at_most_three_at_once_in_arrival_order(tmp_path: Path) -> None:
     n = 20
     fakes = [FakeQMP(tmp_path / f"vm{i:02d}.qmp", name=f"vm{i:02d}", status="io-error") for i in range(n)]
+    port = free_port()
+    seen: list[dict[str, Any]] = []   # /api/vms's resume entries while VMs wait
+    metrics: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         for f in fakes:
             await stack.enter_async_context(f)
+        client = await stack.enter_async_context(aiohttp.ClientSession())
         args = "{settle: 100ms, verify: 300ms, max_concurrent: 3, stagger: 50ms}"
-        async with daemon_for(tmp_path, fakes, args) as daemon:
+        async with daemon_for(tmp_path, fakes, args, http_port=port) as daemon:
             order = [fakes[i] for i in (7, 3, 19, 0, 12, 5, 8, 1, 15, 2, 9, 18, 4, 11, 6, 17, 10, 13, 16, 14)]
             for f in order:   # a storage outage: every VM pauses, one after the other
                 f.emit("BLOCK_IO_ERROR", io_error())
                 await asyncio.sleep(0.02)
-            coord_seen: list[int] = []
-
-            def all_done() -> bool:
-                from reactor.actions.resume import ResumeCoordinator
-                coord = daemon.resources.get(ResumeCoordinator)
-                if isinstance(coord, ResumeCoordinator):
-                    coord_seen.append(coord.active)
-                return all(f.status == "running" for f in fakes)
-
-            await until(all_done, 60, "every VM resumed")
+            async with asyncio.timeout(60):
+                while not all(f.status == "running" for f in fakes):
+                    async with client.get(f"http://127.0.0.1:{port}/api/vms") as resp:
+                        seen.extend(vm["resume"] | {"vm": vm["name"]} for vm in await resp.json() if vm["resume"])
+                    async with client.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        metrics.append(await resp.text())
+                    await asyncio.sleep(0.1)
             await until(finished_runs(daemon, tmp_path, "resume-io", n), 20, "every run")
+            async with client.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                metrics.append(await resp.text())
         runs, rows, _ = journal_rows(tmp_path / "state")
-    assert max(coord_seen) <= 3
     ends = [r for r in rows if r.phase == "end"]
     assert len(ends) == n and {r.outcome for r in ends} == {"resumed"}
     # never more than 3 in a resume: at every slot start, count the slots held then
-    for r in ends:
-        overlapping = [o for o in ends if o.started <= r.started < o.ended]
-        assert len(overlapping) <= 3, (r.vm, [o.vm for o in overlapping])
-    assert max(len([o for o in ends if o.started <= r.started < o.ended]) for r in ends) == 3
+    overlaps = [len([o for o in ends if o.started <= r.started < o.ended]) for r in ends]
+    assert max(overlaps) == 3, overlaps
     by_start = [r.vm for r in sorted(ends, key=lambda r: r.started)]
-    assert by_start == [f.name for f in order]
-    conts_ = sorted(r.cont for r in rows if r.phase == "cont" and r.cont is not None)
-    assert min(b - a for a, b in itertools.pairwise(conts_)) >= 0.049   # stagger
+    assert by_start == [f.name for f in order]   # first come, first served
+    cont_times = sorted(r.cont for r in rows if r.phase == "cont" and r.cont is not None)
+    assert min(b - a for a, b in itertools.pairwise(cont_times)) >= 0.049   # stagger
     assert all(r.steps[-1].result["resumed"] for r in runs if r.rule == "resume-io")
+    waiting = [e for e in seen if e["phase"] == "waiting"]
+    assert waiting and max(e["position"] for e in waiting) >= 5
+    assert {e["phase"] for e in seen} >= {"waiting", "verify"}
+    assert any("reactor_resume_waiting " in m and "reactor_resume_waiting 0.0" not in m for m in metrics)
+    assert 'reactor_resume_attempts_total{outcome="resumed"} 20.0' in metrics[-1]
+    assert "reactor_resume_active 0.0" in metrics[-1]
