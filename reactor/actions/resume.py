@@ -343,6 +343,9 @@ async def _status(ctx: ActionContext) -> str:
     try:
         reply = await ctx.vm.execute("query-status", timeout=COMMAND_TIMEOUT)
     except (QMPConnectionError, TimeoutError) as err:
+        known = ctx.vm.status
+        if ctx.dry_run and isinstance(err, QMPConnectionError) and known not in ("disconnected", "unknown", ""):
+            return known   # replay --dry-run: no QMP at all, the state the events left
         raise _Disconnected(f"query-status: {err or 'no answer'}") from err
     if not isinstance(reply, dict) or not isinstance(reply.get("status"), str):
         raise ActionError(f"query-status: unexpected answer {reply!r}")
