@@ -417,3 +417,23 @@ async def test_twenty_vms_at_most_three_at_once_in_arrival_order(tmp_path: Path)
     assert any("reactor_resume_waiting " in m and "reactor_resume_waiting 0.0" not in m for m in metrics)
     assert 'reactor_resume_attempts_total{outcome="resumed"} 20.0' in metrics[-1]
     assert "reactor_resume_active 0.0" in metrics[-1]
+
+
+async def test_one_resume_per_vm_whatever_the_rule(tmp_path: Path) -> None:
+    rules = RULES + """
+  - name: resume-at-connect
+    on: STOP
+    actions:
+      - resume: {ARGS}
+"""
+    async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="io-error") as fake, \
+            daemon_for(tmp_path, [fake], "{settle: 300ms, verify: 300ms, stagger: 0s}", rules=rules) as daemon:
+        fake.emit("BLOCK_IO_ERROR", io_error())
+        fake.emit("STOP")
+        await until(finished_runs(daemon, tmp_path, "resume-at-connect"), 10, "the second rule's run")
+        (first,) = await until(finished_runs(daemon, tmp_path, "resume-io"), 10, "the first rule's run")
+        (second,) = finished_runs(daemon, tmp_path, "resume-at-connect")() or []
+    assert first.steps[-1].result["resumed"] is True
+    assert second.steps[-1].result == {"resumed": False, "attempts": 0, "waited": 0.0, "failures": 0, "history": [],
+                                       "reason": f"a resume of vm1 is in progress (rule resume-io, run {first.id})"}
+    assert conts(fake) == 1

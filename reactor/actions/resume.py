@@ -190,6 +190,8 @@ class ResumeCoordinator(Resource):
         self._watches: dict[str, list[_Watch]] = {}
         self._history: dict[str, list[ResumeRecord]] = {}
         self._journal: Any = None
+        #: VM -> (rule, run id) of the one step resuming it (one at a time per VM, whatever the rule)
+        self.owners: dict[str, tuple[str, int]] = {}
         #: VM -> what its resume is doing now (for /api/vms and the traces page)
         self.states: dict[str, dict[str, Any]] = {}
         #: attempt outcomes, give-ups ("gave-up") and steps that found nothing to do ("not-io-error")
@@ -367,6 +369,13 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
     vm = ctx.vm.name
     coord = _coordinator(ctx)
     began = ctx.now()
+    if coord is not None and not ctx.dry_run:
+        owner = coord.owners.get(vm)
+        if owner is not None:   # another rule's run (the flap's BLOCK_IO_ERROR, a connect) is resuming it
+            ctx.log.info("%s: a resume of it is in progress (rule %s, run %s): leaving it to that one", vm, *owner)
+            return {"resumed": False, "attempts": 0, "waited": 0.0, "failures": 0, "history": [],
+                    "reason": f"a resume of {vm} is in progress (rule {owner[0]}, run {owner[1]})"}
+        coord.owners[vm] = (ctx.rule, ctx.run_id)
     # the place in the queue is taken before anything awaits: the order of arrival is the order of events
     ticket = None if coord is None or ctx.dry_run else coord.enqueue(vm, ctx.rule, ctx.run_id,
                                                                     args.max_concurrent, began)
@@ -438,6 +447,8 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
     finally:
         if ticket is not None and coord is not None:
             coord.release(ticket)
+        if coord is not None and coord.owners.get(vm) == (ctx.rule, ctx.run_id):
+            del coord.owners[vm]
         if coord is not None:
             mine = coord.states.get(vm, {})
             if mine.get("run") == ctx.run_id and mine.get("phase") != "gave-up":
