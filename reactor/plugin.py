@@ -28,7 +28,10 @@ The :class:`ActionContext` gives the typed ``event``, the ``vm``
 ``wait_for()`` (cancellation-safe), ``sleep()``/``now()`` on the engine's clock
 (virtual in replay and tests) and ``resource()`` for shared, long-lived
 objects: subclass :class:`Resource` (``start()`` once when the daemon starts,
-``aclose()`` on stop) and list it in ``@action(resources=...)``.
+``aclose()`` on stop) and list it in ``@action(resources=...)``.  An argument
+typed :class:`Steps` holds nested steps (checked at load like a rule's
+``actions``), which the action runs with ``ctx.run_step()`` (a
+:class:`StepOutcome`); the built-in ``resume`` runs its ``probe`` this way.
 
 A **source** is an async producer of events declared with :func:`source`; it
 gets a :class:`SourceContext` (``emit()``, ``sleep()``, ``now()``, ``log``) and
@@ -45,7 +48,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reactor.actions.action import ActionContext, ActionSpec, DaemonContext, Duration, Resource, VMHandle, action
+from reactor.actions.action import (
+    ActionContext,
+    ActionSpec,
+    DaemonContext,
+    Duration,
+    Resource,
+    StepOutcome,
+    Steps,
+    VMHandle,
+    action,
+)
 from reactor.errors import ActionError, PluginError, QMPCommandError, QMPConnectionError, ReactorError, TemplateError
 from reactor.model.event import Event
 from reactor.sources import SourceContext, SourceSpec, source
@@ -65,6 +78,8 @@ __all__ = [
     "Resource",
     "SourceContext",
     "SourceSpec",
+    "StepOutcome",
+    "Steps",
     "TemplateError",
     "VMHandle",
     "action",
