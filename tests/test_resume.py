@@ -254,6 +254,8 @@ async def test_a_disk_that_keeps_failing_gets_attempts_conts_with_growing_gaps_t
     result = resume_run.steps[-1].result
     assert result["resumed"] is False and result["reason"].startswith("gave up: 3 failed attempts within 1h")
     assert result["attempts"] == 3 and [h["outcome"] for h in result["history"]] == ["flap"] * 3
+    assert [d["decision"] for d in result["decisions"]] == ["backoff", "backoff", "give-up"]
+    assert 0.3 < result["decisions"][0]["seconds"] <= 0.5 < 0.8 < result["decisions"][1]["seconds"] <= 1.0
     cont_times = [r.cont for r in rows if r.phase == "cont" and r.cont is not None]
     assert len(cont_times) == 3
     gaps = [b - a for a, b in itertools.pairwise(cont_times)]

@@ -44,8 +44,10 @@ and probes that only read), takes no slot and records no attempt.
 
 The result: ``resumed``, ``attempts`` (made by this step), ``waited``
 (seconds spent waiting for a slot and in backoff), ``reason``, ``failures``
-(within the window, after this step) and ``history`` (each attempt of this
-step: outcome, error, times).  Every attempt is also a row of the journal's
+(within the window, before the last attempt), ``history`` (each attempt of
+this step: outcome, error, probes, times) and, when there were any,
+``decisions`` (each backoff and the give-up, with the failures behind them).
+A probe step with ``on_error: continue`` does not block the attempt.  Every attempt is also a row of the journal's
 ``resume_attempts`` table; probe steps are journaled as ``probe:ACTION`` steps
 of the run.
 """
@@ -380,11 +382,15 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
     ticket = None if coord is None or ctx.dry_run else coord.enqueue(vm, ctx.rule, ctx.run_id,
                                                                     args.max_concurrent, began)
     history: list[dict[str, Any]] = []
+    decisions: list[dict[str, Any]] = []   # backoffs and the give-up, with their reasons
     waited = 0.0
 
     def result(resumed: bool, reason: str, n_failures: int) -> dict[str, Any]:
-        return {"resumed": resumed, "attempts": len(history), "waited": round(waited, 3), "reason": reason,
-                "failures": n_failures, "history": history}
+        out = {"resumed": resumed, "attempts": len(history), "waited": round(waited, 3), "reason": reason,
+               "failures": n_failures, "history": history}
+        if decisions:
+            out["decisions"] = decisions
+        return out
 
     def state(phase: str, **more: Any) -> None:
         if coord is not None and not ctx.dry_run:
@@ -404,7 +410,7 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
         if ctx.dry_run:
             for step in args.probe:
                 probed = await ctx.run_step(step, label="probe", timeout=PROBE_TIMEOUT)
-                if not probed.ok:
+                if not probed.ok and step.on_error != "continue":
                     return result(False, f"dry run: probe {step.name} failed: {probed.error}", 0)
             ctx.log.info("dry run: would send cont to %s (io-error)", vm)
             return result(False, "dry run: would send cont (status io-error)", 0)
@@ -415,6 +421,8 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
             now = ctx.now()
             failed = failures(rows, now - args.within)
             if len(failed) >= args.attempts:
+                decisions.append({"at": now, "decision": "give-up", "failures": len(failed),
+                                  "last_error": failed[-1].error})
                 return _give_up(ctx, coord, args, failed, history, result)
             if failed:
                 delay = failed[-1].ended + backoff_delay(args, len(failed)) - now
@@ -423,6 +431,8 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
                         coord.release(ticket)
                         ticket = None
                     state("backoff", until=now + delay, failures=len(failed))
+                    decisions.append({"at": now, "decision": "backoff", "seconds": round(delay, 3),
+                                      "failures": len(failed), "last_error": failed[-1].error})
                     ctx.log.info("%s: %d failed attempt(s) within %s; next attempt in %s", vm, len(failed),
                                  format_duration(args.within), _ago(delay))
                     await ctx.sleep(delay)
@@ -501,7 +511,7 @@ async def _attempt(ctx: ActionContext, coord: ResumeCoordinator, args: ResumeArg
             state("probe", probe=step.name)
             outcome = await ctx.run_step(step, label="probe", timeout=PROBE_TIMEOUT)
             probes.append({"action": step.name, "status": outcome.status, "error": outcome.error})
-            if not outcome.ok:
+            if not outcome.ok and step.on_error != "continue":
                 return done("probe-failed", f"probe {step.name}: {outcome.error}")
         state("cont")
         watch = coord.watch(vm)
