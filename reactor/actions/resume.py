@@ -394,8 +394,9 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
 
     def state(phase: str, **more: Any) -> None:
         if coord is not None and not ctx.dry_run:
+            attempt = len(history) + 1 if phase == "backoff" else len(history)   # the next one, or the current one
             coord.states[vm] = {"phase": phase, "since": ctx.now(), "rule": ctx.rule, "run": ctx.run_id,
-                                "attempt": len(history) + 1, **more}
+                                "attempt": attempt, **more}
 
     try:
         try:
