@@ -128,7 +128,7 @@ function resumeText(r) {
   const left = r.until ? " " + Math.max(0, Math.round(r.until - Date.now() / 1000)) + "s" : "";
   const text = {waiting: "waiting #" + (r.position || "?"), backoff: "backoff" + left, verify: "verifying" + left,
                 "gave-up": "gave up"}[r.phase] || r.phase;
-  return badge(text + (r.phase === "gave-up" ? "" : " (attempt " + r.attempt + ")"),
+  return badge(text + (r.phase !== "gave-up" && r.attempt > 1 ? " · try " + r.attempt : ""),
                r.phase === "gave-up" ? "bad" : "unknown");
 }
 
