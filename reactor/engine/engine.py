@@ -142,7 +142,7 @@ class Run:
         self._vars: dict[str, Any] = dict(preset) if preset else {}   # vars.threshold of a threshold rule
         self.task: asyncio.Task[None] | None = None
         self.status = "pending"
-        self.outcome = StepOutcome("ok")   # of the last step recorded (what run_step returns)
+        self.outcome: tuple[str, Any, str | None] | None = None   # (status, result, error) of the last step
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
 
     # -- ActionContext ----------------------------------------------------------------------
@@ -205,8 +205,9 @@ class Run:
         return self.engine.resource(cls)
 
     async def run_step(self, step: Any, *, label: str, timeout: float | None = None) -> StepOutcome:
+        self.outcome = None
         await self._run_step(step, label=label, default_timeout=timeout)
-        return self.outcome
+        return StepOutcome(*self.outcome) if self.outcome is not None else StepOutcome("ok")
 
     # -- execution --------------------------------------------------------------------------
     async def execute(self) -> None:
@@ -805,8 +806,11 @@ class Engine:
             del self.step_durations[step.name][:2048]
         if status == "dry-run" and label is None:
             run.status = "dry-run"
-        run.outcome = StepOutcome(status, result, error)
-        index, action = (step.index, step.name) if label is None else (run.step, f"{label}:{step.name}")
+        if label is None:
+            index, action = step.index, step.name
+        else:
+            index, action = run.step, f"{label}:{step.name}"
+            run.outcome = (status, result, error)
         if self.journal is not None:
             try:
                 self.journal.record_step(run.id, index=index, action=action, args=args, status=status,
