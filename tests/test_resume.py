@@ -439,3 +439,17 @@ async def test_one_resume_per_vm_whatever_the_rule(tmp_path: Path) -> None:
     assert second.steps[-1].result == {"resumed": False, "attempts": 0, "waited": 0.0, "failures": 0, "history": [],
                                        "reason": f"a resume of vm1 is in progress (rule resume-io, run {first.id})"}
     assert conts(fake) == 1
+
+
+async def test_a_block_io_error_seen_before_the_vm_stopped_is_still_resumed(tmp_path: Path) -> None:
+    """QEMU emits BLOCK_IO_ERROR, then stops the VM: a query-status in between says running."""
+    async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="running") as fake, \
+            daemon_for(tmp_path, [fake], "{settle: 0s, verify: 300ms, stagger: 0s}") as daemon:
+        before = [c for c, _ in fake.commands].count("query-status")
+        fake.emit("BLOCK_IO_ERROR", io_error())
+        await until(lambda: [c for c, _ in fake.commands].count("query-status") >= before + 3, 5,
+                    "the step asking again while the VM still runs")
+        fake.status = "io-error"
+        fake.emit("STOP")
+        (run,) = await until(finished_runs(daemon, tmp_path, "resume-io"), 10, "the resume run")
+    assert run.steps[-1].result["resumed"] is True and conts(fake) == 1

@@ -399,10 +399,7 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
                                 "attempt": attempt, **more}
 
     try:
-        try:
-            status = await _status(ctx)
-        except _Disconnected as err:
-            raise ActionError(f"{vm}: cannot read its run state: {err}") from err
+        status = await _first_status(ctx)
         if status != "io-error":
             if coord is not None:
                 coord.outcomes["not-io-error"] += 1
@@ -464,6 +461,20 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
             mine = coord.states.get(vm, {})
             if mine.get("run") == ctx.run_id and mine.get("phase") != "gave-up":
                 del coord.states[vm]
+
+
+async def _first_status(ctx: ActionContext, grace: float = 2.0) -> str:
+    """The status when the step starts.  QEMU emits BLOCK_IO_ERROR before the VM has stopped: a run started by
+    one (``action: stop``) that finds the VM still ``running`` asks again for up to ``grace`` seconds."""
+    status = await _recheck(ctx)
+    ev = ctx.event
+    if status == "running" and ev.name == "BLOCK_IO_ERROR" and ev.vm == ctx.vm.name and ev.data.get("action") == "stop":
+        for _ in range(int(grace / 0.1)):
+            await ctx.sleep(0.1)
+            status = await _recheck(ctx)
+            if status != "running":
+                break
+    return status
 
 
 async def _recheck(ctx: ActionContext) -> str:
