@@ -453,3 +453,38 @@ async def test_a_block_io_error_seen_before_the_vm_stopped_is_still_resumed(tmp_
         fake.emit("STOP")
         (run,) = await until(finished_runs(daemon, tmp_path, "resume-io"), 10, "the resume run")
     assert run.steps[-1].result["resumed"] is True and conts(fake) == 1
+
+
+async def test_a_give_up_is_notified_once_per_episode(tmp_path: Path) -> None:
+    """Events of the last flap that start runs after the give-up (a second in-flight write failing late)
+    find it given up: no second give-up, no second REACTOR_RESUME_GAVE_UP."""
+    rules = RULES + """
+  - name: resume-other
+    on: BLOCK_IO_ERROR
+    actions:
+      - resume: {ARGS}
+"""
+    async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="running") as fake:
+        plain = flapping(fake)
+
+        def cont(args: dict[str, Any]) -> Any:
+            asyncio.get_running_loop().call_later(0.4, fake.emit, "BLOCK_IO_ERROR", io_error())   # a late one
+            return plain(args)
+
+        fake.handlers["cont"] = cont
+        args = "{settle: 0s, verify: 1s, attempts: 2, backoff: 200ms, stagger: 0s}"
+        async with daemon_for(tmp_path, [fake], args, rules=rules) as daemon:
+            fake.status = "io-error"
+            fake.emit("BLOCK_IO_ERROR", io_error())
+            fake.emit("STOP")
+            await until(finished_runs(daemon, tmp_path, "gave-up"), 20, "the give-up")
+            await asyncio.sleep(1.0)   # the late event's runs
+            assert daemon.engine is not None and daemon.engine.runs_in_flight == 0
+        runs, rows, events = journal_rows(tmp_path / "state")
+    assert conts(fake) == 2
+    assert len([e for e in events if e.name == "REACTOR_RESUME_GAVE_UP"]) == 1
+    assert [r.outcome for r in rows if r.outcome == "gave-up"] == ["gave-up"]
+    reasons = [r.steps[-1].result["reason"] for r in runs if r.outcome == "started" and r.rule != "gave-up"]
+    assert len([x for x in reasons if x.startswith("gave up: 2 failed attempts")]) == 1
+    assert [x for x in reasons if x.startswith("gave up already")], reasons   # the late event after the give-up
+    assert all(x.startswith(("gave up: 2", "gave up already", "a resume of vm1 is in progress")) for x in reasons)

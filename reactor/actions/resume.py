@@ -419,6 +419,12 @@ async def RESUME(ctx: ActionContext, args: ResumeArgs) -> dict[str, Any]:
             now = ctx.now()
             failed = failures(rows, now - args.within)
             if len(failed) >= args.attempts:
+                given = _given_up(rows, failed[-1], ctx.event.timestamp)
+                if given is not None:   # the same episode (an event of the last flap, seen after the give-up)
+                    decisions.append({"at": now, "decision": "gave-up-already", "failures": len(failed),
+                                      "last_error": given.error})
+                    return result(False, f"gave up already (rule {given.rule}, run {given.run_id}); the VM stays "
+                                         "paused", len(failed))
                 decisions.append({"at": now, "decision": "give-up", "failures": len(failed),
                                   "last_error": failed[-1].error})
                 return _give_up(ctx, coord, args, failed, history, result)
@@ -587,6 +593,21 @@ async def _settled_stop(ctx: ActionContext, watch: _Watch, timeout: float = 2.0)
         if any(e.name == "STOP" for e in watch.events):
             return
         await ctx.sleep(0.05)
+
+
+#: How much later than a give-up the event of a new run may be and still belong to the same episode.
+_EPISODE_SLACK = 1.0
+
+
+def _given_up(rows: list[ResumeRecord], last_failure: ResumeRecord, trigger: float) -> ResumeRecord | None:
+    """The give-up row that already covers ``last_failure``, when the run's triggering event (``trigger``,
+    its timestamp) is not newer than it: that run must not give up (and notify) a second time."""
+    for r in reversed(rows):
+        if r.outcome == "gave-up" and r.ended >= last_failure.ended:
+            return r if trigger <= r.ended + _EPISODE_SLACK else None
+        if r.ended < last_failure.ended:
+            break
+    return None
 
 
 def _give_up(ctx: ActionContext, coord: ResumeCoordinator, args: ResumeArgs, failed: list[ResumeRecord],
