@@ -73,6 +73,24 @@ rules:
     assert rule.steps[2].args.static == defaults
 
 
+def test_events_emitted_by_probe_steps_can_be_listened_to() -> None:
+    rs = load_rules_text([("rules/r.yaml", """
+rules:
+  - name: r
+    on: BLOCK_IO_ERROR
+    actions:
+      - resume:
+          probe:
+            - emit: {event: RESUME_PROBED, data: {what: storage}}
+  - name: listener
+    on: RESUME_PROBED
+    match: {what: storage}
+    actions:
+      - log: probed
+""")])
+    assert "RESUME_PROBED" in rs.emitted
+
+
 @pytest.mark.parametrize(("actions", "expected"), [
     ("      - resume: {atempts: 2}\n",
      "rules/r.yaml:5:18: resume: unknown argument 'atempts' (did you mean 'attempts'?)"),

@@ -117,9 +117,7 @@ class _Loader:
                 steps = rule.get("actions")
                 if not isinstance(steps, SeqNode):
                     continue
-                for step in steps:
-                    if not isinstance(step, MapNode):
-                        continue
+                for step in _step_nodes(steps):
                     node = step.get("emit")
                     if node is None:
                         continue
@@ -532,6 +530,22 @@ class _Loader:
         if backoff is None or max_backoff is None:
             return None
         return Retry(attempts=attempts, backoff=backoff, max_backoff=max_backoff)
+
+
+def _step_nodes(steps: SeqNode) -> list[MapNode]:
+    """The step mappings of a list, with those nested in their arguments (``resume: {probe: [...]}``)."""
+    out: list[MapNode] = []
+    for step in steps:
+        if not isinstance(step, MapNode):
+            continue
+        out.append(step)
+        for key, args in step.items():
+            if key in STEP_KEYS or not isinstance(args, MapNode):
+                continue
+            for _, value in args.items():
+                if isinstance(value, SeqNode) and any(isinstance(i, MapNode) for i in value):
+                    out.extend(_step_nodes(value))
+    return out
 
 
 def load_rules_text(
