@@ -1,7 +1,7 @@
 #!/bin/sh
 # reactor, live: a real QEMU VM hits a disk write error, QEMU pauses it, a
-# shipped rule (rules/10-resume-write-error.yaml) sends `cont`, the guest's
-# write succeeds.  `./examples/demo.sh watchdog` shows the watchdog rule
+# shipped rule (rules/10-resume-write-error.yaml) resumes it with the guarded
+# `resume` action (settle, probe, cont, verify), the guest's write succeeds.  `./examples/demo.sh watchdog` shows the watchdog rule
 # instead (internal snapshot, then resume); `all` runs both.
 #
 # On a fresh Debian/Ubuntu machine it installs what is missing (apt-get, via
@@ -127,6 +127,8 @@ run_scenario() {
 
     if [ "$scenario" = ioerror ]; then
         wait_for_line "$dir/serial.log" REACTOR-WRITE-OK 60 || die "no REACTOR-WRITE-OK within 60 s (see $dir)"
+        say "the guest's write went through; reactor verifies that the VM stays running (verify: 10s)"
+        wait_for_line "$dir/reactor.log" "demo: resumed" 30 || die "the resume was not verified within 30 s"
     else
         wait_for_line "$dir/reactor.log" "got RESUME" 60 || die "the watchdog rule did not finish within 60 s"
     fi

@@ -28,7 +28,10 @@ The :class:`ActionContext` gives the typed ``event``, the ``vm``
 ``wait_for()`` (cancellation-safe), ``sleep()``/``now()`` on the engine's clock
 (virtual in replay and tests) and ``resource()`` for shared, long-lived
 objects: subclass :class:`Resource` (``start()`` once when the daemon starts,
-``aclose()`` on stop) and list it in ``@action(resources=...)``.
+``aclose()`` on stop) and list it in ``@action(resources=...)``.  An argument
+typed :class:`Steps` holds nested steps (checked at load like a rule's
+``actions``), which the action runs with ``ctx.run_step()`` (a
+:class:`StepOutcome`); the built-in ``resume`` runs its ``probe`` this way.
 
 A **source** is an async producer of events declared with :func:`source`; it
 gets a :class:`SourceContext` (``emit()``, ``sleep()``, ``now()``, ``log``) and
@@ -53,6 +56,8 @@ from reactor.actions.action import (
     JournalHandle,
     OutboxEntry,
     Resource,
+    StepOutcome,
+    Steps,
     VMHandle,
     action,
 )
@@ -97,6 +102,8 @@ __all__ = [
     "SourceSpec",
     "StateError",
     "StepTimeout",
+    "StepOutcome",
+    "Steps",
     "TemplateError",
     "VMCommandError",
     "VMCommandTimeout",

@@ -499,10 +499,13 @@ async def test_shipped_rule_resumes_after_write_error(
     assert run.status == "ok", summary(run)
     assert run.event is not None and run.event.name == "BLOCK_IO_ERROR"
     assert run.event.data["node-name"] == "d0" and run.event.data["operation"] == "write"
+    # the rule uses the guarded `resume` since #13 (it was sleep, qmp: cont, wait_for: RESUME)
     assert [(s.action, s.status) for s in run.steps] == [
-        ("log", "ok"), ("sleep", "ok"), ("qmp", "ok"), ("wait_for", "ok"), ("log", "ok")]
-    assert run.steps[2].args["execute"] == "cont"
-    assert run.steps[3].result["event"] == "RESUME"
+        ("log", "ok"), ("probe:qmp", "ok"), ("resume", "ok"), ("log", "ok")]
+    assert run.steps[1].args["execute"] == "query-block"
+    result = run.steps[2].result
+    assert result["resumed"] is True and result["attempts"] == 1
+    assert [h["outcome"] for h in result["history"]] == ["resumed"]
     assert "REACTOR-WRITE-FAIL" not in vm.serial_text()
 
 
@@ -521,7 +524,8 @@ async def test_reconcile_resumes_a_vm_paused_while_reactor_was_down(
     (run,) = [r for r in runs if r.rule == "reconcile-io-error-on-connect"]
     assert run.status == "ok", summary(run)
     assert run.event is not None and run.event.data["status"] == "io-error"
-    assert [s.action for s in run.steps] == ["log", "qmp", "wait_for"]
+    assert [s.action for s in run.steps] == ["log", "probe:qmp", "resume", "log"]   # guarded resume since #13
+    assert run.steps[2].result["resumed"] is True
     assert not [r for r in runs if r.rule == "resume-after-write-error"]  # the event came before reactor
 
 
@@ -537,8 +541,12 @@ async def test_shipped_rules_in_dry_run_leave_the_guest_paused(
         await mon.connect(vm.qmp_path)
         assert await mon.status() == "io-error"
     (run,) = [r for r in runs if r.rule == "resume-after-write-error"]
-    assert run.status == "dry-run", summary(run)
-    assert [s.status for s in run.steps] == ["ok", "ok", "dry-run", "dry-run", "ok"]
+    # since #13 the rule's `resume` sends only the queries in a dry run and says what it would do
+    assert run.status == "ok", summary(run)
+    assert [(s.action, s.status) for s in run.steps] == [
+        ("log", "ok"), ("probe:qmp", "ok"), ("resume", "ok"), ("log", "ok")]
+    assert run.steps[2].result["resumed"] is False
+    assert run.steps[2].result["reason"] == "dry run: would send cont (status io-error)"
     assert "REACTOR-WRITE-OK" not in vm.serial_text()
 
 

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from reactor.errors import JournalError
-from reactor.ops.journal import SCHEMA_VERSION, WAL_SIZE_LIMIT, EventRecord, Journal, OutboxMessage, RunRecord
+from reactor.ops.journal import (
+    SCHEMA_VERSION,
+    WAL_SIZE_LIMIT,
+    EventRecord,
+    Journal,
+    OutboxMessage,
+    ResumeRecord,
+    RunRecord,
+)
 
 
 def _count(path: Path, table: str) -> int:
@@ -303,6 +311,29 @@ def test_a_reader_sees_a_journal_still_being_created_as_empty(tmp_path: Path) ->
         assert j.runs() == [] and j.events() == []
     finally:
         j.close_sync()
+
+
+async def test_a_version_1_journal_gets_the_resume_table_and_its_history_survives_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    con = sqlite3.connect(db)
+    con.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    con.close()
+    rows = [ResumeRecord("vm1", "r1", 1, "1.1", "cont", "cont", 10.0, 11.0, 12.0, 12.0, None),
+            ResumeRecord("vm1", "r1", 1, "1.1", "end", "flap", 10.0, 11.0, 12.0, 13.0, "STOP 50ms after cont"),
+            ResumeRecord("vm2", "r1", 2, "2.1", "end", "resumed", 20.0, 21.0, 22.0, 33.0, None)]
+    async with Journal(db) as j:
+        assert j.resume_history("vm1") == []
+        for r in rows:
+            j.record_resume(r)
+    async with Journal(db) as j:   # reopened: a restart
+        assert j.resume_history("vm1") == rows[:2]
+        assert j.resume_history() == rows
+        assert j.resume_history("vm1", limit=1) == rows[1:2]
+        assert j.prune(max_age=10.0, now=30.0) >= 2   # rows that ended before 20.0
+        assert j.resume_history() == rows[2:]
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 2
+    con.close()
 
 
 async def test_a_second_writer_is_refused(db: Path) -> None:

@@ -476,3 +476,57 @@ async def test_daemon_with_libvirt_section_resumes_through_libvirt(tmp_path: Pat
         j.close_sync()
     assert runs and runs[0].status == "ok" and runs[0].vm == "dm1"
     assert [(s.action, s.status) for s in runs[0].steps] == [("qmp", "ok"), ("wait_for", "ok")]
+
+
+@pytest.mark.qemu
+@pytest.mark.guest
+async def test_resume_action_resumes_a_libvirt_domain_through_libvirt(
+    tmp_path: Path, libvirtd: LibvirtDaemon, guest_kernel: GuestImage  # noqa: F811
+) -> None:
+    """The rule of tests/test_resume_qemu.py (a probe waits for free space) against a libvirt domain: query-status
+    is virDomainGetState, cont is virDomainResume (reactor has no QMP connection to it at all)."""
+    from test_resume_qemu import journal, poll, space_probe_rules
+
+    from reactor.daemon.config import parse_config
+    from reactor.daemon.daemon import Daemon, serve
+    from reactor.sources.libvirt.domain import LibvirtVM
+
+    image, ballast = _fill(libvirtd.small)
+    serial = tmp_path / "serial.log"
+    devices = (f"<disk type='file' device='disk'><driver name='qemu' type='raw' error_policy='stop'/>"
+               f"<source file='{image}'/><target dev='vda' bus='virtio'/><alias name='ua-data'/></disk>")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "resume.yaml").write_text(space_probe_rules(libvirtd.small))
+    cfg_path = tmp_path / "reactor.yaml"
+    cfg_path.write_text(f"rules: rules/\nstate_dir: state\njournal: {{events: all}}\n"
+                        f"libvirt:\n  - uri: {libvirtd.uri}\n    domains: ['rs*']\n")
+    daemon = Daemon(parse_config(cfg_path.read_text(), cfg_path), watch=False)
+    task = asyncio.create_task(serve(daemon, install_signals=False))
+    conn = _conn(libvirtd)
+    dom = None
+    state = tmp_path / "state"
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 30)
+        dom = conn.createXML(_guest_xml("rs1", guest_kernel, "ioerror", serial, devices), 0)
+        await poll(lambda: [r for r in journal(state)[1] if r.outcome == "probe-failed"][1:], 120,
+                   "two failed probes")
+        assert dom.state()[:2] == [3, 5]   # VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_IOERROR: no cont yet
+        assert isinstance(daemon._vm("rs1"), LibvirtVM)
+        ballast.unlink()
+        runs = await poll(lambda: [r for r in journal(state)[0] if r.ended and r.rule == "resume-when-space"], 60,
+                          "the resume run")
+        await _serial(serial, "REACTOR-WRITE-OK", timeout=30)
+        assert dom.state()[0] == 1   # VIR_DOMAIN_RUNNING
+    finally:
+        daemon.stop()
+        await asyncio.wait_for(task, 60)
+        if dom is not None:
+            with contextlib.suppress(Exception):
+                dom.destroy()
+    (run,) = runs
+    result = run.steps[-1].result
+    assert result["resumed"] is True, result
+    assert [h["outcome"] for h in result["history"]][-1] == "resumed"
+    rows = journal(state)[1]
+    assert [r.vm for r in rows if r.phase == "cont"] == ["rs1"]

@@ -126,3 +126,26 @@ async def test_the_page_asks_for_the_token_when_one_is_configured(tmp_path: Path
         await expect(page.locator("#events li").filter(has_text="disk-token")).to_have_count(1, timeout=10_000)
         await expect(page.locator("#login")).to_be_hidden()
         await page.close()
+
+
+async def test_the_vm_table_shows_resumes_waiting_for_a_slot(tmp_path: Path, browser: Any) -> None:
+    from fakeqmp import FakeQMP
+    from ports import free_port
+    from test_resume import daemon_for
+    from test_resume import io_error as write_error
+
+    port = free_port()
+    async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="io-error") as one, \
+            FakeQMP(tmp_path / "vm2.qmp", name="vm2", status="io-error") as two, \
+            daemon_for(tmp_path, [one, two], "{settle: 0s, verify: 20s, max_concurrent: 1}", http_port=port):
+        one.emit("BLOCK_IO_ERROR", write_error())
+        await eventually(lambda: one.status == "running")
+        two.emit("BLOCK_IO_ERROR", write_error())
+        page = await browser.new_page(viewport={"width": 1400, "height": 800})
+        await page.goto(f"http://127.0.0.1:{port}/")
+        expect = playwright_api.expect
+        await expect(page.locator('#vms tr[data-vm="vm1"]')).to_contain_text("verifying")
+        await expect(page.locator('#vms tr[data-vm="vm2"]')).to_contain_text("waiting #1")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "page-resume-waiting.png"))
+        await page.close()

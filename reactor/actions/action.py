@@ -17,7 +17,9 @@ use exactly this API (see ``reactor.plugin``)::
 Argument types reactor understands (and checks at rule load): ``str``,
 ``int``, ``float``, ``bool``, :data:`Duration` (``"5s"``, ``"500ms"``,
 a number of seconds), ``Literal[...]``, ``list[T]``, ``dict[str, T]``,
-``T | None``, ``Any``/``object`` (any YAML value) and nested dataclasses.
+``T | None``, ``Any``/``object`` (any YAML value), nested dataclasses and
+:class:`Steps` (a list of steps, checked at load like a rule's ``actions``, run
+with :meth:`ActionContext.run_step`: the ``probe`` of ``resume``).
 A string containing ``{{`` is a template: it is compiled at load, rendered per
 run, and the rendered text is converted to the field's type.
 """
@@ -42,12 +44,44 @@ __all__ = [
     "JournalHandle",
     "OutboxEntry",
     "Resource",
+    "StepOutcome",
+    "Steps",
     "VMHandle",
     "action",
 ]
 
 #: Seconds, written in rules as ``500ms``, ``5s``, ``10m``, ``1h``, ``1d`` or a number.
 Duration = NewType("Duration", float)
+
+
+
+class Steps(tuple[Any, ...]):
+    """An argument type: a list of steps that an action runs itself (``resume``'s ``probe``).
+
+    The rule loader compiles each item exactly like a step of a rule's
+    ``actions`` (action name, arguments, ``timeout``, ``when``, ``register``...),
+    with ``PATH:LINE:COL`` errors; the action runs them with
+    :meth:`ActionContext.run_step`.  Never templated as a whole (each step's own
+    arguments are).
+    """
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """What came of a nested step run with :meth:`ActionContext.run_step`."""
+
+    #: ``ok``, ``failed``, ``timeout``, ``skipped`` (its ``when`` was false) or ``dry-run``
+    status: str
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The step did not fail (skipped and dry-run steps count as passed)."""
+        return self.status in ("ok", "skipped", "dry-run")
+
 
 A = TypeVar("A")
 R = TypeVar("R", bound="Resource")
@@ -264,6 +298,13 @@ class ActionContext(Protocol):
 
     def resource(self, cls: type[R]) -> R:
         """The daemon's shared instance of a :class:`Resource` class."""
+        ...
+
+    async def run_step(self, step: Any, *, label: str, timeout: float | None = None) -> StepOutcome:
+        """Run one step of a :class:`Steps` argument as the run would run it (``when``, templates, dry
+        run, ``retry``, ``register``), bounded by its ``timeout`` (else the action's default, else
+        ``timeout``), recorded in the journal under this step as ``LABEL:ACTION``.  A failure is
+        returned, not raised (and is no ``REACTOR_ACTION_FAILED``)."""
         ...
 
 

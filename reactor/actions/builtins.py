@@ -8,6 +8,7 @@ from reactor.actions.exec import EXEC
 from reactor.actions.log import LOG
 from reactor.actions.mqtt import MQTT
 from reactor.actions.qmp import QMP
+from reactor.actions.resume import RESUME
 from reactor.actions.sleep import SLEEP
 from reactor.actions.snapshot import SNAPSHOT
 from reactor.actions.wait_for import WAIT_FOR
@@ -15,4 +16,4 @@ from reactor.actions.webhook import WEBHOOK
 
 __all__ = ["BUILTINS"]
 
-BUILTINS: list[ActionSpec] = [EMIT, EXEC, LOG, MQTT, QMP, SLEEP, SNAPSHOT, WAIT_FOR, WEBHOOK]
+BUILTINS: list[ActionSpec] = [EMIT, EXEC, LOG, MQTT, QMP, RESUME, SLEEP, SNAPSHOT, WAIT_FOR, WEBHOOK]

@@ -187,7 +187,7 @@ class Daemon:
     def _resource_classes(self, rules: RuleSet | None = None, config: Config | None = None) -> list[type[Resource]]:
         classes: list[type[Resource]] = []
         for r in (rules or self.rules).rules:
-            for step in r.steps:
+            for step in (s for top in r.steps for s in top.walk()):   # with nested steps (resume's probe)
                 for cls in step.action.resources:
                     if cls not in classes:
                         classes.append(cls)

@@ -18,7 +18,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-from reactor.actions.action import Resource, VMHandle
+from reactor.actions.action import Resource, StepOutcome, VMHandle
 from reactor.engine.bus import Bus
 from reactor.engine.clock import Clock, RealClock
 from reactor.engine.correlation import Correlator
@@ -111,8 +111,8 @@ class _Waiter:
 class Run:
     """One run of a rule for one event; also the :class:`ActionContext` its steps receive."""
 
-    __slots__ = ("_event", "_log", "_rule", "_step", "_vars", "_vm", "engine", "event_id", "id", "seq", "status",
-                 "step_seq", "task")
+    __slots__ = ("_event", "_log", "_rule", "_step", "_vars", "_vm", "engine", "event_id", "id", "outcome", "seq",
+                 "status", "step_seq", "task")
 
     def __init__(self, engine: Engine, rule: Rule, event: Event, vm: VMHandle, run_id: int,
                  event_id: int | None, seq: int, preset: Mapping[str, Any] | None = None) -> None:
@@ -128,6 +128,7 @@ class Run:
         self._vars: dict[str, Any] = dict(preset) if preset else {}   # vars.threshold of a threshold rule
         self.task: asyncio.Task[None] | None = None
         self.status = "pending"
+        self.outcome: tuple[str, Any, str | None] | None = None   # (status, result, error) of the last step
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
 
     # -- ActionContext ----------------------------------------------------------------------
@@ -189,6 +190,11 @@ class Run:
     def resource(self, cls: type[Any]) -> Any:
         return self.engine.resource(cls)
 
+    async def run_step(self, step: Any, *, label: str, timeout: float | None = None) -> StepOutcome:
+        self.outcome = None
+        await self._run_step(step, label=label, default_timeout=timeout)
+        return StepOutcome(*self.outcome) if self.outcome is not None else StepOutcome("ok")
+
     # -- execution --------------------------------------------------------------------------
     async def execute(self) -> None:
         eng = self.engine
@@ -226,8 +232,10 @@ class Run:
             eng.stats_run(rule.name, self.status)
             eng.run_finished(self)
 
-    async def _run_step(self, step: Step) -> bool | None:
-        """Run one step: True when it succeeded, False when it failed, None when its ``when`` skipped it."""
+    async def _run_step(self, step: Step, *, label: str | None = None,
+                        default_timeout: float | None = None) -> bool | None:
+        """Run one step: True when it succeeded, False when it failed, None when its ``when`` skipped it;
+        ``label``: a step nested in the current one (recorded as ``LABEL:ACTION``)."""
         eng = self.engine
         spec = step.action
         started = eng.clock.now()
@@ -238,21 +246,23 @@ class Run:
         if step.when is not None:
             try:
                 if not step.when.test(names):
-                    eng.record_step(self, step, None, "skipped", None, None, started, 0.0)
+                    eng.record_step(self, step, None, "skipped", None, None, started, 0.0, label)
                     return None
             except TemplateError as err:
-                return self._failed(step, None, f"when: {err}", started, t0)
+                return self._failed(step, None, f"when: {err}", started, t0, label=label)
         try:
             args = step.args.build(names)
         except TemplateError as err:
-            return self._failed(step, None, str(err), started, t0)
+            return self._failed(step, None, str(err), started, t0, label=label)
         shown = step.args.shown if step.args.static is not None else redact(spec, args)
         if eng.dry_run and spec.mutating(args):
-            eng.record_step(self, step, shown, "dry-run", None, None, started, 0.0)
+            eng.record_step(self, step, shown, "dry-run", None, None, started, 0.0, label)
             self.log.info("dry run: would run %s %s", spec.name, shown)
             return True
         attempts = step.retry.attempts if step.retry else 1
         timeout = step.timeout if step.timeout is not None else spec.timeout
+        if timeout is None:
+            timeout = default_timeout
         for attempt in range(1, attempts + 1):
             try:
                 if spec.inline and timeout is None:
@@ -262,7 +272,7 @@ class Run:
                                              f"reactor[{self._vm.name}].run[{self._rule.name}]#{self.id}.{step.index}")
             except asyncio.CancelledError:
                 eng.record_step(self, step, shown, "cancelled", None, "cancelled", started,
-                                time.perf_counter() - t0)
+                                time.perf_counter() - t0, label)
                 raise
             except Exception as err:
                 msg = _describe(err, timeout)
@@ -270,22 +280,27 @@ class Run:
                     self.log.warning("%s failed (attempt %d/%d): %s", spec.name, attempt, attempts, msg)
                     await eng.clock.sleep(step.retry.delay(attempt))
                     continue
-                return self._failed(step, shown, msg, started, t0, timed_out=isinstance(err, TimeoutError))
+                return self._failed(step, shown, msg, started, t0, timed_out=isinstance(err, TimeoutError),
+                                    label=label)
             if step.register:
                 self._vars[step.register] = result
-            eng.record_step(self, step, shown, "ok", result, None, started, time.perf_counter() - t0)
+            eng.record_step(self, step, shown, "ok", result, None, started, time.perf_counter() - t0, label)
             return True
         raise AssertionError("unreachable")
 
     def _failed(self, step: Step, shown: Any, msg: str, started: float, t0: float, *,
-                timed_out: bool = False) -> bool:
+                timed_out: bool = False, label: str | None = None) -> bool:
         eng = self.engine
+        what = step.name if label is None else f"{label}:{step.name}"
+        level = logging.ERROR if label is None else logging.WARNING
         if shown is None:
-            self.log.error("step %d (%s) failed: %s", step.index, step.name, msg)
+            self.log.log(level, "step %d (%s) failed: %s", self._step, what, msg)
         else:
-            self.log.error("step %d (%s) failed: %s; arguments: %s", step.index, step.name, msg, shown)
+            self.log.log(level, "step %d (%s) failed: %s; arguments: %s", self._step, what, msg, shown)
         eng.record_step(self, step, shown, "timeout" if timed_out else "failed", None, msg, started,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, label)
+        if label is not None:   # a nested step (a probe): its action decides what the failure means
+            return False
         if self._event.name == "REACTOR_ACTION_FAILED":
             # a failure while handling a failure: reporting it again would loop forever
             self.log.warning("not emitting REACTOR_ACTION_FAILED for a run started by one")
@@ -800,22 +815,27 @@ class Engine:
 
     # -- records ----------------------------------------------------------------------------
     def record_step(self, run: Run, step: Step, args: Any, status: str, result: Any, error: str | None,
-                    started: float, duration: float) -> None:
+                    started: float, duration: float, label: str | None = None) -> None:
         self.step_durations.setdefault(step.name, []).append(duration)
         if len(self.step_durations[step.name]) > 4096:
             del self.step_durations[step.name][:2048]
-        if status == "dry-run":
+        if status == "dry-run" and label is None:
             run.status = "dry-run"
+        if label is None:
+            index, action = step.index, step.name
+        else:
+            index, action = run.step, f"{label}:{step.name}"
+            run.outcome = (status, result, error)
         if self.journal is not None:
             try:
-                self.journal.record_step(run.id, index=step.index, action=step.name, args=args, status=status,
+                self.journal.record_step(run.id, index=index, action=action, args=args, status=status,
                                          result=result, error=error, started=started, duration=duration)
             except Exception:
                 log.exception("journal: cannot record step")
         if self.output is None:
             return
         self._output({"type": "step", "rule": run.rule, "vm": run.vm.name, "event": run.event.name, "run": run.id,
-                      "step": step.index, "action": step.name, "args": args, "status": status,
+                      "step": index, "action": action, "args": args, "status": status,
                       "result": result, "error": error, "time": started})
 
     def journal_end_run(self, run: Run, error: str | None) -> None:

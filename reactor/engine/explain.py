@@ -6,7 +6,9 @@ order, the checks the engine makes, in the engine's order: ``enabled``,
 ``if`` (its value, or the error that counts as no match), then — for a rule
 that matches — what ``throttle`` and ``mode`` would do given the journal:
 how many runs the throttle window already holds for this key, and whether a
-run of the rule for this VM is in progress.  Correlations over time
+run of the rule for this VM is in progress, and for a rule with a ``resume``
+step the VM's failed resume attempts in the journal (the next backoff, or that
+it would give up).  Correlations over time
 (``after`` → ``count`` → ``unless``) are read from the journal's correlation
 state: which ``after`` event held (or that none did), the count so far, a
 match pending for this key and until when (or that this one would be held),
@@ -59,6 +61,7 @@ class Verdict:
     mode: str | None = None
     threshold: str | None = None
     correlation: tuple[str, ...] = ()
+    resume: str | None = None
 
     @property
     def matched(self) -> bool:
@@ -245,7 +248,31 @@ def _one(rule: Rule, event: Event, vm: StaticVM, journal: Journal | None, now: f
     throttle, allowed = _throttle(rule, event, journal, now)
     if not allowed and outcome != "dropped":
         outcome = "throttled"
-    return Verdict(rule.name, pos, outcome, None, (), throttle, mode, correlation=corr)
+    return Verdict(rule.name, pos, outcome, None, (), throttle, mode, correlation=corr,
+                   resume=_resume(rule, event, journal, now))
+
+
+def _resume(rule: Rule, event: Event, journal: Journal | None, now: float) -> str | None:
+    from reactor.actions.resume import ResumeArgs, backoff_delay, failures
+
+    args = next((s.args.static for s in rule.steps if isinstance(s.args.static, ResumeArgs)), None)
+    if args is None:
+        return None
+    if journal is None:
+        return "no journal given: assuming no earlier resume attempts"
+    try:
+        failed = failures(journal.resume_history(event.vm), now - args.within)
+    except JournalError as err:   # a journal older than the resume history (not migrated yet)
+        return f"no resume history in the journal ({err})"
+    head = f"{len(failed)} failed attempt(s) of {event.vm} within {format_duration(args.within)}"
+    if len(failed) >= args.attempts:
+        return f"{head} (limit {args.attempts}): would give up (REACTOR_RESUME_GAVE_UP), the VM stays paused"
+    if not failed:
+        return f"{head}: the first attempt would start after settle ({format_duration(args.settle)})"
+    wait = failed[-1].ended + backoff_delay(args, len(failed)) - now
+    last = failed[-1].error or failed[-1].outcome
+    return (f"{head} (limit {args.attempts}; last: {last}): "
+            + (f"would back off {format_duration(math.ceil(wait))} first" if wait > 0 else "backoff over"))
 
 
 def _throttle(rule: Rule, event: Event, journal: Journal | None, now: float) -> tuple[str | None, bool]:
@@ -310,4 +337,6 @@ def format_verdicts(event: Event, verdicts: list[Verdict]) -> str:
             lines.append(f"      threshold: {v.threshold}")
         if v.mode:
             lines.append(f"      mode {v.mode}")
+        if v.resume:
+            lines.append(f"      resume: {v.resume}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ non-loopback address needs ``token``, which config.py enforces).  Routes::
     GET /readyz            200 when started, rules loaded and the journal writable; else 503
     GET /metrics           Prometheus text format (see reactor.ops.metrics)
     GET /api/status        engine, bus and journal counters, the last reload
-    GET /api/vms           VMs, their connection state and counters
+    GET /api/vms           VMs, their connection state and counters (and ``resume``: a resume in progress)
     GET /api/rules         rules as loaded (arguments redacted) and each one's last run
     GET /api/runs          ?vm=&rule=&since=&status=&limit= runs, newest first
     GET /api/runs/{id}     one run's trace: event, conditions, steps (redacted), results, timings
@@ -479,8 +479,12 @@ class HttpServer(Resource):
         return _json(out)
 
     async def _api_vms(self, request: web.Request) -> web.Response:
+        from reactor.actions.resume import ResumeCoordinator
+
         d = self._daemon
         bus = d.engine.bus if d.engine is not None else None
+        coord = d.resources.get(ResumeCoordinator)
+        resuming = coord.snapshot() if isinstance(coord, ResumeCoordinator) else {}
         out = []
         for conn in list(d.fleet) if d.fleet is not None else ():
             out.append({
@@ -489,6 +493,7 @@ class HttpServer(Resource):
                 "last_error": conn.last_error, "events_received": conn.events_received,
                 "queue_depth": bus.depth(conn.name) if bus is not None else 0,
                 "dropped": bus.dropped.get(conn.name, 0) if bus is not None else 0,
+                "resume": resuming.get(conn.name),   # what a resume step is doing with it (waiting, backoff...)
             })
         return _json(out)
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import logging
@@ -72,6 +73,7 @@ __all__ = [
     "Journal",
     "JournalStats",
     "OutboxMessage",
+    "ResumeRecord",
     "RunRecord",
     "StepRecord",
 ]
@@ -94,7 +96,9 @@ _THROTTLE: Final = 4
 _OUTBOX_PUT: Final = 5
 _OUTBOX_ACK: Final = 6
 _CORRELATION: Final = 7
-_KIND_NAMES: Final = ("event", "run", "run_update", "step", "throttle", "outbox_put", "outbox_ack", "correlation")
+_RESUME: Final = 8
+_KIND_NAMES: Final = ("event", "run", "run_update", "step", "throttle", "outbox_put", "outbox_ack", "correlation",
+                     "resume")
 
 _INTERRUPTED_ERROR: Final = "interrupted: reactor stopped while the run was in flight"
 
@@ -172,6 +176,12 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX correlation_key ON correlation (rule, form, key, ts)
     """,
+    # 2 -> 3: the resume action's per-VM attempt history (backoff and give-up survive a restart); one row per
+    # phase of an attempt: 'cont' when cont is sent, 'end' with the attempt's outcome
+    """CREATE TABLE resume_attempts (
+        vm TEXT NOT NULL, rule TEXT NOT NULL, run_id INTEGER, attempt TEXT NOT NULL, phase TEXT NOT NULL,
+        outcome TEXT NOT NULL, queued REAL, started REAL NOT NULL, cont REAL, ended REAL NOT NULL, error TEXT);
+    CREATE INDEX resume_attempts_vm ON resume_attempts (vm, ended)""",
 )
 
 #: The schema version written to ``PRAGMA user_version``.
@@ -226,6 +236,23 @@ class RunRecord:
     error: str | None
     steps: tuple[StepRecord, ...] = ()
     event: EventRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRecord:
+    """One phase of one attempt of the ``resume`` action (see :mod:`reactor.actions.resume`)."""
+
+    vm: str
+    rule: str
+    run_id: int | None
+    attempt: str          # unique per attempt ("RUN.N")
+    phase: str            # "cont" (cont was sent) or "end" (the attempt's outcome is known)
+    outcome: str          # resumed, flap, probe-failed, cont-failed, disconnected, gave-up; "cont" for phase cont
+    queued: float | None  # when it asked for a slot
+    started: float        # when it got its slot
+    cont: float | None    # when cont was sent
+    ended: float          # when the slot was released (phase end) or cont was sent (phase cont)
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -676,6 +703,22 @@ class Journal:
         if n >= self.batch_rows:
             self._kick()
 
+    def record_resume(self, r: ResumeRecord) -> None:
+        """Record a phase of a resume attempt (kept for backoff and give-up across restarts)."""
+        p = self._pending
+        if len(p) + self._inflight >= self._limit_ctl:
+            self._refuse(_RESUME)
+            return
+        p.append((_RESUME, r))
+        self._kick()
+
+    def resume_history(self, vm: str | None = None, limit: int = 1000) -> list[ResumeRecord]:
+        """The newest ``limit`` resume rows (of ``vm``, or of every VM), oldest first."""
+        where, params = _where(vm=("vm = ?", vm))
+        rows = self._query(f"SELECT * FROM (SELECT rowid, * FROM resume_attempts{where}"
+                           " ORDER BY rowid DESC LIMIT ?) ORDER BY rowid", [*params, limit])
+        return [ResumeRecord(*r[1:]) for r in rows]
+
     def outbox_put(self, broker: str, topic: str, payload: bytes, qos: int, retain: bool) -> int:
         """Keep an MQTT message until :meth:`outbox_ack`; return its id.
 
@@ -835,6 +878,10 @@ class Journal:
                                 ((_text(r[1], clean), _text(r[2], clean), r[3]) for r in groups[_THROTTLE]))
             if groups[_CORRELATION]:
                 _write_correlation(con, groups[_CORRELATION], clean)
+            if groups[_RESUME]:
+                con.executemany("INSERT INTO resume_attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                (tuple(_text(v, clean) if isinstance(v, str) else v for v in dataclasses.astuple(r[1]))
+                                 for r in groups[_RESUME]))
             outbox_dropped = 0
             puts, acks = groups[_OUTBOX_PUT], groups[_OUTBOX_ACK]
             if puts and acks:  # acknowledged before it was written: neither row is needed (the mirror's usual case)
@@ -999,6 +1046,7 @@ class Journal:
         if cutoff is not None:
             deleted += con.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
             deleted += con.execute("DELETE FROM throttle WHERE ts < ?", (cutoff,)).rowcount
+            deleted += con.execute("DELETE FROM resume_attempts WHERE ended < ?", (cutoff,)).rowcount
             run_ids += con.execute(f"DELETE FROM runs WHERE COALESCE(ended, started) < ? AND {live}"
                                    " RETURNING id", (cutoff,)).fetchall()
         if max_rows is not None:

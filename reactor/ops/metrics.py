@@ -31,6 +31,10 @@ Families (all prefixed ``reactor_``)::
     http_stream_clients, http_stream_clients_dropped_total, http_requests_rejected_total{reason}
     loop_lag_seconds, loop_lag_max_seconds, loop_stalls_total, loop_stalled_seconds_total
                                            (when the daemon has a ``looplag``: reactor.ops.looplag.LoopLag)
+    resume_attempts_total{outcome}         resume attempts ended: resumed, flap, probe-failed, cont-failed,
+                                           disconnected (when a rule uses ``resume``)
+    resume_gave_up_total, resume_not_needed_total (query-status said: not io-error)
+    resume_active, resume_waiting, resume_backoff   VMs holding a resume slot / queued for one / backing off
 """
 
 from __future__ import annotations
@@ -164,6 +168,7 @@ class ReactorCollector(Collector):
         yield from self._journal()
         yield from self._http()
         yield from self._loop()
+        yield from self._resume()
 
     # -- families ---------------------------------------------------------------------------
     def _events(self) -> Iterator[Metric]:
@@ -315,6 +320,30 @@ class ReactorCollector(Collector):
                                   value=lag.stalls)
         yield CounterMetricFamily("reactor_loop_stalled_seconds", "Sum of the event-loop stalls' lengths.",
                                   value=lag.stalled_seconds)
+
+
+    def _resume(self) -> Iterator[Metric]:
+        from reactor.actions.resume import ResumeCoordinator
+
+        coord = getattr(self.daemon, "resources", {}).get(ResumeCoordinator)
+        if not isinstance(coord, ResumeCoordinator):
+            return
+        outcomes = dict(coord.outcomes)
+        attempts = CounterMetricFamily("reactor_resume_attempts", "Resume attempts ended, by outcome.",
+                                       labels=["outcome"])
+        for outcome in ("resumed", "flap", "probe-failed", "cont-failed", "disconnected"):
+            attempts.add_metric([outcome], outcomes.get(outcome, 0))
+        yield attempts
+        yield CounterMetricFamily("reactor_resume_gave_up", "Resumes given up (REACTOR_RESUME_GAVE_UP).",
+                                  value=outcomes.get("gave-up", 0))
+        yield CounterMetricFamily("reactor_resume_not_needed",
+                                  "Resume steps that found the VM not paused by an I/O error.",
+                                  value=outcomes.get("not-io-error", 0))
+        phases = Counter(st.get("phase") for st in list(coord.states.values()))
+        yield GaugeMetricFamily("reactor_resume_active", "VMs holding a resume slot now.", value=coord.active)
+        yield GaugeMetricFamily("reactor_resume_waiting", "VMs queued for a resume slot.", value=coord.waiting)
+        yield GaugeMetricFamily("reactor_resume_backoff", "VMs waiting out a resume backoff.",
+                                value=phases.get("backoff", 0))
 
 
 def _vm_names(daemon: Any, extra: Iterable[str]) -> list[str]:

@@ -13,10 +13,10 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
-from reactor.actions.action import ActionSpec, Duration
+from reactor.actions.action import ActionSpec, Duration, Steps
 from reactor.errors import Position, RuleError, TemplateError
 from reactor.model.duration import parse_duration
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match, kind_of
@@ -33,6 +33,8 @@ def describe_type(hint: Any) -> str:
     """A short human name for a type hint (for errors and `reactor plugins`)."""
     if hint is Duration:
         return "duration"
+    if hint is Steps:
+        return "list of steps"
     if hint in (Any, object):
         return "any"
     if hint is type(None):
@@ -63,6 +65,10 @@ def convert(hint: Any, value: Any, *, rendered: bool = False) -> Any:
         return value
     if hint is Duration:
         return Duration(parse_duration(value))
+    if hint is Steps:
+        if isinstance(value, Steps):
+            return value
+        raise ValueError("a list of steps is compiled by the rule loader (write it in a rule)")
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         options = get_args(hint)
@@ -260,8 +266,21 @@ class Arguments:
         return args
 
 
-def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: list[RuleError]) -> Arguments | None:
-    """Compile the value under action key ``spec.name``; append problems to ``errors``."""
+#: Compiles a list of steps (the loader's): the node, what it is for errors; None after appending errors.
+StepsCompiler = Callable[[Node, str], Steps | None]
+
+
+def _steps_hint(hint: Any) -> bool:
+    return hint is Steps or (get_origin(hint) in (Union, types.UnionType) and Steps in get_args(hint))
+
+
+def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: list[RuleError], *,
+                      steps: StepsCompiler | None = None) -> Arguments | None:
+    """Compile the value under action key ``spec.name``; append problems to ``errors``.
+
+    Fields typed :class:`~reactor.actions.action.Steps` are compiled by ``steps`` (the loader's step
+    compiler), so nested steps are checked like a rule's.
+    """
     n_before = len(errors)
     fields = {f.name: f for f in dataclasses.fields(spec.args)}
     mapping: dict[str, Node]
@@ -287,6 +306,18 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
                 f"{spec.name}: unknown argument {key!r}"
                 + (f" (did you mean {hint!r}?)" if hint else f"; arguments are: {', '.join(fields)}"),
             ))
+            continue
+        if _steps_hint(spec.hints[key]):
+            if isinstance(sub, ScalarNode) and sub.value is None:
+                out[key] = Steps()
+                continue
+            if steps is None:
+                errors.append(RuleError(sub.pos, f"{spec.name}: argument {key!r}: nested steps are not "
+                                                 "supported here"))
+                continue
+            compiled = steps(sub, f"{spec.name}.{key}")
+            if compiled is not None:
+                out[key] = compiled
             continue
         try:
             value, templated = _compile_tree(sub)
@@ -318,7 +349,7 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
             try:
                 spec.check(static)
             except ValueError as err:
-                errors.append(RuleError(node.pos, f"{spec.name}: {err}"))
+                errors.append(RuleError(_node_at(node, str(err)), f"{spec.name}: {err}"))
                 return None
     return Arguments(spec, out, static, node.plain())
 
@@ -338,6 +369,8 @@ def redact(spec: ActionSpec, args: Any) -> Any:
 
 
 def _redact_value(value: Any) -> Any:
+    if isinstance(value, Steps):
+        return [step.describe() for step in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _redact_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):

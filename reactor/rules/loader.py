@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reactor.actions.action import ActionSpec
+from reactor.actions.action import ActionSpec, Steps
 from reactor.actions.registry import Registry, builtin_registry
 from reactor.errors import LoadError, Position, RuleError, SourceError
 from reactor.model.catalog import Catalog, default_catalog
@@ -130,9 +130,7 @@ class _Loader:
                 steps = rule.get("actions")
                 if not isinstance(steps, SeqNode):
                     continue
-                for step in steps:
-                    if not isinstance(step, MapNode):
-                        continue
+                for step in _step_nodes(steps):
                     node = step.get("emit")
                     if node is None:
                         continue
@@ -486,6 +484,17 @@ class _Loader:
                 steps.append(step)
         return tuple(steps) if ok else None
 
+    def nested_steps(self, node: Node, what: str) -> Steps | None:
+        """A list of steps inside an action's arguments (``resume: {probe: [...]}``), checked like ``actions``."""
+        if not isinstance(node, SeqNode):
+            self.err(node.pos, f"{what}: expected a list of steps, got {node.kind}")
+            return None
+        n_errors = len(self.errors)
+        steps = [self.step(s, i) for i, s in enumerate(node)]
+        if len(self.errors) > n_errors:
+            return None
+        return Steps(s for s in steps if s is not None)
+
     def step(self, node: Node, index: int) -> Step | None:
         if isinstance(node, ScalarNode) and isinstance(node.value, str):
             spec = self.registry.get(node.value)
@@ -517,7 +526,7 @@ class _Loader:
         key, spec = specs[0]
         value = node.get(key)
         assert value is not None
-        args = compile_arguments(spec, value, node.key_pos(key), self.errors)
+        args = compile_arguments(spec, value, node.key_pos(key), self.errors, steps=self.nested_steps)
         if args is not None:
             self.references(spec, value, node.key_pos(key))
         timeout = None
@@ -586,6 +595,22 @@ class _Loader:
         if backoff is None or max_backoff is None:
             return None
         return Retry(attempts=attempts, backoff=backoff, max_backoff=max_backoff)
+
+
+def _step_nodes(steps: SeqNode) -> list[MapNode]:
+    """The step mappings of a list, with those nested in their arguments (``resume: {probe: [...]}``)."""
+    out: list[MapNode] = []
+    for step in steps:
+        if not isinstance(step, MapNode):
+            continue
+        out.append(step)
+        for key, args in step.items():
+            if key in STEP_KEYS or not isinstance(args, MapNode):
+                continue
+            for _, value in args.items():
+                if isinstance(value, SeqNode) and any(isinstance(i, MapNode) for i in value):
+                    out.extend(_step_nodes(value))
+    return out
 
 
 def load_rules_text(

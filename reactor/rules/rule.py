@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reactor.actions.action import ActionSpec
+from reactor.actions.action import ActionSpec, Steps
 from reactor.errors import Position
 from reactor.model.duration import format_duration
 from reactor.rules.arguments import Arguments
@@ -51,6 +51,19 @@ class Step:
     @property
     def name(self) -> str:
         return self.action.name
+
+    def describe(self) -> dict[str, Any]:
+        """The step as written (``{action: arguments}``), for journals and pages."""
+        return {self.action.name: self.args.raw}
+
+    def walk(self) -> tuple[Step, ...]:
+        """This step and every step nested in its arguments (a :class:`Steps` argument), depth first."""
+        out: list[Step] = [self]
+        for value in self.args.fields.values():
+            if isinstance(value, Steps):
+                for sub in value:
+                    out.extend(sub.walk())
+        return tuple(out)
 
 
 def event_key(keys: tuple[str, ...], vm: str, data: Mapping[str, Any], host: str | None = None,

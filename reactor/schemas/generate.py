@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from reactor.actions.action import ActionSpec, Duration
+from reactor.actions.action import ActionSpec, Duration, Steps
 from reactor.actions.registry import Registry, builtin_registry
 from reactor.daemon.config import TOP_KEYS
 from reactor.model.catalog import Catalog, default_catalog
@@ -63,6 +63,8 @@ _DEPTH = 3
 
 def type_schema(hint: Any, *, templates: bool = True) -> dict[str, Any]:
     """The JSON Schema of a value of type ``hint`` (an action argument)."""
+    if hint is Steps:   # nested steps, as in a rule's `actions` (never a template)
+        return {"type": "array", "items": {"$ref": "#/definitions/step"}}
     if hint is Duration:
         base: dict[str, Any] = {"$ref": "#/definitions/duration"}
     elif hint in (Any, object):

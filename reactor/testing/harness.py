@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from reactor.actions.action import ActionSpec, JournalHandle, Resource, VMHandle
+from reactor.actions.action import ActionSpec, JournalHandle, Resource, StepOutcome, VMHandle
 from reactor.engine.clock import Clock
 from reactor.errors import ActionError, EventTimeout, JournalError, RuleError, StateError
 from reactor.model.catalog import default_catalog
@@ -218,6 +218,24 @@ class _Context:
         if res is None:
             raise ActionError(f"resource {cls.__name__} is not available (is it configured?)")
         return res  # type: ignore[return-value]
+
+    async def run_step(self, step: Any, *, label: str, timeout: float | None = None) -> StepOutcome:
+        """A nested step (``Steps`` argument): its action run with its arguments, bounded by its timeout."""
+        spec = step.action
+        try:
+            args = step.args.build({"vars": self._vars, "event": self.event})
+            if self.dry_run and spec.mutating(args):
+                return StepOutcome("dry-run")
+            limit = step.timeout if step.timeout is not None else spec.timeout if spec.timeout is not None else timeout
+            async with asyncio.timeout(limit):
+                result = await spec.run(self, args)
+        except TimeoutError:
+            return StepOutcome("timeout", None, f"{label}:{spec.name} timed out")
+        except Exception as err:
+            return StepOutcome("failed", None, str(err))
+        if step.register:
+            self._vars[step.register] = result
+        return StepOutcome("ok", result)
 
 
 class ActionHarness:

@@ -136,7 +136,7 @@ async def run_rules(rules: str | Mapping[str, str] | RuleSet, events: Iterable[E
         resources: dict[type[Resource], Resource] = {}
         try:
             for rule in rs.rules:
-                for step in rule.steps:
+                for step in (s for top in rule.steps for s in top.walk()):
                     for cls in step.action.resources:
                         if cls not in resources:
                             res = cls(daemon)

@@ -93,8 +93,8 @@ async def test_bad_arguments_are_load_errors_with_positions() -> None:
                 actions:
                   - storage_guard: {min_free: lots, allow_io_status: [ok, broken]}
             """, actions=[GUARD])
-    assert [str(e) for e in info.value.errors] == [
-        "rules.yaml:6:24: storage_guard: min_free: expected a size like 512M or 2G, not 'lots'"]
+    assert [str(e) for e in info.value.errors] == [   # at the value (a check's "KEY: ..." error, since #13)
+        "rules.yaml:6:35: storage_guard: min_free: expected a size like 512M or 2G, not 'lots'"]
 
 
 RULES = """

@@ -43,6 +43,15 @@ BUILTIN_EVENTS: MappingProxyType[str, EventSchema] = MappingProxyType(
                 _f("error", _STR, "what went wrong"),
             ),
             _event(
+                "REACTOR_RESUME_GAVE_UP",
+                "Emitted by the resume action when a VM kept failing after being resumed: it stays paused.",
+                _f("attempts", _INT, "failed resume attempts within the window (the `attempts` limit)"),
+                _f("last_error", _STR, "what ended the last attempt (a flap, a failed probe, an error to cont)"),
+                _f("since", TypeSpec("number", "float"),
+                   "when the first of those attempts began (seconds since the epoch)"),
+                _f("rule", _STR, "the rule whose resume gave up", optional=True),
+            ),
+            _event(
                 "REACTOR_RULES_RELOADED",
                 "Emitted by reactor after it (re)loaded its rules.",
                 _f("ok", _BOOL, "true when the rules loaded; false when the old rules stay in force"),

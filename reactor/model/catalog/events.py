@@ -107,6 +107,7 @@ __all__ = [
     "QuorumReportBad",
     "RdmaGidStatusChanged",
     "ReactorActionFailed",
+    "ReactorResumeGaveUp",
     "ReactorRulesReloaded",
     "ReactorTimer",
     "ReactorVmConnected",
@@ -1994,6 +1995,40 @@ class ReactorActionFailed(Event):
         return v
 
 
+class ReactorResumeGaveUp(Event):
+    """Emitted by the resume action when a VM kept failing after being resumed: it stays paused.
+
+    reactor's own event ``REACTOR_RESUME_GAVE_UP``.
+    """
+
+    __slots__ = ()
+    NAME: ClassVar[str] = "REACTOR_RESUME_GAVE_UP"
+
+    @property
+    def attempts(self) -> int:
+        """failed resume attempts within the window (the `attempts` limit)"""
+        v: int = self.data["attempts"]
+        return v
+
+    @property
+    def last_error(self) -> str:
+        """what ended the last attempt (a flap, a failed probe, an error to cont)"""
+        v: str = self.data["last_error"]
+        return v
+
+    @property
+    def since(self) -> float:
+        """when the first of those attempts began (seconds since the epoch)"""
+        v: float = self.data["since"]
+        return v
+
+    @property
+    def rule(self) -> str | None:
+        """the rule whose resume gave up"""
+        v: str | None = self.data.get("rule")
+        return v
+
+
 class ReactorRulesReloaded(Event):
     """Emitted by reactor after it (re)loaded its rules.
 
@@ -2601,6 +2636,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
     "QUORUM_REPORT_BAD": QuorumReportBad,
     "RDMA_GID_STATUS_CHANGED": RdmaGidStatusChanged,
     "REACTOR_ACTION_FAILED": ReactorActionFailed,
+    "REACTOR_RESUME_GAVE_UP": ReactorResumeGaveUp,
     "REACTOR_RULES_RELOADED": ReactorRulesReloaded,
     "REACTOR_TIMER": ReactorTimer,
     "REACTOR_VM_CONNECTED": ReactorVmConnected,

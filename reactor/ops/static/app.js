@@ -114,11 +114,22 @@ async function loadVMs() {
        el("span", {class: "muted"}, Object.entries(vm.labels).map(([k, v]) => k + "=" + v).join(" "))),
     el("td", {title: vm.last_error || ""}, badge(vm.state)),
     el("td", {}, badge(vm.status, vm.status === "running" ? "ok" : "unknown")),
+    el("td", {title: vm.resume ? JSON.stringify(vm.resume) : ""}, resumeText(vm.resume)),
     el("td", {}, vm.events_received),
     el("td", {}, vm.reconnects),
     el("td", {class: "muted"}, qemuVersion(vm.qemu_version)))));
   $("#vms-section .empty").hidden = vms.length > 0;
   fillSelect($("#f-vm"), vms.map(v => v.name));
+}
+
+// what a resume step is doing with the VM: waiting for a slot (its place), backing off, verifying...
+function resumeText(r) {
+  if (!r) return "";
+  const left = r.until ? " " + Math.max(0, Math.round(r.until - Date.now() / 1000)) + "s" : "";
+  const text = {waiting: "waiting #" + (r.position || "?"), backoff: "backoff" + left, verify: "verifying" + left,
+                "gave-up": "gave up"}[r.phase] || r.phase;
+  return badge(text + (r.phase !== "gave-up" && r.attempt > 1 ? " · try " + r.attempt : ""),
+               r.phase === "gave-up" ? "bad" : "unknown");
 }
 
 function qemuVersion(v) {
