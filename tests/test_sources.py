@@ -42,7 +42,7 @@ def test_sources_section_parses(tmp_path: Path) -> None:
     ("  - timer: {name: x, evry: 1m}", "reactor.yaml:3:22: sources: timer: unknown argument 'evry' "
                                       "(did you mean 'every'?)"),
     ("  - timer: {name: x}", "reactor.yaml:3:12: sources: timer: give exactly one of 'every' and 'cron'"),
-    ("  - timer: {name: x, cron: '@daily', timezone: Mars/Base}", "reactor.yaml:3:12: sources: timer: timezone: "
+    ("  - timer: {name: x, cron: '@daily', timezone: Mars/Base}", "reactor.yaml:3:48: sources: timer: timezone: "
                                                                 "unknown time zone 'Mars/Base'"),
     ("  - timer: {name: x, cron: '61 * * * *'}", "reactor.yaml:3:12: sources: timer: cron minute: 61 is "
                                                 "outside 0-59"),
