@@ -16,31 +16,31 @@ Run states (:class:`VMState`)::
     any ──aclose()/cancel──> STOPPED
 
 The protocol layer is qemu.qmp's :class:`~qemu.qmp.QMPClient` (greeting,
-capability negotiation, command routing, disconnect), extended in
-:class:`_Protocol` only through the hooks qemu.qmp documents for subclasses:
-``_do_recv`` reads a line and parses it with orjson, ``_on_message`` hands
-events straight to the connection (no ``EventListener``, whose history grows
-without bound), and the logging hooks format a message only when debug logging
-is on.  Commands go through the public ``execute_msg``.
+capability negotiation, command routing, disconnect), with its slow paths
+replaced in :class:`_Protocol`: the reader reads chunks, splits lines and
+parses them with orjson, hands events straight to the connection (no
+``EventListener``, whose history grows without bound), and messages are only
+formatted for logging when debug logging is on.  Commands are written
+directly instead of through the writer task's queue.
 
 Overflow policy: events are handed to ``on_event`` synchronously, in order,
 from the reader; the callback must not block (the engine behind it owns a
-bounded queue with counted drops).  Memory per connection is bounded by twice
-``max_line`` (the stream's limit: a longer message drops the connection; past
-twice the limit asyncio stops reading the socket).
+bounded queue with counted drops).  Memory per connection is bounded by
+``max_line`` (a longer message drops the connection) plus one read chunk.
 
-Backpressure (optional, ``backpressure=`` the engine's bus): while the VM has
-no room left in the consumer's queue, the reader holds its next event and reads
-no further until the queue has room again (see reactor.engine.bus).  The
-stream's buffer then fills to its bound and asyncio stops reading the socket:
-the events wait unread in the kernel's socket buffer and in QEMU's monitor
-output buffer.  So a VM that floods costs no parsing beyond what the engine
-dispatches plus one buffer, and the loop spends no time on its socket while it
-waits.  Two exceptions keep it safe: while a command of ours is in flight on
-that VM the reader reads regardless (its reply may be behind the events;
-events then past the queue's bounds are shed, counted), and lines already read
-stay buffered, never lost.  The cost: a paused VM's events reach rules late,
-QEMU holds them (its monitor output buffer grows while the socket is full; see
+Backpressure (optional, ``backpressure=`` the engine's bus): the reader
+parses no more lines than the room its VM has left in the consumer's queue
+(the rest of a chunk stays buffered, unparsed); when there is no room it
+stops reading the socket (the transport is paused: the events wait unread in
+the kernel's socket buffer and in QEMU's monitor output buffer) until the
+queue has room again (see reactor.engine.bus), then reads on.  So a VM that floods
+costs no parsing beyond what the engine dispatches, and the loop spends no
+time on its socket while it waits.  Two exceptions keep
+it safe: while a command of ours is in flight on that VM the reader reads
+regardless (its reply may be behind the events; events then past the queue's
+bounds are shed, counted), and lines already read stay buffered, never lost.
+The cost: a paused VM's events reach rules late, QEMU holds them (its
+monitor output buffer grows while the socket is full; see
 docs/reliability.md), and a connection closed by the peer while paused is
 noticed when reading resumes.  Paused reading is counted per VM
 (:attr:`VMConnection.read_pauses`, :attr:`VMConnection.paused_seconds`).
@@ -63,9 +63,10 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import orjson
-from qemu.qmp import ExecInterruptedError, ExecuteError, Message, QMPClient, Runstate
+from qemu.qmp import QMPClient
 from qemu.qmp.error import ProtocolError
-from qemu.qmp.qmp_client import BadReplyError
+from qemu.qmp.protocol import Runstate
+from qemu.qmp.qmp_client import ExecInterruptedError
 
 from reactor.errors import EventError, QMPCommandError, QMPConnectionError
 from reactor.model.event import Event
@@ -84,6 +85,7 @@ log = logging.getLogger(__name__)
 #: ``make_event(obj, *, vm=..., host=..., seq=...) -> Event`` (the catalog's).
 MakeEvent = Callable[..., Event]
 
+_CHUNK = 256 * 1024
 
 
 class Backpressure(Protocol):
@@ -183,45 +185,23 @@ def _jsonable(value: object) -> object:
 
 
 class _Protocol(QMPClient):
-    """qemu.qmp's client, extended only through the hooks its documentation offers subclasses.
-
-    ``AsyncProtocol`` documents ``_do_recv`` (read one message), ``_on_message``
-    (handle one), ``_establish_session``, ``_cb_inbound``/``_cb_outbound``
-    (logging hooks) and ``_readline`` (a convenience for line-based protocols);
-    commands go through the public ``execute_msg``.  tests/test_dependencies.py
-    fails loudly when one of them changes shape.
-
-    * ``_do_recv`` reads lines with ``_readline`` and parses them with orjson into
-      plain dicts (no ``Message``: it would parse and format each event again); it
-      hands events straight to the connection (no ``EventListener``, whose history
-      grows without bound) and returns the other messages, which ``_on_message``
-      gives to qemu.qmp's router;
-    * while the VM has no room in the consumer's queue and no command of ours waits
-      for a reply, ``_do_recv`` waits before reading the next line: the stream's
-      buffer fills to twice ``max_line`` and asyncio stops reading the socket (the
-      rest waits in the kernel's buffer and in QEMU's monitor output buffer);
-    * the logging hooks format a message only when debug logging is on.
-    """
+    """qemu.qmp's client with a fast, bounded reader and no per-message formatting."""
 
     def __init__(self, owner: VMConnection, max_line: int) -> None:
         super().__init__(owner.name, readbuflen=max_line)
         self.logger = cast(logging.Logger, _QuietLogger(owner.log))
         self._owner = owner
-        self._backpressure = owner._backpressure
         self._max_line = max_line
-        self._commands = 0  # call()s running
-        self._awaiting: set[str] = set()  # ids of the commands sent whose reply has not come yet
-        self._wake: asyncio.Future[None] | None = None  # set while the reader waits for room: a command wakes it
+        self._buf = b""
+        self._held = False  # self._buf may hold complete lines, kept while the VM had no room
+        self._stopped = False  # the transport is paused by _pause
+        self._wake: asyncio.Future[None] | None = None  # set while the reader is paused: a command wakes it
+        self._listeners = []  # the default EventListener would queue every event forever
 
     # -- logging hooks: qemu.qmp formats every message as indented JSON here --
     def _cb_outbound(self, msg: Any) -> Any:
         if self._owner.log.isEnabledFor(logging.DEBUG):
             self._owner.log.debug("--> %s", bytes(msg).decode("utf-8", "replace"))
-        exec_id = msg.get("id")
-        if self._commands and exec_id.__class__ is str:  # a command of ours is on its way: read for its reply
-            self._awaiting.add(exec_id)
-            if self._wake is not None:
-                _wake_up(self._wake)
         return msg
 
     def _cb_inbound(self, msg: Any) -> Any:
@@ -230,7 +210,8 @@ class _Protocol(QMPClient):
         return msg
 
     async def _establish_session(self) -> None:
-        self._awaiting.clear()
+        self._buf = b""
+        self._held = False
         await super()._establish_session()
 
     async def connect(self, address: Any, ssl: Any = None) -> None:
@@ -244,94 +225,176 @@ class _Protocol(QMPClient):
             await self.disconnect()  # re-raises the reader's root cause
             raise EOFError from None
 
-    # -- reading: one line, orjson, a dict (the greeting and negotiation read the same way) --
+    # -- the handshake reads one line at a time (greeting, capabilities reply) --
     async def _do_recv(self) -> Any:
-        """The next message that is not an event; events met on the way go straight to the connection.
+        try:
+            line = await self._readline()
+        except ValueError as err:  # StreamReader: line over the limit
+            raise QMPProtocolError(f"message over {self._max_line} bytes") from err
+        return self._parse(line)
 
-        Handing events on here, in a loop over the lines already buffered, spares each one qemu.qmp's
-        per-message path (its reader loop, ``_recv``, ``_cb_inbound``, ``_on_message``): that path is
-        for the greeting, the negotiation and command replies.
-        """
+    def _parse(self, line: bytes) -> dict[str, Any]:
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as err:
+            raise QMPProtocolError(f"not QMP: {line[:60]!r}") from err
+        if type(obj) is not dict:
+            raise QMPProtocolError(f"not a JSON object: {line[:60]!r}")
+        return cast(dict[str, Any], obj)
+
+    # -- the session reader: chunks, lines, orjson; events go straight to the owner --
+    async def _bh_recv_message(self) -> None:
+        assert self._reader is not None
         owner = self._owner
-        deliver = owner._deliver
-        bp = self._backpressure
+        bp = owner._backpressure
+        if bp is not None and bp.room(owner.name) <= 0 and not self._in_flight():
+            await self._pause(bp)
+            return  # the next call looks again (a command may have woken it, or room came)
+        if self._held:
+            buf = self._buf  # complete lines kept from the last call go first
+        else:
+            if self._stopped:  # the socket was left unread: read it again, now that its data is wanted
+                self._stopped = False
+                if not getattr(self._reader, "_paused", False):  # unless the stream's own limit paused it
+                    self._transport().resume_reading()
+            data = await self._reader.read(_CHUNK)
+            if not data:
+                if self._buf.strip():
+                    raise QMPProtocolError(f"connection closed mid-message ({len(self._buf)} bytes)")
+                raise EOFError
+            buf = self._buf + data if self._buf else data
+        # the room now (the read may have waited long): while a command is in flight, read on regardless
+        if bp is None or self._in_flight():
+            lines = buf.split(b"\n")
+            held = False
+        else:
+            room = max(1, bp.room(owner.name))
+            lines = buf.split(b"\n", room)  # at most `room` lines; the rest stays unparsed
+            held = len(lines) > room
+        self._buf = lines.pop()
+        self._held = held
         max_line = self._max_line
-        readline = self._readline
-        loads = orjson.loads
-        while True:
-            if bp is not None and not self._awaiting and bp.room(owner.name) <= 0 and self.runstate is _RUNNING:
-                await self._pause(bp)  # read no further while the VM has no room (module docstring)
+        if not held and len(self._buf) > max_line:
+            raise QMPProtocolError(f"message over {max_line} bytes")
+        deliver = owner._deliver
+        for line in lines:
+            if len(line) > max_line:
+                raise QMPProtocolError(f"message over {max_line} bytes")
             try:
-                line = await readline()
-            except ValueError as err:  # StreamReader: line over the limit
-                raise QMPProtocolError(f"message over {max_line} bytes") from err
-            if line[-1:] != b"\n":
-                raise QMPProtocolError(f"connection closed mid-message ({len(line)} bytes)")
-            try:
-                obj = loads(line)
+                obj = orjson.loads(line)
             except orjson.JSONDecodeError as err:
                 if not line.strip():
                     continue
-                what = "not JSON" if self.runstate is _RUNNING else "not QMP"
-                raise QMPProtocolError(f"{what}: {line[:60]!r}") from err
+                raise QMPProtocolError(f"not JSON: {line[:60]!r}") from err
             if type(obj) is not dict:
                 raise QMPProtocolError(f"not a JSON object: {line[:60]!r}")
-            if "event" in obj and self.runstate is _RUNNING:
-                if owner.log.isEnabledFor(logging.DEBUG):
-                    owner.log.debug("<-- %r", obj)
+            if "event" in obj:
                 deliver(obj)
-                continue
-            return obj
+            else:
+                await self._route(obj)
 
-    async def _on_message(self, msg: Any) -> None:
-        if "event" not in msg:
-            # a reply: qemu.qmp routes it to its execute_msg (or drops it: an id nobody waits for)
-            exec_id = msg.get("id")
-            if exec_id.__class__ is str:
-                self._awaiting.discard(exec_id)
-            await super()._on_message(Message(msg, eager=False))
-            return
-        self._owner._deliver(msg)
+    def _in_flight(self) -> bool:
+        """Whether a command of ours still waits for its reply."""
+        return any(not (isinstance(slot, _Slot) and slot.done()) for slot in self._pending.values())
+
+    def _transport(self) -> asyncio.ReadTransport:
+        assert self._writer is not None
+        return cast(asyncio.ReadTransport, self._writer.transport)
 
     async def _pause(self, bp: Backpressure) -> None:
-        """Hold the next event until the VM has room again or a command is sent."""
+        """Leave the socket unread until the VM has room again or a command is sent.
+
+        The transport stays paused until the reader needs bytes from the socket again (lines it
+        holds go first), so nothing more piles up in this process meanwhile.
+        """
         owner = self._owner
+        if not self._stopped:
+            self._transport().pause_reading()
+            self._stopped = True
         owner.read_pauses += 1
         owner._paused_since = since = time.monotonic()
+        self._wake = wake = asyncio.get_running_loop().create_future()
+        bp.wait_room(owner.name).add_done_callback(functools.partial(_wake_up, wake))
         try:
-            while not self._awaiting and bp.room(owner.name) <= 0:
-                self._wake = wake = asyncio.get_running_loop().create_future()
-                bp.wait_room(owner.name).add_done_callback(functools.partial(_wake_up, wake))
-                await wake
+            await wake
         finally:
             self._wake = None
             owner._paused_since = None
             owner._paused_total += time.monotonic() - since
 
-    async def call(self, command: str, arguments: Mapping[str, Any] | None) -> Any:
-        """Run one command through qemu.qmp's public ``execute_msg``; its ``return`` value.
+    async def _route(self, obj: dict[str, Any]) -> None:
+        exec_id = obj.get("id")
+        # reactor's ids are strings; any other id (a list from a broken peer) answers nothing of ours
+        pending = self._pending.get(exec_id) if exec_id.__class__ is str else None
+        if pending is not None:
+            await pending.put(cast(Any, obj))  # _reply hands it back as is
+            return
+        if "error" in obj and "id" not in obj:
+            raise QMPProtocolError(f"server reported a parse error: {obj['error']!r}")
+        # A reply that came after its command timed out: nobody waits for it.
+        self._owner.log.debug("reply to %r arrived after its command gave up", exec_id)
 
-        Raises qemu.qmp's ``ExecuteError`` (QEMU's error reply) and ``ExecInterruptedError``.
-        """
-        if self.runstate != Runstate.RUNNING:
+    async def _event_dispatch(self, msg: Any) -> None:  # not reached: _bh_recv_message delivers
+        self._owner._deliver(dict(msg))
+
+    async def call(self, command: str, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Send one command and await its reply, bypassing the writer task's queue."""
+        if self.runstate != Runstate.RUNNING or self._writer is None:
             raise QMPConnectionError("not connected")
-        args = None if arguments is None else orjson.loads(orjson.dumps(arguments, default=_jsonable))
-        msg = self.make_execute_msg(command, args)
-        self._commands += 1  # _cb_outbound wakes a paused reader when the command is sent
+        exec_id = self._get_exec_id()
+        msg: dict[str, Any] = {"execute": command, "id": exec_id}
+        if arguments is not None:
+            msg["arguments"] = dict(arguments)
+        data = orjson.dumps(msg, default=_jsonable)
+        self._cb_outbound(_Raw(data))
+        self._pending[exec_id] = cast(Any, _Slot())
+        if self._wake is not None:
+            _wake_up(self._wake)  # a paused reader reads again: the reply may be behind events
         try:
-            return await self.execute_msg(msg)
-        finally:
-            self._commands -= 1
-            if not self._commands:
-                self._awaiting.clear()  # the ids of commands that gave up waiting
-
-
-_RUNNING = Runstate.RUNNING
+            self._writer.write(data)
+        except BaseException:
+            del self._pending[exec_id]
+            raise
+        return cast(dict[str, Any], await self._reply(exec_id))
 
 
 def _wake_up(wake: asyncio.Future[None], _: object = None) -> None:
     if not wake.done():
         wake.set_result(None)
+
+
+class _Slot:
+    """Where one reply lands: the part of ``asyncio.Queue(maxsize=1)`` qemu.qmp uses, on one future."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def put_nowait(self, item: Any) -> None:
+        if not self._future.done():
+            self._future.set_result(item)
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    async def get(self) -> Any:
+        return await self._future
+
+
+class _Raw:
+    """Bytes that qemu.qmp's logging hook can render."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __bytes__(self) -> bytes:
+        return self.data
 
 
 # Which run state an event leaves the VM in (None: see _deliver).
@@ -530,19 +593,23 @@ class VMConnection:
     ) -> Any:
         try:
             async with asyncio.timeout(timeout):
-                return await proto.call(command, arguments)
+                reply = await proto.call(command, arguments)
         except TimeoutError:
             raise  # an OSError subclass: not a connection problem
-        except ExecuteError as err:  # QEMU's error reply
-            raise QMPCommandError(command, str(err.error_class), str(err)) from err
-        except BadReplyError as err:
-            raise QMPCommandError(command, "BadReply", f"reply has neither return nor error: {err.msg!r}") from err
         except ExecInterruptedError as err:
             if command == "quit":  # QEMU may close before the reply reaches us
                 return {}
             raise QMPConnectionError(f"{self._name}: connection lost during {command}") from err
         except (OSError, ProtocolError) as err:
             raise QMPConnectionError(f"{self._name}: {command}: {_summary(err)}") from err
+        if "error" in reply:
+            error = reply["error"] if isinstance(reply["error"], dict) else {}
+            raise QMPCommandError(
+                command, str(error.get("class", "GenericError")), str(error.get("desc", ""))
+            )
+        if "return" not in reply:
+            raise QMPCommandError(command, "BadReply", f"reply has neither return nor error: {reply!r}")
+        return reply["return"]
 
     # -- rule usage --
     def check_rule_usage(self, used: Mapping[str, set[str]]) -> None:
@@ -653,6 +720,9 @@ class VMConnection:
     async def _connect(self, proto: _Protocol) -> None:
         async with asyncio.timeout(self.connect_timeout):
             await proto.connect(self._target)
+            for task, part in ((proto._reader_task, "reader"), (proto._writer_task, "writer")):
+                if isinstance(task, asyncio.Task):
+                    task.set_name(f"reactor[{self._name}].{part}")
             timeout = self.connect_timeout
             if self._namer is not None:
                 try:
