@@ -20,9 +20,10 @@ MQTT reactor uses, written against the specification and nothing else:
   ``PUBACK`` / ``PUBCOMP`` (``error`` set for a v5 failure reason code);
 * incoming ``PUBLISH``: every packet of a read is split out of the chunk and
   handed to ``on_message(topic, payload)`` in order, in the event loop; the
-  ``PUBACK`` s of a chunk's QoS 1 messages go out as one write *after* they
-  were handled (at least once: a connection lost before that write gets them
-  again); QoS 2 is delivered once per packet id (``PUBREC``/``PUBREL``/``PUBCOMP``).
+  ``PUBACK`` s of a read's QoS 1 messages go out in writes of up to
+  :data:`ACK_BATCH`, each *after* its messages were handled (at least once: a
+  connection lost before that write gets them again); QoS 2 is delivered
+  once per packet id (``PUBREC``/``PUBREL``/``PUBCOMP``).
 
 Anything malformed from the broker closes the connection with a
 :class:`MqttProtocolError` (the caller reconnects); well-framed packets it
@@ -45,6 +46,7 @@ from typing import Literal, Protocol
 from reactor.errors import ReactorError
 
 __all__ = [
+    "ACK_BATCH",
     "MAX_PACKET",
     "MqttClient",
     "MqttLinkError",
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 
 #: The largest packet accepted from a broker (a guard for memory; MQTT allows 256 MB).
 MAX_PACKET = 32 * 1024 * 1024
+#: Most QoS 1 messages handled before their PUBACKs go out (one write), within one read.
+ACK_BATCH = 128
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70
 SUBSCRIBE, SUBACK, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT, AUTH = 0x80, 0x90, 0xB0, 0xC0, 0xD0, 0xE0, 0xF0
@@ -403,6 +407,9 @@ class MqttClient:
         n = len(buf)
         pos = 0
         while pos + 2 <= n:
+            if len(acks) >= ACK_BATCH:  # a broker sends a window of unacknowledged messages: keep it open
+                self._write(struct.pack(f"!{len(acks)}I", *[0x40020000 | mid for mid in acks]))
+                acks.clear()
             first = buf[pos]
             i = pos + 1
             length = shift = 0
