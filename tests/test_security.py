@@ -551,7 +551,7 @@ def test_the_token_is_compared_in_constant_time() -> None:
     """The guard compares with hmac.compare_digest (timing is not measurable reliably in a test; the code is)."""
     import inspect
 
-    from reactor import http
+    from reactor.ops import http
 
     guard = inspect.getsource(http.HttpServer._guard)
     assert "hmac.compare_digest(" in guard and "==" not in guard.split("compare_digest")[0].split("token")[-1]
