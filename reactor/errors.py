@@ -29,6 +29,9 @@
      ├── PluginError                a plugin failed to import or declares badly
      ├── JournalError               the journal could not be opened or written
      ├── HttpError                  the HTTP listener could not start
+     ├── MqttLinkError              the connection to an MQTT broker failed or was lost
+     │    ├── MqttRefused           the broker refused the connection (CONNACK code)
+     │    └── MqttProtocolError     the broker broke the MQTT protocol
      └── ReplayRefused              replay cannot do what the rules ask (no broker, one unreachable)
 
 Old names kept for one release (the same classes): ``QMPCommandError`` (VMCommandError),
@@ -54,6 +57,9 @@ __all__ = [
     "LibvirtConnectionError",
     "LoadError",
     "MqttError",
+    "MqttLinkError",
+    "MqttProtocolError",
+    "MqttRefused",
     "PluginError",
     "PluginLoadError",
     "PluginProblem",
@@ -224,6 +230,23 @@ class JournalError(ReactorError):
 
 class HttpError(ReactorError):
     """The HTTP listener could not start (bad ``http.listen``, address in use)."""
+
+
+class MqttLinkError(ReactorError):
+    """The connection to a broker failed or was lost (refused, closed, timed out, broken packets)."""
+
+
+class MqttRefused(MqttLinkError):
+    """The broker refused the connection (``CONNACK`` with an error code): credentials, identifier ..."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{reason} (code {code:#x})")
+        self.code = code
+        self.reason = reason
+
+
+class MqttProtocolError(MqttLinkError):
+    """The broker sent something MQTT does not allow here; the connection is closed."""
 
 
 class ReplayRefused(ReactorError):

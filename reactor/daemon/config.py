@@ -416,10 +416,11 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
                 p.errors.append(err)
     sn = root.get("sources")
     if sn is not None and "sources" not in extra and not (isinstance(sn, ScalarNode) and sn.value is None):
+        from reactor.daemon.plugins import load_plugins
         from reactor.sources import parse_sources
 
         try:
-            extra["sources"] = parse_sources(sn, plugins=plugins)
+            extra["sources"] = parse_sources(sn, registry=load_plugins(plugins).sources)
         except SourceError as err:
             p.errors.append(err)
     cfg = Config(

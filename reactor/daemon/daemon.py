@@ -213,7 +213,7 @@ class Daemon:
 
             out.append(SourceRunner(self))
         if self._config.http is not None:
-            from reactor.ops.http import HttpServer  # type: ignore[import-not-found,unused-ignore]
+            from reactor.ops.http import HttpServer
 
             out.append(HttpServer(self))
         return out

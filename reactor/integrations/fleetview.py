@@ -29,11 +29,11 @@ import asyncio
 import collections
 import contextlib
 import math
+import os
 import time
 from typing import Any
 
-import aiomqtt
-
+from reactor.integrations.mqttclient import MqttClient
 from reactor.model.event import Event
 
 __all__ = ["LAG_BOUNDS_MS", "Dedupe", "FleetView", "Lag", "fetch_status", "format_status"]
@@ -228,12 +228,11 @@ async def fetch_status(
 ) -> dict[str, Any]:  # fmt: skip
     """Read the retained status topics from a broker for ``wait`` seconds; the :meth:`FleetView.snapshot`."""
     view = FleetView(prefix)
-    async with aiomqtt.Client(host, port, username=username, password=password, timeout=10) as client:
+    client = MqttClient(host, port, client_id=f"reactor-status-{os.getpid()}", username=username, password=password,
+                        on_message=view.handle, name="status")
+    async with client:
         await client.subscribe([(f"{prefix}/+/status", 0), (f"{prefix}-bridge/+", 0), (f"{prefix}/+/+/status", 0)])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
-                async for message in client.messages:
-                    payload = message.payload
-                    data = payload if isinstance(payload, (bytes, bytearray)) else str(payload or "").encode()
-                    view.handle(message.topic.value, bytes(data))
+                await client.wait_closed()
     return view.snapshot()

@@ -35,22 +35,17 @@ import logging
 import os
 import random
 import re
-import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast
 
-import aiomqtt
 import orjson
-import paho.mqtt.client as paho_client
-from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.exception import MalformedPacket
 
 from reactor.actions.action import DaemonContext, Resource
 from reactor.errors import ConfigError, EventError, MqttError, Position, ReactorError
+from reactor.integrations.mqttclient import MqttClient, MqttLinkError, MqttRefused, Will
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.model.runstate import EVENTS as _STATE_EVENTS
@@ -72,9 +67,7 @@ __all__ = [
     "Secret",
     "SubscribeTopic",
     "TlsConfig",
-    "install_reader",
     "parse_brokers",
-    "set_no_delay",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,8 +76,6 @@ log = logging.getLogger(__name__)
 SEND_WINDOW = 1000
 #: Most messages encoded into one write.
 BATCH = 256
-#: Most bytes read from a broker's socket per read event (the rest waits for the loop's next turn).
-READ_CHUNK = 65536
 #: The mirror's queue between the bus callback and its drain task.
 MIRROR_QUEUE = 10000
 #: The name under which outbox drops are recorded in the journal's events.
@@ -465,7 +456,7 @@ class Outbox:
         self.config = config
         self.store = store
         self.queue: collections.deque[OutMessage] = collections.deque()
-        self.inflight: dict[int, OutMessage | list[OutMessage]] = {}
+        self.inflight: dict[int, OutMessage] = {}
         self.inflight_count = 0
         self.dropped = 0
         self.acked = 0
@@ -529,18 +520,24 @@ class Outbox:
             data = {"broker": self.broker, "policy": self.config.policy, "topic": topic, "dropped": self.dropped}
             record(DROP_EVENT, "-", None, time.time(), data)
 
-    def sent(self, mid: int, entry: OutMessage | list[OutMessage]) -> None:
-        """``entry`` was handed to the client as message id ``mid``."""
-        self.inflight[mid] = entry
-        self.inflight_count += len(entry) if isinstance(entry, list) else 1
+    def sent(self, mid: int, msg: OutMessage) -> None:
+        """``msg`` (QoS 1 or 2) was written to the broker as packet id ``mid``."""
+        self.inflight[mid] = msg
+        self.inflight_count += 1
 
     def ack(self, mid: int, error: str | None = None) -> None:
         """The broker acknowledged (or, with ``error``, refused) message ``mid``."""
-        entry = self.inflight.pop(mid, None)
-        if entry is None:
+        msg = self.inflight.pop(mid, None)
+        if msg is None:
             return
-        msgs = entry if isinstance(entry, list) else (entry,)
-        self.inflight_count -= len(msgs)
+        self.inflight_count -= 1
+        self._done((msg,), error)
+
+    def written(self, msgs: list[OutMessage]) -> None:
+        """QoS 0 messages were written to the connection: done (nothing more comes from the broker)."""
+        self._done(msgs, None)
+
+    def _done(self, msgs: tuple[OutMessage, ...] | list[OutMessage], error: str | None) -> None:
         for msg in msgs:
             self.acked += 1
             if msg.id and self.store is not None:
@@ -555,9 +552,7 @@ class Outbox:
 
     def requeue_inflight(self) -> int:
         """A connection dropped: unacknowledged messages go back to the front, in order."""
-        msgs: list[OutMessage] = []
-        for entry in self.inflight.values():
-            msgs.extend(entry if isinstance(entry, list) else (entry,))
+        msgs = list(self.inflight.values())
         self.inflight.clear()
         self.inflight_count = 0
         for m in msgs:
@@ -721,318 +716,6 @@ class _Source:
         self.emit(ev)
 
 
-_SMALL_VARINTS = [bytes((n,)) for n in range(128)]
-
-
-def _varint(n: int) -> bytes:
-    """MQTT's variable byte integer (a remaining length)."""
-    if n < 128:
-        return _SMALL_VARINTS[n]
-    if n < 16384:
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    out = bytearray()
-    while True:
-        n, byte = divmod(n, 128)
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-class _Batcher:
-    """Publishes many QoS 0/1 messages as one write through the paho client's own send queue.
-
-    paho's ``publish()`` costs tens of microseconds per message (message objects,
-    locks, one ``send()`` each) and its PUBACK handling builds property objects
-    per acknowledgement; that caps a mirror at a few thousand events/s.  This
-    encodes a batch of PUBLISH packets into one buffer, queues it with
-    ``_packet_queue`` (so it stays ordered with paho's other packets and is
-    written by the same event-loop writer), and takes the PUBACKs of its own
-    message ids before paho looks for them.  QoS 2 messages still go through
-    ``publish()``.  :meth:`attach` returns None when the paho version lacks the
-    internals used, and the link then uses ``publish()`` for everything.
-    """
-
-    PUBLISH = 0x30
-
-    def __init__(self, paho: Any, v5: bool, outbox: Outbox) -> None:
-        self.paho = paho
-        self.v5 = v5
-        self.outbox = outbox
-        self.mids: set[int] = set()
-        self._topics: dict[str, bytes] = {}
-        self._info = paho_client.MQTTMessageInfo
-        base = paho._handle_pubackcomp
-
-        def handle_pubackcomp(cmd: str) -> Any:
-            packet = paho._in_packet["packet"]
-            if cmd == "PUBACK" and len(packet) >= 2:
-                mid = (packet[0] << 8) | packet[1]
-                if mid in self.mids:
-                    self.mids.discard(mid)
-                    code = packet[2] if self.v5 and len(packet) > 2 else 0
-                    self.outbox.ack(mid, f"reason code {code:#x}" if code >= 0x80 else None)
-                    return 0
-            return base(cmd)
-
-        paho._handle_pubackcomp = handle_pubackcomp  # PUBACKs read by paho itself (before the reader took over)
-
-    def puback(self, mid: int, code: int) -> bool:
-        """A PUBACK (from :class:`_Reader`): True when ``mid`` was one of ours."""
-        if mid not in self.mids:
-            return False
-        self.mids.discard(mid)
-        self.outbox.ack(mid, f"reason code {code:#x}" if code >= 0x80 else None)
-        return True
-
-    @classmethod
-    def attach(cls, paho: Any, v5: bool, outbox: Outbox) -> _Batcher | None:
-        needed = ("_handle_pubackcomp", "_packet_queue", "_mid_generate", "_in_packet")
-        if not all(hasattr(paho, n) for n in needed):
-            return None
-        return cls(paho, v5, outbox)
-
-    def _topic(self, topic: str) -> bytes:
-        b = self._topics.get(topic)
-        if b is None:
-            raw = topic.encode()
-            b = len(raw).to_bytes(2, "big") + raw
-            if len(self._topics) < 10000:
-                self._topics[topic] = b
-        return b
-
-    def send(self, msgs: list[OutMessage]) -> None:
-        """Encode and queue ``msgs`` (QoS 0/1) as one write; record them in flight."""
-        paho = self.paho
-        mid_gen = paho._mid_generate
-        sent = self.outbox.sent
-        props = b"\x00" if self.v5 else b""
-        parts: list[bytes] = []
-        qos0: list[OutMessage] = []
-        for m in msgs:
-            t = self._topic(m.topic)
-            if m.qos:
-                mid = mid_gen()
-                self.mids.add(mid)
-                sent(mid, m)
-                body_len = len(t) + 2 + len(props) + len(m.payload)
-                first = 0x3A if m.dup else 0x32
-                parts += (bytes((first | m.retain,)), _varint(body_len), t, mid.to_bytes(2, "big"), props, m.payload)
-            else:
-                qos0.append(m)
-                body_len = len(t) + len(props) + len(m.payload)
-                parts += (bytes((0x30 | m.retain,)), _varint(body_len), t, props, m.payload)
-        mid = mid_gen()
-        if qos0:
-            sent(mid, qos0)  # done when the buffer is written (paho calls on_publish for it)
-        blob = b"".join(parts)
-        paho._packet_queue(self.PUBLISH, blob, mid, 0, self._info(mid))
-
-
-def _fresh_in_packet() -> dict[str, Any]:
-    return {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1, "remaining_length": 0,
-            "packet": bytearray(), "to_process": 0, "pos": 0}  # fmt: skip
-
-
-class _Reader:
-    """Reads a broker's stream in large chunks; handles QoS 0/1 PUBLISH and PUBACK itself.
-
-    paho reads a packet with three or more ``recv()`` calls (the command byte,
-    each length byte, the body), builds an ``MQTTMessage`` and a
-    ``MQTTMessageInfo`` and writes each PUBACK on its own; aiomqtt then makes
-    a ``Message``, a queue entry and a task per message.  At a few thousand
-    messages/s that is most of a reactor's CPU.  This reads up to
-    :data:`READ_CHUNK` bytes per read event and splits them into packets:
-
-    * a QoS 0/1 PUBLISH goes to ``on_message(topic, payload)`` at once, in
-      order, in the event loop; the PUBACKs of a chunk's QoS 1 messages are
-      queued as one write *after* they were handled (at least once: a
-      connection lost before that write gets them again);
-    * a PUBACK goes to ``on_puback(mid, reason)`` (the :class:`_Batcher`'s)
-      when that returns True;
-    * every other packet (CONNACK, SUBACK, PINGRESP, QoS 2, other PUBACKs ...),
-      and every PUBLISH when ``on_message`` is None, goes to paho's own handler.
-
-    It installs itself as the client's ``loop_read`` (the method aiomqtt's
-    reader callback calls), taking over a packet paho had half read.
-    """
-
-    PUBACK = 0x40
-
-    def __init__(
-        self, paho: Any, v5: bool, on_message: Callable[[str, bytes], None] | None,
-        on_puback: Callable[[int, int], bool] | None,
-    ) -> None:  # fmt: skip
-        self.paho = paho
-        self.v5 = v5
-        self.on_message = on_message
-        self.on_puback = on_puback
-        self.failed = 0
-        self._warn = _RateLimited()
-        self._time = getattr(paho_client, "time_func", time.monotonic)
-        half = paho._in_packet
-        self.buf = bytearray()
-        if half["command"]:  # paho had read part of a packet: carry it over
-            self.buf += bytes((half["command"], *half["remaining_count"])) + bytes(half["packet"])
-            paho._in_packet = _fresh_in_packet()
-        paho.loop_read = self.loop_read
-
-    @classmethod
-    def attach(
-        cls, paho: Any, v5: bool, on_message: Callable[[str, bytes], None] | None = None,
-        on_puback: Callable[[int, int], bool] | None = None,
-    ) -> _Reader | None:  # fmt: skip
-        """Install a reader on ``paho``; None (paho reads as before) when its internals differ."""
-        needed = ("_sock", "_sock_recv", "_in_packet", "_packet_handle", "_packet_queue", "_loop_rc_handle",
-                  "_msgtime_mutex", "_last_bytes_received")  # fmt: skip
-        if not all(hasattr(paho, n) for n in needed) or not isinstance(paho._in_packet, dict):
-            return None
-        if not {"command", "remaining_count", "packet"} <= paho._in_packet.keys():
-            return None
-        return cls(paho, v5, on_message, on_puback)
-
-    def loop_read(self, max_packets: int = 1) -> Any:
-        """Read what the socket has (up to :data:`READ_CHUNK` bytes) and handle every whole packet."""
-        paho = self.paho
-        if paho._sock is None:
-            return paho_client.MQTT_ERR_NO_CONN
-        try:
-            data = paho._sock_recv(READ_CHUNK)
-        except BlockingIOError:
-            return paho_client.MQTT_ERR_SUCCESS
-        except OSError as err:  # ConnectionError, TimeoutError ...
-            log.debug("mqtt: receive failed: %s", err)
-            return paho._loop_rc_handle(paho_client.MQTT_ERR_CONN_LOST)
-        if not data:
-            return paho._loop_rc_handle(paho_client.MQTT_ERR_CONN_LOST)
-        with paho._msgtime_mutex:
-            paho._last_bytes_received = self._time()
-        buf = self.buf
-        buf += data
-        acks: list[int] = []
-        rc = 0
-        pos = 0
-        try:
-            pos, rc = self._split(buf, acks)
-        finally:
-            del buf[:pos]
-            if acks:
-                blob = struct.pack(f"!{len(acks)}I", *[0x40020000 | mid for mid in acks])
-                paho._packet_queue(self.PUBACK, blob, 0, 1)
-        if rc:
-            return paho._loop_rc_handle(rc)
-        return paho_client.MQTT_ERR_SUCCESS
-
-    def _split(self, buf: bytearray, acks: list[int]) -> tuple[int, int]:
-        """Handle the whole packets at the start of ``buf``: (bytes used, paho error code or 0)."""
-        on_message = self.on_message
-        on_puback = self.on_puback
-        v5 = self.v5
-        n = len(buf)
-        pos = 0
-        while pos + 2 <= n:
-            first = buf[pos]
-            i = pos + 1
-            length = shift = 0
-            while True:  # the remaining length: 1 to 4 bytes
-                if i >= n:
-                    return pos, 0
-                b = buf[i]
-                i += 1
-                length |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    return pos, paho_client.MQTT_ERR_PROTOCOL
-            end = i + length
-            if end > n:
-                return pos, 0
-            cmd = first & 0xF0
-            if cmd == 0x30 and on_message is not None and not first & 0x04:  # PUBLISH, QoS 0 or 1
-                p = i + 2 + ((buf[i] << 8) | buf[i + 1]) if length >= 2 else end + 1
-                if p > end:
-                    return pos, paho_client.MQTT_ERR_PROTOCOL
-                topic = buf[i + 2 : p].decode("utf-8", "replace")
-                if first & 0x02:
-                    if p + 2 > end:
-                        return pos, paho_client.MQTT_ERR_PROTOCOL
-                    acks.append((buf[p] << 8) | buf[p + 1])
-                    p += 2
-                if v5:  # skip the properties
-                    plen = shift = 0
-                    while p < end:
-                        b = buf[p]
-                        p += 1
-                        plen |= (b & 0x7F) << shift
-                        shift += 7
-                        if b < 0x80:
-                            break
-                    p += plen
-                    if p > end:
-                        return pos, paho_client.MQTT_ERR_PROTOCOL
-                try:
-                    on_message(topic, bytes(buf[p:end]))
-                except Exception:  # a handler's bug must not stall the connection (the message is acknowledged)
-                    self.failed += 1
-                    self._warn(log, logging.ERROR, "mqtt: handling a message on %s failed; %d so far", topic,
-                               self.failed)  # fmt: skip
-                    log.debug("mqtt: message handler failed", exc_info=True)
-            elif (cmd == self.PUBACK and on_puback is not None and length >= 2
-                  and on_puback((buf[i] << 8) | buf[i + 1], buf[i + 2] if v5 and length > 2 else 0)):  # fmt: skip
-                pass
-            else:
-                rc = self._paho_handle(first, buf, pos, i, end)
-                if rc:
-                    return end, rc
-            pos = end
-        return pos, 0
-
-    def _paho_handle(self, first: int, buf: bytearray, pos: int, i: int, end: int) -> int:
-        """Let paho handle the packet ``buf[pos:end]`` (its body starts at ``i``)."""
-        paho = self.paho
-        paho._in_packet = {"command": first, "have_remaining": 1, "remaining_count": list(buf[pos + 1 : i]),
-                           "remaining_mult": 1, "remaining_length": end - i, "packet": bytearray(buf[i:end]),
-                           "to_process": 0, "pos": 0}  # fmt: skip
-        try:
-            rc = int(paho._packet_handle())
-        except MalformedPacket as err:
-            log.debug("mqtt: malformed packet: %s", err)
-            rc = int(paho_client.MQTT_ERR_PROTOCOL)
-        finally:
-            paho._in_packet = _fresh_in_packet()
-        return rc
-
-
-def install_reader(
-    client: aiomqtt.Client, on_message: Callable[[str, bytes], None] | None,
-    on_puback: Callable[[int, int], bool] | None = None,
-) -> bool:  # fmt: skip
-    """Let a connected client's messages go straight to ``on_message(topic, payload)`` (see :class:`_Reader`).
-
-    Messages aiomqtt had already queued are handed over first, in order.  False
-    when the paho version lacks the internals used: then messages keep coming
-    through ``client.messages``, which callers read as well.
-    """
-    paho: Any = client._client
-    v5 = getattr(paho, "_protocol", None) == paho_client.MQTTv5
-    if _Reader.attach(paho, v5, on_message, on_puback) is None:
-        return False
-    if on_message is not None:
-        queue = client._queue
-        while not queue.empty():
-            message = queue.get_nowait()
-            on_message(message.topic.value, _payload_bytes(message.payload))
-    return True
-
-
-def _payload_bytes(payload: Any) -> bytes:
-    if isinstance(payload, (bytes, bytearray)):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
-    return b"" if payload is None else str(payload).encode()
-
-
 class BrokerLink:
     """The connection to one broker: reconnect loop, outbox, mirror and source."""
 
@@ -1107,28 +790,16 @@ class BrokerLink:
             )
         return waiter
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self) -> MqttClient:
         c = self.config
-        v5 = c.protocol == "5"
-        will = aiomqtt.Will(self.presence_topic, b"offline", qos=1, retain=True) if self.mirror else None
-        client_id = c.client_id or f"reactor-{self.host}-{self.name}-{os.getpid()}"
-        return aiomqtt.Client(
-            c.host,
-            c.port,
-            username=c.username,
+        will = Will(self.presence_topic, b"offline", qos=1, retain=True) if self.mirror else None
+        return MqttClient(
+            c.host, c.port, client_id=c.client_id or f"reactor-{self.host}-{self.name}-{os.getpid()}",
+            protocol=c.protocol, username=c.username,
             password=None if self._password is None else self._password.reveal(),
-            identifier=client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            will=will,
-            clean_session=None if v5 else True,
-            keepalive=c.keepalive,
-            tls_context=self._ssl,
-            tls_insecure=bool(c.tls is not None and not c.tls.verify) or None,
-            timeout=10,
-            max_inflight_messages=0,  # unlimited in paho (its bookkeeping is O(n) per ack); SEND_WINDOW bounds it
-            max_queued_incoming_messages=10000,
-            logger=logging.getLogger(f"{__name__}.client.{self.name}"),
-        )
+            will=will, clean_session=True, keepalive=c.keepalive, tls=self._ssl, connect_timeout=10,
+            on_message=None if self.source is None else self.source.handle, on_ack=self.outbox.ack, name=self.name,
+        )  # fmt: skip
 
     async def run(self) -> None:
         """The reconnect loop; returns after :meth:`close`."""
@@ -1139,6 +810,8 @@ class BrokerLink:
                 try:
                     attempt = await self._session(attempt)
                 except Exception as err:  # the connection's boundary: log, back off, retry
+                    while isinstance(err, ExceptionGroup) and len(err.exceptions) == 1:  # the session's TaskGroup
+                        err = err.exceptions[0]
                     self.last_error = _describe(err)
                     self._warn(log, logging.WARNING, "mqtt[%s]: %s:%d: %s", self.name, self.config.host,
                                self.config.port, self.last_error)  # fmt: skip
@@ -1158,91 +831,72 @@ class BrokerLink:
             self._done.set()
 
     async def _session(self, attempt: int) -> int:
-        client = self._client()
-        paho: Any = client._client
-        outbox = self.outbox
-        base_on_publish = paho.on_publish
-
-        def on_publish(c: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-            base_on_publish(c, userdata, mid, reason, props)
-            error = str(reason) if getattr(reason, "is_failure", False) else None
-            outbox.ack(mid, error)
-
-        paho.on_publish = on_publish
-        async with client:
-            set_no_delay(client)
-            batcher = _Batcher.attach(paho, self.config.protocol == "5", outbox)
-            install_reader(client, None if self.source is None else self.source.handle,
-                           None if batcher is None else batcher.puback)  # fmt: skip
+        async with self._client() as client:
             self._set_state(LinkState.CONNECTED)
             self.connects += 1
             self.last_error = None
             log.info("mqtt[%s]: connected to %s:%d", self.name, self.config.host, self.config.port)
             if self.mirror is not None:
-                paho.publish(self.presence_topic, b"online", 1, True)
+                client.publish(self.presence_topic, b"online", 1, True)
             if self.config.subscribe:
                 await client.subscribe([(s.topic, s.qos) for s in self.config.subscribe])
             async with asyncio.TaskGroup() as tg:
-                reader = tg.create_task(self._read(client), name=f"reactor.integrations.mqtt[{self.name}].reader")
-                drain = tg.create_task(self._drain(paho, batcher), name=f"reactor.integrations.mqtt[{self.name}].drain")
-                closing = tg.create_task(self._closing.wait(), name=f"reactor.integrations.mqtt[{self.name}].closing")
-                await asyncio.wait((reader, drain, closing), return_when=asyncio.FIRST_COMPLETED)
-                if closing.done() and not reader.done():
-                    await self._goodbye(paho)
-                for t in (reader, drain, closing):
+                name = f"reactor.integrations.mqtt[{self.name}]"
+                watch = tg.create_task(self._watch(client), name=f"{name}.connection")
+                drain = tg.create_task(self._drain(client), name=f"{name}.drain")
+                closing = tg.create_task(self._closing.wait(), name=f"{name}.closing")
+                await asyncio.wait((watch, drain, closing), return_when=asyncio.FIRST_COMPLETED)
+                if closing.done() and not watch.done():
+                    await self._goodbye(client)
+                for t in (watch, drain, closing):
                     t.cancel()
         return 0
 
-    async def _goodbye(self, paho: Any) -> None:
+    async def _goodbye(self, client: MqttClient) -> None:
         """Closing while connected: give in-flight messages a moment, then say ``offline``."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 while self.outbox.inflight or self.outbox.queue:
                     self.outbox.changed.clear()
                     await self.outbox.changed.wait()
-        if self.mirror is not None:
-            info = paho.publish(self.presence_topic, b"offline", 1, True)
-            with contextlib.suppress(TimeoutError):
+        if self.mirror is not None and client.connected:
+            with contextlib.suppress(TimeoutError, MqttLinkError):
                 async with asyncio.timeout(2.0):
-                    while not info.is_published():  # noqa: ASYNC110 - paho has no awaitable for it
-                        await asyncio.sleep(0.01)
+                    await client.publish_acked(self.presence_topic, b"offline", 1, True)
 
-    async def _read(self, client: aiomqtt.Client) -> None:
+    async def _watch(self, client: MqttClient) -> None:
+        """Until the connection ends (messages reach the source through ``on_message``)."""
         try:
-            async for message in client.messages:  # QoS 2, or all when the reader could not be installed
-                if self.source is not None:
-                    self.source.handle(message.topic.value, _payload_bytes(message.payload))
-        except aiomqtt.MqttError as err:
+            await client.wait_closed()
+        except (MqttLinkError, OSError) as err:
             self.last_error = _describe(err)
             self._warn(log, logging.WARNING, "mqtt[%s]: connection lost: %s", self.name, self.last_error)
 
-    async def _drain(self, paho: Any, batcher: _Batcher | None) -> None:
+    async def _drain(self, client: MqttClient) -> None:
         outbox = self.outbox
         queue = outbox.queue
-        publish = paho.publish
-        ok = 0  # MQTT_ERR_SUCCESS
+        sent = outbox.sent
         while True:
             outbox.changed.clear()
             while queue:
-                room = min(BATCH, SEND_WINDOW - outbox.inflight_count)
-                if room < min(BATCH, len(queue)):
+                window = min(SEND_WINDOW, client.receive_maximum)
+                need = min(BATCH, len(queue), window)
+                room = min(BATCH, window - outbox.inflight_count)
+                if room < need:
                     break  # wait for acknowledgements to make room for a whole batch
-                if not paho.is_connected():
+                if not client.connected:
                     return
-                if batcher is not None and queue[0].qos < 2:
-                    batch: list[OutMessage] = []
-                    while queue and len(batch) < room and queue[0].qos < 2:
-                        batch.append(queue.popleft())
-                    batcher.send(batch)
-                else:
-                    msg = queue.popleft()
-                    info = publish(msg.topic, msg.payload, msg.qos, msg.retain)
-                    if info.rc != ok:
-                        queue.appendleft(msg)
-                        self.last_error = f"publish failed: {info.rc}"
-                        return
-                    outbox.sent(info.mid, msg)
-                await asyncio.sleep(0)  # let the writer and the reader run
+                await client.writable()
+                batch = [queue.popleft() for _ in range(min(room, len(queue)))]
+                written: list[OutMessage] = []
+                for msg, mid in zip(batch, client.publish_many(batch), strict=True):
+                    if mid:
+                        sent(mid, msg)
+                    else:
+                        written.append(msg)
+                if written:
+                    outbox.written(written)
+                await asyncio.sleep(0)  # let the reader and the rest of the loop run
             await outbox.changed.wait()
 
     async def close(self) -> None:
@@ -1279,24 +933,18 @@ def _describe(err: BaseException) -> str:
     """A clear message for connection errors (TLS, refused credentials ...)."""
     text = str(err)
     cause = err.__cause__ or err.__context__
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {err.verify_message or err}"
     if isinstance(cause, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {cause.verify_message or cause}"
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return f"TLS certificate verification failed: {text}"
-    if isinstance(err, MqttConnectError) or "Not authorized" in text or "Bad user name" in text:
+    if isinstance(err, MqttRefused):
         return f"broker refused the connection: {text}"
     return text
 
 
 # --------------------------------------------------------------------------- hub
-
-
-def set_no_delay(client: aiomqtt.Client) -> None:
-    """Turn off Nagle's algorithm on a connected client: it adds ~10 ms per small message on a delayed link."""
-    sock = client._client.socket()
-    if sock is not None and hasattr(sock, "setsockopt"):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttHub(Resource):

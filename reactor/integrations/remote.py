@@ -34,18 +34,17 @@ import random
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
 import orjson
 
 from reactor.actions.action import DaemonContext, Resource, VMHandle
 from reactor.actions.qmp import DESTRUCTIVE, is_read_only
 from reactor.errors import ConfigError, EventError, RemoteError, VMCommandError, VMCommandTimeout
 from reactor.integrations.fleetview import DEDUPE_PER_VM, Dedupe, FleetView, Lag
-from reactor.integrations.mqtt import install_reader, set_no_delay
+from reactor.integrations.mqttclient import MqttClient, MqttLinkError
 from reactor.model.catalog import default_catalog
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match
 
@@ -208,7 +207,7 @@ class FleetLink(Resource):
         self.connects = 0
         self.reply_topic = f"{self.prefix}/{self.host}/reply"
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttClient | None = None
         self._closing = asyncio.Event()
         self._done = asyncio.Event()
         self._running = 0
@@ -245,7 +244,7 @@ class FleetLink(Resource):
         return RemoteVM(self, host, vm)
 
     # -- connection --------------------------------------------------------------------
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> MqttClient:
         b = self.broker
         password = None
         if b.password_file is not None:
@@ -261,12 +260,12 @@ class FleetLink(Resource):
             if not b.tls.verify:
                 tls.check_hostname = False
                 tls.verify_mode = ssl.CERT_NONE
-        return aiomqtt.Client(
-            b.host, b.port, username=b.username, password=password,
-            identifier=self.config.client_id or f"reactor-fleet-{self.host}",
-            clean_session=False, keepalive=min(b.keepalive, 10), tls_context=tls, timeout=10,
-            max_queued_incoming_messages=100_000,
-            logger=logging.getLogger(f"{__name__}.client"),
+        # MQTT 3.1.1 whatever the broker's protocol: a persistent session (clean_session false) needs no
+        # session expiry property there
+        return MqttClient(
+            b.host, b.port, client_id=self.config.client_id or f"reactor-fleet-{self.host}", protocol="3.1.1",
+            username=b.username, password=password, clean_session=False, keepalive=min(b.keepalive, 10),
+            tls=tls, connect_timeout=10, name="fleet",
         )  # fmt: skip
 
     def _topics(self) -> list[tuple[str, int]]:
@@ -302,37 +301,41 @@ class FleetLink(Resource):
 
     async def _session(self) -> None:
         client = self._make_client()
-        async with client:
-            set_no_delay(client)
-            async with asyncio.TaskGroup() as tg:
-                n = len(self.prefix.split("/"))
+        n = len(self.prefix.split("/"))
+        group: asyncio.TaskGroup | None = None
+        early: list[tuple[str, bytes]] = []  # what the persistent session delivers before the TaskGroup is up
 
-                def on_message(topic: str, payload: bytes) -> None:
-                    self._dispatch(client, topic, payload, n, tg)
+        def on_message(topic: str, payload: bytes) -> None:
+            if group is None:
+                early.append((topic, payload))
+            else:
+                self._dispatch(client, topic, payload, n, group)
 
-                install_reader(client, on_message)  # messages come straight to on_message, not one task each
-                await client.subscribe(self._topics())
-                self._client = client
-                self.connects += 1
-                self.connected.set()
-                log.info("fleet: connected to %s:%d as %s", self.broker.host, self.broker.port, self.host)
-                reader = tg.create_task(self._read(client, on_message), name="reactor.sources.fleet.reader")
-                closing = tg.create_task(self._closing.wait(), name="reactor.sources.fleet.closing")
-                await asyncio.wait((reader, closing), return_when=asyncio.FIRST_COMPLETED)
-                reader.cancel()
-                closing.cancel()
+        client.on_message = on_message  # messages come straight here, in order, from the client's reader
+        async with client, asyncio.TaskGroup() as tg:
+            group = tg
+            for topic, payload in early:
+                self._dispatch(client, topic, payload, n, tg)
+            early.clear()
+            await client.subscribe(self._topics())
+            self._client = client
+            self.connects += 1
+            self.connected.set()
+            log.info("fleet: connected to %s:%d as %s", self.broker.host, self.broker.port, self.host)
+            watch = tg.create_task(self._watch(client), name="reactor.sources.fleet.connection")
+            closing = tg.create_task(self._closing.wait(), name="reactor.sources.fleet.closing")
+            await asyncio.wait((watch, closing), return_when=asyncio.FIRST_COMPLETED)
+            watch.cancel()
+            closing.cancel()
 
-    async def _read(self, client: aiomqtt.Client, on_message: Callable[[str, bytes], None]) -> None:
-        """Waits for the connection's end (messages reach ``on_message`` through the reader)."""
+    async def _watch(self, client: MqttClient) -> None:
+        """Waits for the connection's end."""
         try:
-            async for message in client.messages:  # QoS 2, or all when the reader could not be installed
-                raw = message.payload
-                on_message(message.topic.value,
-                           bytes(raw) if isinstance(raw, (bytes, bytearray)) else str(raw or "").encode())
-        except aiomqtt.MqttError as err:
+            await client.wait_closed()
+        except (MqttLinkError, OSError) as err:
             log.warning("fleet: connection lost: %s", err)
 
-    def _dispatch(self, client: aiomqtt.Client, topic: str, payload: bytes, n: int, tg: asyncio.TaskGroup) -> None:
+    def _dispatch(self, client: MqttClient, topic: str, payload: bytes, n: int, tg: asyncio.TaskGroup) -> None:
         parts = topic.split("/")[n:]
         if len(parts) >= 4 and parts[2] == "event":
             self._on_event(parts[0], parts[1], payload)
@@ -387,7 +390,7 @@ class FleetLink(Resource):
         self.stats_["requests"] += 1
         try:
             async with asyncio.timeout(timeout):
-                await client.publish(f"{self.prefix}/{host}/{vm}/command", orjson.dumps(body), qos=1)
+                await client.publish_acked(f"{self.prefix}/{host}/{vm}/command", orjson.dumps(body), qos=1)
                 reply = await fut
         except TimeoutError as timed_out:
             raise VMCommandTimeout(f"{host}/{vm}: {command}: no reply within {timeout:g}s") from timed_out
@@ -411,7 +414,7 @@ class FleetLink(Resource):
             fut.set_result(obj)
 
     # -- executor ----------------------------------------------------------------------
-    def _on_command(self, client: aiomqtt.Client, vm: str, payload: bytes, tg: asyncio.TaskGroup) -> None:
+    def _on_command(self, client: MqttClient, vm: str, payload: bytes, tg: asyncio.TaskGroup) -> None:
         try:
             req = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -422,7 +425,7 @@ class FleetLink(Resource):
             return
         tg.create_task(self._execute(client, vm, req), name=f"reactor.sources.fleet.command[{vm}]")
 
-    async def _execute(self, client: aiomqtt.Client, vm_name: str, req: dict[str, Any]) -> None:
+    async def _execute(self, client: MqttClient, vm_name: str, req: dict[str, Any]) -> None:
         rid = str(req.get("id", ""))
         command = req.get("execute")
         args = req.get("arguments") or {}
@@ -468,8 +471,8 @@ class FleetLink(Resource):
                         error[1] if error else "")
         self._journal(vm_name, {"id": rid, "execute": command, "from": req.get("from"), "outcome": outcome,
                                 "error": error[1] if error else None})
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.publish(req["reply_to"], orjson.dumps(reply, default=str), qos=1)
+        with contextlib.suppress(MqttLinkError):
+            await client.publish_acked(req["reply_to"], orjson.dumps(reply, default=str), qos=1)
 
     def _local_vm(self, name: str) -> VMHandle | None:
         fleet = getattr(self.daemon, "fleet", None)

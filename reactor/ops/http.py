@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -54,12 +54,10 @@ from reactor.model.duration import parse_duration
 from reactor.model.event import Event
 from reactor.ops.journal import EventRecord, RunRecord, StepRecord
 from reactor.ops.metrics import EventCounts, HttpCounts, ReactorCollector, StepDurations, make_registry
+from reactor.ops.status import DaemonStatus
 from reactor.rules.arguments import REDACTED, redact
 from reactor.rules.matcher import explain_match
 from reactor.rules.rule import Correlation, Rule
-
-if TYPE_CHECKING:
-    from reactor.daemon.daemon import Daemon
 
 __all__ = ["EventStream", "HttpError", "HttpServer", "parse_listen"]
 
@@ -262,13 +260,14 @@ class _ClientGone(Exception):
 class HttpServer(Resource):
     """The ``http:`` listener: an ``aiohttp`` server the daemon starts and closes.
 
-    ``HttpServer(daemon)``; ``await start()`` once the engine and journal
+    ``HttpServer(daemon)`` (a read-only :class:`~reactor.ops.status.DaemonStatus`);
+    ``await start()`` once the engine and journal
     exist (it hooks the engine's event subscribers and output records);
     ``await aclose()``.  :attr:`url` is the address it listens on (useful
     with port 0).
     """
 
-    def __init__(self, daemon: Daemon, *, max_request: int = 65536, max_streams: int = 32,
+    def __init__(self, daemon: DaemonStatus, *, max_request: int = 65536, max_streams: int = 32,
                  stream_buffer: int = 256, recent_events: int = 200, write_timeout: float = 10.0,
                  heartbeat: float = 15.0) -> None:
         super().__init__(daemon)

@@ -47,7 +47,6 @@ import re
 import zoneinfo
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, is_dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, get_type_hints
 
 from reactor.actions.action import ActionSpec, DaemonContext, Duration, Resource
@@ -233,17 +232,14 @@ def _label(spec: SourceSpec, config: Any, index: int) -> str:
     return f"{spec.name}:{name}" if isinstance(name, str) and name else f"{spec.name}#{index}"
 
 
-def parse_sources(node: Node, *, registry: SourceRegistry | None = None,
-                  plugins: Iterable[Path] = ()) -> tuple[SourceEntry, ...]:
+def parse_sources(node: Node, *, registry: SourceRegistry | None = None) -> tuple[SourceEntry, ...]:
     """Validate the ``sources:`` section; raises :class:`ConfigError` at the first problem's position.
 
-    ``registry`` defaults to the built-in sources, those of installed packages
-    (entry points) and those of the ``plugins`` directories.
+    ``registry`` defaults to the built-in sources; the daemon's config passes the one
+    :func:`reactor.daemon.plugins.load_plugins` made (entry points and ``plugins:`` directories too).
     """
     if registry is None:
-        from reactor.daemon.plugins import load_plugins
-
-        registry = load_plugins(plugins).sources
+        registry = builtin_sources()
     if isinstance(node, ScalarNode) and node.value is None:
         return ()
     if not isinstance(node, SeqNode):

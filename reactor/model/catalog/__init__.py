@@ -6,7 +6,8 @@ use; ``reactor.model.catalog.events`` has one typed class per event.  Regenerate
 """
 
 from reactor.model.catalog.builtin import BUILTIN_EVENTS, RUN_STATES
-from reactor.model.catalog.catalog import EVENTS_JSON, Catalog, CatalogStats, default_catalog
+from reactor.model.catalog.catalog import EVENTS_JSON, Catalog, CatalogStats
+from reactor.model.catalog.default import default_catalog
 from reactor.model.catalog.schema import EventSchema, FieldSpec, TypeSpec
 
 __all__ = [

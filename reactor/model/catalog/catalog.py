@@ -1,7 +1,7 @@
 """The event catalog: every event reactor knows, its typed schema, and the typed events it makes.
 
-:func:`default_catalog` holds QEMU's events (from the generated ``events.json``)
-plus reactor's own; :meth:`Catalog.with_event` adds the names that rules
+:func:`~reactor.model.catalog.default.default_catalog` holds QEMU's events (from the generated
+``events.json``) plus reactor's own; :meth:`Catalog.with_event` adds the names that rules
 ``emit`` and that plugins declare.  :meth:`Catalog.make_event` turns a QMP event
 object into an instance of its generated class (:mod:`reactor.model.catalog.events`), a plain
 :class:`~reactor.model.event.Event` for names it does not know; data that does not
@@ -11,7 +11,6 @@ fit is still delivered, with ``problems`` set, and counted in :class:`CatalogSta
 from __future__ import annotations
 
 import difflib
-import functools
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -20,16 +19,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import orjson
-
 from reactor.errors import CatalogError, EventError
-from reactor.model.catalog.builtin import BUILTIN_EVENTS
 from reactor.model.catalog.events import EVENT_CLASSES
-from reactor.model.catalog.schema import EventSchema, FieldSpec, TypeSpec, event_from_json, event_to_json
+from reactor.model.catalog.schema import EventSchema, FieldSpec, TypeSpec, event_to_json
 from reactor.model.catalog.validator import Check, compile_check, find_problems
 from reactor.model.event import Event
 
-__all__ = ["EVENTS_JSON", "Catalog", "CatalogStats", "default_catalog"]
+__all__ = ["EVENTS_JSON", "Catalog", "CatalogStats"]
 
 #: Where the generated catalog lives.
 EVENTS_JSON = Path(__file__).resolve().parent / "events.json"
@@ -339,20 +335,3 @@ def _timestamp(name: str, ts: Any) -> float:
             raise EventError(f"{name}: timestamp {key} must be a number, got {v!r}")
         out += v * scale
     return out
-
-
-@functools.cache
-def default_catalog() -> Catalog:
-    """QEMU's events (every supported version) plus reactor's own; loaded once."""
-    try:
-        raw = orjson.loads(EVENTS_JSON.read_bytes())
-        events = {n: event_from_json(n, e) for n, e in raw["events"].items()}
-        versions = tuple(raw["qemu_versions"])
-    except (OSError, KeyError, TypeError, orjson.JSONDecodeError) as err:
-        raise CatalogError(f"{EVENTS_JSON}: cannot load the event catalog: {err}") from err
-    events.update(BUILTIN_EVENTS)
-    from reactor.model.catalog.libvirt import (
-        with_libvirt_events,  # libvirt's typed events, so libvirt rules load anywhere
-    )
-
-    return with_libvirt_events(Catalog(events, qemu_versions=versions))

@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from reactor.model.catalog import Catalog, EventSchema, FieldSpec, TypeSpec
+from reactor.model.catalog.catalog import Catalog
+from reactor.model.catalog.schema import EventSchema, FieldSpec, TypeSpec
 from reactor.model.runstate import from_libvirt
 
 __all__ = [

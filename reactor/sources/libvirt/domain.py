@@ -33,7 +33,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 from xml.sax.saxutils import escape
 
 from reactor.errors import VMCommandError, VMCommandTimeout, VMConnectionError
@@ -41,10 +41,7 @@ from reactor.model.catalog.libvirt import STATE_REASONS, STATES, enum_name, run_
 from reactor.model.runstate import RunState
 from reactor.sources.libvirt.loop import import_libvirt
 
-if TYPE_CHECKING:
-    from reactor.sources.libvirt.source import LibvirtSource
-
-__all__ = ["MAPPED_COMMANDS", "REACTOR_SNAPSHOT", "LibvirtVM"]
+__all__ = ["MAPPED_COMMANDS", "REACTOR_SNAPSHOT", "LibvirtLink", "LibvirtVM"]
 
 #: The description prefix of snapshots reactor made (``keep`` deletes only those).
 REACTOR_SNAPSHOT = "reactor:"
@@ -56,6 +53,21 @@ MAPPED_COMMANDS: tuple[str, ...] = (
 )
 
 
+class LibvirtLink(Protocol):
+    """What a domain needs of the connection it was found on (a
+    :class:`~reactor.sources.libvirt.source.LibvirtSource`): read-only, so this module sits below the source."""
+
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def connection(self) -> Any:
+        """The open ``virConnect``, None while disconnected."""
+
+
 class LibvirtVM:
     """One domain watched through a :class:`~reactor.sources.libvirt.source.LibvirtSource`.  Satisfies ``VMHandle``.
 
@@ -64,7 +76,7 @@ class LibvirtVM:
     ``connected`` is true while the domain runs and libvirt is reachable.
     """
 
-    def __init__(self, source: LibvirtSource, name: str, labels: Mapping[str, str]) -> None:
+    def __init__(self, source: LibvirtLink, name: str, labels: Mapping[str, str]) -> None:
         self._source = source
         self._name = name
         self._labels = dict(labels)
