@@ -29,8 +29,7 @@ from reactor.model.catalog import Catalog, default_catalog
 from reactor.model.event import Event
 from reactor.rules.loader import load_rules, load_rules_text
 from reactor.rules.rule import Rule, RuleSet
-
-__version__ = "0.1.0"
+from reactor.version import __version__
 
 __all__ = [
     "ActionError",

@@ -51,7 +51,7 @@ def test_the_distribution_name_is_not_the_taken_one() -> None:
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert meta["name"] == DIST
     assert meta["scripts"] == {"reactor": "reactor.cli:main"}
-    assert "build>=1.0" in meta["optional-dependencies"]["test"]
+    assert any(d.startswith("build>=1.0") for d in meta["optional-dependencies"]["test"])
     for plugin in (ROOT / "plugins").glob("*/pyproject.toml"):   # plugins depend on us by the new name
         deps = tomllib.loads(plugin.read_text())["project"]["dependencies"]
         assert DIST in deps and "reactor" not in deps, (plugin, deps)

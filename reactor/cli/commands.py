@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 
-from reactor import __version__
 from reactor.actions.registry import Registry
 from reactor.daemon.config import Config, load_config
 from reactor.engine.clock import VirtualClock
@@ -31,6 +30,7 @@ from reactor.model.duration import parse_duration
 from reactor.rules.loader import load_rules
 from reactor.rules.rule import RuleSet
 from reactor.rules.template import to_jsonable
+from reactor.version import __version__
 
 __all__ = ["REPLAY_EXIT_CODES", "error_json", "main"]
 

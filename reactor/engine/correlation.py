@@ -33,23 +33,41 @@ correlation changed; :meth:`Correlator.set_rules` does the same on reload.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import logging
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from reactor.actions.action import VMHandle
-from reactor.engine.clock import Timer
+from reactor.engine.clock import Clock, Timer
 from reactor.model.duration import format_duration
 from reactor.model.event import Event
 from reactor.rules.rule import Correlation, Rule, RuleSet
 
-if TYPE_CHECKING:
-    from reactor.engine.engine import Engine
 
-__all__ = ["MAX_KEYS", "SWEEP_EVERY", "Correlator", "Pending"]
+class EngineView(Protocol):
+    """What the correlator needs of the engine that owns it (:class:`reactor.engine.engine.Engine` is one)."""
+
+    catalog: Any
+    clock: Clock
+    journal: Any
+    output: Any
+    seq: int
+    run_outcomes: Counter[tuple[str, str]]
+    _tg: asyncio.TaskGroup | None
+    _stopping: asyncio.Event | None
+
+    def vm_for(self, name: str) -> VMHandle: ...
+    def _admit(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int,
+               preset: Mapping[str, Any] | None) -> None: ...
+    def _journal_event(self, event: Event) -> int | None: ...
+    def _not_run(self, rule: Rule, event: Event, event_id: int | None, outcome: str, why: str) -> None: ...
+    def _output(self, record: dict[str, Any]) -> None: ...
+
+__all__ = ["MAX_KEYS", "SWEEP_EVERY", "Correlator", "EngineView", "Pending"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +120,7 @@ class Pending:
 class Correlator:
     """The correlation state of one engine's rules."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineView) -> None:
         self._engine = engine
         self._rules: dict[str, Rule] = {}
         self._sigs: dict[str, str] = {}

@@ -49,6 +49,7 @@ from reactor.errors import ConfigError, Position, SourceError
 from reactor.model.catalog.builtin import RUN_STATES
 from reactor.model.event import Event
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match
+from reactor.version import __version__
 
 __all__ = ["RUN_STATE_OPTIONS", "Discovery", "DiscoveryConfig", "bind_discovery", "parse_discovery"]
 
@@ -209,8 +210,6 @@ class Discovery:
 
     def messages(self, vm: str, qemu_version: str | None = None) -> list[tuple[str, dict[str, Any]]]:
         """``(discovery topic, config payload)`` for every entity of ``vm``."""
-        from reactor import __version__
-
         node = f"reactor_{_safe(self.host)}_{_safe(vm)}"
         common: dict[str, Any] = {
             "device": self.device(vm, qemu_version),
