@@ -122,7 +122,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def output(rec: dict[str, Any]) -> None:
         _print_record(rec, as_json)
 
+    dropped = 0
+
     async def go() -> Any:
+        nonlocal dropped
         clock = VirtualClock()
         journal = None
         if args.journal:
@@ -134,12 +137,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
             engine = Engine(rules, clock=clock, dry_run=args.dry_run, output=output, journal=journal,
                             labels=_labels_from(config))
             if args.events == "-":
-                return await replay(sys.stdin, engine, clock, source="<stdin>")
+                return await replay(sys.stdin, engine, clock, source="<stdin>", journal_wait=args.journal_wait)
             with open(args.events, "rb") as f:  # noqa: ASYNC230 -- replay reads its input on the loop by design
-                return await replay(f, engine, clock, source=args.events)
+                return await replay(f, engine, clock, source=args.events, journal_wait=args.journal_wait)
         finally:
             if journal is not None:
                 await journal.aclose()
+                dropped = journal.stats.dropped
 
     try:
         result = asyncio.run(go())
@@ -150,6 +154,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
     if not as_json:
         print(f"replayed {result.events} events, {len(result.errors)} bad lines", file=sys.stderr)
+    if dropped:   # exit 4: the journal lost rows (it could not write them)
+        print(f"{args.journal}: the journal dropped {dropped} rows (it could not write them)", file=sys.stderr)
+        return 4
     return 1 if result.errors else 0
 
 
@@ -434,7 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config")
     s.add_argument("--dry-run", action="store_true", help="execute no action; print what would run")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
-    s.add_argument("--journal", metavar="PATH", help="record into this journal file")
+    s.add_argument("--journal", metavar="PATH", help="record into this journal file (exit 4 if it dropped rows)")
+    s.add_argument("--journal-wait", metavar="SECONDS", type=float, default=60.0,
+                   help="how long replay waits for a journal that writes nothing before going on without it "
+                        "(default 60)")
     s.set_defaults(fn=cmd_replay)
 
     s = sub.add_parser("events", help="the typed QMP event catalog")

@@ -193,7 +193,7 @@ class Daemon:
         cfg = self._config
         state = cfg.state_dir
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
-        journal = Journal(state / "journal.db", record_events=cfg.journal.events)
+        journal = Journal(state / "journal.db", record_events=cfg.journal.events, max_pending=cfg.journal.max_pending)
         async with journal, asyncio.TaskGroup() as tg:
             self._journal = journal
             self._tg = tg

@@ -4,6 +4,15 @@ Time comes from the events' timestamps: a ``sleep: 5s`` in a rule wakes when
 an event 5 s later arrives (or at the end of the input), and throttle windows
 count in event time.  A line that is not JSON or not a QMP event is reported
 with its line number and skipped.
+
+Replay reads as fast as the rules run and never waits on I/O, so it lets the
+journal write as it goes: it gives the event loop a turn every
+``YIELD_EVERY`` events (the journal's flusher hands its batch to the writer
+thread then), and when the pending rows reach the journal's high-water mark
+it waits for the writer (backpressure) rather than let rows be dropped.  Only
+a journal that writes nothing for ``journal_wait`` seconds (a stalled disk)
+makes replay go on without it; what is dropped then is counted in the
+journal's stats (``reactor replay`` exits 4).
 """
 
 from __future__ import annotations
@@ -19,7 +28,10 @@ from reactor.engine.clock import VirtualClock
 from reactor.engine.engine import Engine
 from reactor.errors import EventError
 
-__all__ = ["ReplayResult", "replay"]
+__all__ = ["YIELD_EVERY", "ReplayResult", "replay"]
+
+#: Events replayed between two turns of the event loop (the journal's flusher runs in them).
+YIELD_EVERY = 256
 
 
 @dataclass(slots=True)
@@ -55,11 +67,19 @@ async def _advance(engine: Engine, clock: VirtualClock, until: float) -> None:
 
 
 async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClock, *,
-                 source: str = "<events>") -> ReplayResult:
-    """Feed QMP event lines through ``engine``; ``engine.clock`` must be ``clock``."""
+                 source: str = "<events>", journal_wait: float = 60.0) -> ReplayResult:
+    """Feed QMP event lines through ``engine``; ``engine.clock`` must be ``clock``.
+
+    With a journal (``engine.journal``), waits for it when it falls behind,
+    unless it wrote nothing for ``journal_wait`` seconds.
+    """
     result = ReplayResult()
     make = engine.catalog.make_event
     first = True
+    journal = engine.journal
+    wait_for_room = getattr(journal, "wait_for_room", None)
+    high = int(journal.high_water) if wait_for_room is not None else 0
+    turn = YIELD_EVERY
     async with engine.session():
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
@@ -89,6 +109,14 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
             engine.dispatch(event)
             result.events += 1
             await _settle(engine, clock)
+            if wait_for_room is not None and journal.pending >= high:
+                await wait_for_room(stall=journal_wait)
+                turn = YIELD_EVERY
+            else:
+                turn -= 1
+                if not turn:
+                    turn = YIELD_EVERY
+                    await asyncio.sleep(0)   # the journal's flusher gets its turn
         await _advance(engine, clock, math.inf)
         await _settle(engine, clock)
     return result

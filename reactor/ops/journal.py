@@ -23,8 +23,12 @@ Writing never slows the engine down and never crashes it:
   events, runs, steps, throttle entries and outbox messages are dropped (the
   newest are dropped, so what was kept is a contiguous prefix) and counted in
   :attr:`JournalStats.dropped`; run updates and outbox acks have a 10 % reserve
-  above the bound so that kept runs still get their end.  Ids are still
-  returned for dropped rows.
+  above the bound so that kept runs still get their end (the steps and end of
+  a dropped run are not recorded either).  Ids are still returned for dropped
+  rows.  The first drop of an episode is logged (an error), and the total when
+  the journal writes again.  A producer that can wait (``reactor replay``)
+  calls :meth:`Journal.wait_for_room` once :attr:`Journal.pending` reaches
+  :attr:`Journal.high_water` (half the bound): backpressure comes before loss.
 * A row that SQLite refuses for its content (a string with lone surrogates, an
   integer too large) does not poison the batch: the batch is written again with
   every text field sanitised; if that fails too the batch is dropped and counted.
@@ -291,6 +295,9 @@ class Journal:
         self._outbox_seq = 0
         self._wake: asyncio.Event | None = None
         self._dropped = [0] * len(_KIND_NAMES)
+        self._dropping = -1  # total drops when the current drop episode began (-1: none)
+        self._dropped_runs: set[int] = set()  # runs dropped whose end has not come yet: their rows are skipped
+        self._stalled_at = -1  # rows written when wait_for_room last gave up (-1: not stalled)
 
         # Writer state (under _write_lock).
         self._write_lock = threading.Lock()
@@ -328,6 +335,11 @@ class Journal:
     def pending(self) -> int:
         """Rows recorded and not yet written."""
         return len(self._pending) + self._inflight
+
+    @property
+    def high_water(self) -> int:
+        """Pending rows at which a producer that can wait should call :meth:`wait_for_room`."""
+        return max(self.max_pending // 2, 1)
 
     @property
     def stats(self) -> JournalStats:
@@ -545,6 +557,11 @@ class Journal:
             raise JournalError(f"{self.path}: journal is not open")
         if self.readonly:
             raise JournalError(f"{self.path}: journal is open read-only")
+        if self._dropping < 0 and self._limit:
+            self._dropping = sum(self._dropped)
+            log.error("journal %s: %d rows pending, the bound (the journal cannot write: %s): new rows are "
+                      "dropped and counted (reactor_journal_dropped_rows_total) until it writes again",
+                      self.path, self.pending, self._last_error or "not yet written")
         self._dropped[kind] += 1
 
     def _kick(self) -> None:
@@ -595,6 +612,8 @@ class Journal:
         n = len(p) + self._inflight
         if n >= self._limit:
             self._refuse(_RUN)
+            if self._limit and outcome in ("started", "queued") and len(self._dropped_runs) < 100_000:
+                self._dropped_runs.add(rid)   # its steps and end are not written (they would take the reserve)
             return rid
         p.append((_RUN, rid, rule, vm, event_id, event_name, outcome, started))
         if n >= self.batch_rows:
@@ -611,6 +630,10 @@ class Journal:
 
     def _update(self, run_id: int, status: str | None, outcome: str | None, ended: float | None,
                 error: str | None) -> None:
+        if self._dropped_runs and run_id in self._dropped_runs:
+            if ended is not None:
+                self._dropped_runs.discard(run_id)
+            return
         p = self._pending
         n = len(p) + self._inflight
         if n >= self._limit_ctl:
@@ -636,7 +659,7 @@ class Journal:
         """Record a finished step (``args`` already redacted; must not be mutated afterwards)."""
         p = self._pending
         n = len(p) + self._inflight
-        if n >= self._limit:
+        if n >= self._limit or (self._dropped_runs and run_id in self._dropped_runs):
             self._refuse(_STEP)
             return
         p.append((_STEP, run_id, index, action, args, status, result, error, started, duration))
@@ -687,6 +710,38 @@ class Journal:
     async def flush(self) -> bool:
         """Write what is pending now; True when it was written."""
         return await asyncio.to_thread(self._flush_once)
+
+    async def wait_for_room(self, *, stall: float = 60.0) -> bool:
+        """Backpressure: wait until the flusher has brought the pending rows down to a quarter of the bound.
+
+        For producers that can wait (replay).  True once there is room; False
+        when the journal wrote nothing for ``stall`` seconds (a stalled or full
+        disk): the producer goes on, and past the bound rows are dropped and
+        counted.  After a False, further calls return False at once until the
+        journal writes again (a stalled journal costs the producer ``stall``
+        seconds once, not per call).
+        """
+        if not self._limit or self.pending <= self.max_pending // 4:
+            return True
+        if self._stalled_at >= 0 and self._written == self._stalled_at:
+            return False
+        self._stalled_at = -1
+        loop = asyncio.get_running_loop()
+        low = self.max_pending // 4
+        written = self._written
+        deadline = loop.time() + stall
+        while self._limit and self.pending > low:
+            self._kick()
+            await asyncio.sleep(0.002)
+            if self._written != written:
+                written = self._written
+                deadline = loop.time() + stall
+            elif loop.time() >= deadline:
+                self._stalled_at = written
+                log.warning("journal %s: nothing written for %gs with %d rows pending: going on without waiting",
+                            self.path, stall, self.pending)
+                return False
+        return True
 
     def flush_sync(self) -> bool:
         """Write what is pending now, in this thread; True when it was written."""
@@ -754,6 +809,10 @@ class Journal:
             if not self._healthy:
                 self._healthy = True
                 log.warning("journal %s: writing again (%d rows written)", self.path, n)
+            if self._dropping >= 0:
+                log.warning("journal %s: below the bound again; %d rows were dropped meanwhile", self.path,
+                            sum(self._dropped) - self._dropping)
+                self._dropping = -1
             return True
 
     def _failed(self, err: BaseException) -> None:
