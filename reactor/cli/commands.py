@@ -6,34 +6,33 @@ Exit codes: 0 success; 1 invalid input (rules, config, events); 2 usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as _dt
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from reactor import __version__
-from reactor.actions.registry import Registry
-from reactor.daemon.config import Config, load_config
-from reactor.engine.clock import VirtualClock
-from reactor.engine.engine import Engine, tune_gc
-from reactor.engine.replay import replay
 from reactor.errors import LoadError, ReactorError
-from reactor.model.catalog import default_catalog
-from reactor.model.duration import parse_duration
-from reactor.rules.loader import load_rules
-from reactor.rules.rule import RuleSet
-from reactor.rules.template import to_jsonable
+
+if TYPE_CHECKING:
+    from reactor.actions.registry import Registry
+    from reactor.daemon.config import Config
+    from reactor.rules.rule import RuleSet
+
+# Each command imports what it uses, in its function: `reactor --help` loads argparse and
+# this module only, `reactor check` the loader and the registry, not the engine or asyncio.
 
 __all__ = ["main"]
 
 
 def _json(obj: Any) -> str:
+    from reactor.rules.template import to_jsonable
+
     return orjson.dumps(obj, default=to_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
@@ -51,6 +50,9 @@ def _registry(config: Config | None) -> Registry:
 
 
 def _load(args: argparse.Namespace, rule_dirs: Sequence[str]) -> tuple[Config | None, RuleSet]:
+    from reactor.daemon.config import load_config
+    from reactor.rules.loader import load_rules
+
     config = load_config(args.config) if getattr(args, "config", None) else None
     dirs: list[str | Path] = list(rule_dirs)
     if not dirs and config is not None:
@@ -111,6 +113,12 @@ def _print_record(rec: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from reactor.engine.clock import VirtualClock
+    from reactor.engine.engine import Engine, tune_gc
+    from reactor.engine.replay import replay
+
     try:
         config, rules = _load(args, [args.rules] if args.rules else [])
     except LoadError as err:
@@ -131,7 +139,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.journal:
             from reactor.ops.journal import Journal
 
-            journal = Journal(Path(args.journal), record_events="matched")
+            journal = Journal(Path(args.journal), record_events=config.journal.events if config else "matched")
             await journal.__aenter__()
         try:
             engine = Engine(rules, clock=clock, dry_run=args.dry_run, output=output, journal=journal,
@@ -168,6 +176,8 @@ def _labels_from(config: Config | None) -> Any:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    from reactor.model.catalog import default_catalog
+
     cat = default_catalog()
     if args.name:
         if args.name not in cat:
@@ -208,6 +218,9 @@ def _open_journal(path: Path) -> Any:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from reactor.daemon.config import load_config
+    from reactor.model.duration import parse_duration
+
     try:
         config = load_config(args.config) if args.config else None
     except LoadError as err:
@@ -272,6 +285,7 @@ def _read_events(path: str) -> list[Any]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from reactor.engine.explain import explain, format_verdicts
+    from reactor.model.catalog import default_catalog
 
     try:
         config, rules = _load(args, args.rules or [])
@@ -317,6 +331,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from reactor.daemon.config import load_config
     from reactor.schemas.generate import config_schema, rules_schema
 
     try:
@@ -335,6 +350,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from reactor.daemon.config import load_config
     from reactor.daemon.daemon import run_daemon
 
     try:
@@ -358,6 +374,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
+    from reactor.daemon.config import load_config
     from reactor.integrations.fleetview import fetch_status, format_status
 
     try:
@@ -387,6 +404,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from reactor.daemon.config import load_config
     from reactor.rules.arguments import describe_type
 
     try:

@@ -139,21 +139,24 @@ def _literal_problem(ts: TypeSpec, value: Any) -> str | None:
         if ts.values and value not in ts.values:
             return f"{value!r} is not one of {', '.join(ts.values)}"
         return None
-    checks: dict[str, Callable[[Any], bool]] = {
-        "str": lambda v: isinstance(v, str),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": _num,
-        "bool": lambda v: isinstance(v, bool),
-        "null": lambda v: v is None,
-        "object": lambda v: isinstance(v, Mapping),
-        "array": lambda v: isinstance(v, list),
-    }
-    ok = checks[k](value)
-    if ok:
+    if _KIND_CHECKS[k](value):
         return None
-    want = {"str": "a string", "int": "an integer", "number": "a number", "bool": "a boolean (true/false)",
-            "null": "null", "object": "a mapping", "array": "a list"}[k]
-    return f"expected {want}, got {kind_of(value)} {value!r}"
+    return f"expected {_KIND_WANTED[k]}, got {kind_of(value)} {value!r}"
+
+
+#: built once (not per literal: a 1,000-rule file checks thousands)
+_KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": _num,
+    "bool": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "object": lambda v: isinstance(v, Mapping),
+    "array": lambda v: isinstance(v, list),
+}
+_KIND_WANTED: dict[str, str] = {"str": "a string", "int": "an integer", "number": "a number",
+                                "bool": "a boolean (true/false)", "null": "null", "object": "a mapping",
+                                "array": "a list"}
 
 
 class _Compiler:
