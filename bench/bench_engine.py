@@ -239,18 +239,28 @@ def make_rules(n: int) -> list[RuleSpec]:
     return out
 
 
+#: one rule in IF_EVERY tests its key field in an ``if`` expression instead of ``match``
+IF_EVERY = 5
+
+
 def rules_yaml(specs: Sequence[RuleSpec]) -> str:
-    """The rule file for ``specs``: each rule ``on`` one event, literal ``match`` fields, one ``noop`` step."""
+    """The rule file for ``specs``: each rule ``on`` one event, literal ``match`` fields (one rule in
+    ``IF_EVERY``: its key field in an ``if`` instead, with a test of the VM's state), one ``noop`` step."""
     lines = ["rules:"]
-    for s in specs:
+    for i, s in enumerate(specs):
         name, key, extra, _ = RULE_EVENTS[s.event]
         lines += [f"  - name: {s.name}", f"    on: {name}"]
         if s.vm is not None:
             lines.append(f"    vms: [{s.vm}]")
         elif s.glob is not None:
             lines.append(f'    vms: "{s.glob}"')
-        lines += ["    match:", f"      {key}: {s.value}"]
-        lines += [f"      {k}: {orjson.dumps(v).decode()}" for k, v in extra.items()]
+        tests = [f"      {k}: {orjson.dumps(v).decode()}" for k, v in extra.items()]
+        if i % IF_EVERY == IF_EVERY - 1:
+            lines.append(f"    if: \"event.data['{key}'] == '{s.value}' and vm.status != 'shutdown'\"")
+        else:
+            tests.insert(0, f"      {key}: {s.value}")
+        if tests:
+            lines += ["    match:", *tests]
         lines += ["    actions:", "      - noop: {}"]
     return "\n".join(lines) + "\n"
 

@@ -79,6 +79,7 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
     journal = engine.journal
     wait_for_room = getattr(journal, "wait_for_room", None)
     high = int(journal.high_water) if wait_for_room is not None else 0
+    batch = int(journal.batch_rows) if wait_for_room is not None else 0
     turn = YIELD_EVERY
     async with engine.session():
         for lineno, line in enumerate(lines, 1):
@@ -116,6 +117,10 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
                 turn -= 1
                 if not turn:
                     turn = YIELD_EVERY
+                    if batch and journal.pending >= batch and journal.healthy:
+                        # write the batch here, in this thread: nothing else needs the loop meanwhile,
+                        # and a writer thread would fight this one for the GIL row by row
+                        journal.flush_sync()
                     await asyncio.sleep(0)   # the journal's flusher gets its turn
         await _advance(engine, clock, math.inf)
         await _settle(engine, clock)

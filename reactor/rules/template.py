@@ -28,6 +28,7 @@ import jinja2
 import jinja2.compiler
 import jinja2.filters
 import jinja2.nodes
+import jinja2.parser
 import jinja2.utils
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -345,8 +346,73 @@ class Expression:
     def test(self, names: Mapping[str, Any]) -> bool:
         return bool(self.evaluate(names))
 
+    def data_literals(self) -> dict[str, tuple[Any, ...]]:
+        """The ``event.data.KEY == LITERAL`` and ``event.data.KEY in [LITERALS]`` tests this expression
+        requires (its top-level ``and`` conjuncts): with KEY present and not one of those values, the
+        expression is false.  For the matcher's index; empty when there is nothing to index."""
+        src = self.source.strip()
+        if src.startswith("{{") and src.endswith("}}"):
+            src = src[2:-2]
+        try:
+            tree = jinja2.parser.Parser(ENV, src, state="variable").parse_expression()
+        except jinja2.TemplateSyntaxError:
+            return {}
+        out: dict[str, tuple[Any, ...]] = {}
+        _conjunct_literals(tree, out)
+        return out
+
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
+
+
+def _data_key(node: jinja2.nodes.Node) -> str | None:
+    """``KEY`` when ``node`` is ``event.data.KEY`` or ``event.data['KEY']``."""
+    if isinstance(node, jinja2.nodes.Getattr):
+        key, parent = node.attr, node.node
+    elif isinstance(node, jinja2.nodes.Getitem) and isinstance(node.arg, jinja2.nodes.Const) \
+            and isinstance(node.arg.value, str):
+        key, parent = node.arg.value, node.node
+    else:
+        return None
+    if (isinstance(parent, jinja2.nodes.Getattr) and parent.attr == "data"
+            and isinstance(parent.node, jinja2.nodes.Name) and parent.node.name == "event"):
+        return key
+    return None
+
+
+def _index_literal(v: Any) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool)
+
+
+def _conjunct_literals(node: jinja2.nodes.Node, out: dict[str, tuple[Any, ...]]) -> None:
+    if isinstance(node, jinja2.nodes.And):
+        _conjunct_literals(node.left, out)
+        _conjunct_literals(node.right, out)
+        return
+    if not isinstance(node, jinja2.nodes.Compare) or len(node.ops) != 1:
+        return
+    op = node.ops[0]
+    left, right = node.expr, op.expr
+    if op.op == "eq":
+        if _data_key(left) is None:
+            left, right = right, left
+        key = _data_key(left)
+        if key is not None and isinstance(right, jinja2.nodes.Const) and _index_literal(right.value):
+            values: tuple[Any, ...] = (right.value,)
+        else:
+            return
+    elif op.op == "in":
+        key = _data_key(left)
+        if key is None or not isinstance(right, (jinja2.nodes.List, jinja2.nodes.Tuple)) or not right.items:
+            return
+        if not all(isinstance(i, jinja2.nodes.Const) and _index_literal(i.value) for i in right.items):
+            return
+        values = tuple(i.value for i in right.items)  # type: ignore[attr-defined]
+    else:
+        return
+    if key in out:   # `a == 1 and a == 2`: what both allow
+        values = tuple(v for v in out[key] if v in values)
+    out[key] = values
 
 
 def compile_expression(text: str, pos: Position, what: str = "expression") -> Expression:
