@@ -325,18 +325,27 @@ class Template:
 
 
 class Expression:
-    """A compiled boolean-ish expression (``if``, ``when``)."""
+    """A compiled boolean-ish expression (``if``, ``when``).
 
-    __slots__ = ("_fn", "source")
+    Simple expressions (comparisons of ``event.data.x``, ``vm.status``... with
+    literals, joined by ``and``/``or``/``not``, ``is defined``/``is none``)
+    are also compiled to plain Python closures that do what Jinja's compiled
+    code does (the same sandboxed attribute and item lookups, the same
+    undefined values), without a Jinja context per evaluation.
+    """
 
-    def __init__(self, source: str, fn: Callable[..., Any]) -> None:
+    __slots__ = ("_fast", "_fn", "source")
+
+    def __init__(self, source: str, fn: Callable[..., Any], fast: Callable[[Mapping[str, Any]], Any] | None = None
+                 ) -> None:
         self.source = source
         self._fn = fn
+        self._fast = fast
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         Limits.budget = MAX_ITERATIONS
         try:
-            value = self._fn(**names)
+            value = self._fn(**names) if self._fast is None else self._fast(names)
         except Exception as err:
             raise _render_error(err, f"expression {self.source!r}") from err
         if isinstance(value, jinja2.Undefined):
@@ -424,7 +433,90 @@ def compile_expression(text: str, pos: Position, what: str = "expression") -> Ex
         fn = ENV.compile_expression(src, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as err:
         raise _syntax_error(err, text, pos, what) from err
-    return Expression(text, fn)
+    try:
+        fast = _fast(jinja2.parser.Parser(ENV, src, state="variable").parse_expression())
+    except jinja2.TemplateSyntaxError:
+        fast = None
+    return Expression(text, fn, fast)
+
+
+_Fast = Callable[[Mapping[str, Any]], Any]
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "lteq": operator.le, "gt": operator.gt,
+    "gteq": operator.ge, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
+}
+
+
+def _fast(node: jinja2.nodes.Node) -> _Fast | None:
+    """A closure computing ``node`` as Jinja's generated code would, or None outside the simple subset."""
+    n = jinja2.nodes
+    if isinstance(node, n.Const):
+        value = node.value
+        return lambda ns: value
+    if isinstance(node, (n.List, n.Tuple)):
+        if not all(isinstance(i, n.Const) for i in node.items):
+            return None
+        items = [i.value for i in node.items]  # type: ignore[attr-defined]
+        if isinstance(node, n.Tuple):
+            tup = tuple(items)
+            return lambda ns: tup
+        return lambda ns: list(items)
+    if isinstance(node, n.Name) and node.ctx == "load":
+        name = node.name
+        undefined, globals_ = ENV.undefined, ENV.globals
+
+        def load(ns: Mapping[str, Any]) -> Any:
+            try:
+                return ns[name]
+            except KeyError:   # as Jinja resolves a name: the call's names, then the globals
+                return globals_[name] if name in globals_ else undefined(name=name)
+        return load
+    if isinstance(node, n.Getattr):
+        a = _fast(node.node)
+        if a is None:
+            return None
+        obj, attr, getattr_ = a, node.attr, ENV.getattr
+        return lambda ns: getattr_(obj(ns), attr)
+    if isinstance(node, n.Getitem) and isinstance(node.arg, n.Const):
+        a = _fast(node.node)
+        if a is None:
+            return None
+        item, key, getitem = a, node.arg.value, ENV.getitem
+        return lambda ns: getitem(item(ns), key)
+    if isinstance(node, (n.And, n.Or)):
+        a, b = _fast(node.left), _fast(node.right)
+        if a is None or b is None:
+            return None
+        left, right = a, b
+        if isinstance(node, n.And):
+            return lambda ns: left(ns) and right(ns)
+        return lambda ns: left(ns) or right(ns)
+    if isinstance(node, n.Not):
+        a = _fast(node.node)
+        if a is None:
+            return None
+        operand = a
+        return lambda ns: not operand(ns)
+    if isinstance(node, n.Compare) and len(node.ops) == 1 and node.ops[0].op in _COMPARE:
+        a, b = _fast(node.expr), _fast(node.ops[0].expr)
+        if a is None or b is None:
+            return None
+        left, right = a, b
+        op = _COMPARE[node.ops[0].op]
+        return lambda ns: op(left(ns), right(ns))
+    if isinstance(node, n.Test) and not node.args and not node.kwargs and node.dyn_args is None \
+            and node.dyn_kwargs is None and node.name in ("defined", "undefined", "none"):
+        a = _fast(node.node)
+        if a is None:
+            return None
+        inner = a
+        if node.name == "none":
+            return lambda ns: inner(ns) is None
+        if node.name == "defined":
+            return lambda ns: not isinstance(inner(ns), jinja2.Undefined)
+        return lambda ns: isinstance(inner(ns), jinja2.Undefined)
+    return None
 
 
 def compile_template(text: str, pos: Position) -> Template:
