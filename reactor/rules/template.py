@@ -21,6 +21,7 @@ import functools
 import math
 import operator
 import re
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -29,6 +30,7 @@ import jinja2.compiler
 import jinja2.filters
 import jinja2.nodes
 import jinja2.parser
+import jinja2.sandbox
 import jinja2.utils
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -442,6 +444,30 @@ def compile_expression(text: str, pos: Position, what: str = "expression") -> Ex
 
 _Fast = Callable[[Mapping[str, Any]], Any]
 
+_METHODS = (types.MethodType, types.BuiltinMethodType)
+
+
+_PLAIN: dict[tuple[type, str], bool] = {}
+
+
+def _plain_property(cls: type, attr: str) -> bool:
+    """``attr`` is a property of ``cls`` that the sandbox lets a template read as is (``event.data``,
+    ``vm.status``): public, not an internal attribute, not a mutating method of a known mutable type."""
+    known = _PLAIN.get((cls, attr))
+    if known is not None:
+        return known
+    ok = False
+    if any(isinstance(c.__dict__.get(attr), property) for c in cls.__mro__):
+        probe: Any
+        try:
+            probe = object.__new__(cls)
+        except TypeError:
+            probe = None
+        ok = probe is not None and not jinja2.sandbox.is_internal_attribute(probe, attr) \
+            and not jinja2.sandbox.modifies_known_mutable(probe, attr)
+    _PLAIN[(cls, attr)] = ok
+    return ok
+
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "lteq": operator.le, "gt": operator.gt,
     "gteq": operator.ge, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
@@ -477,13 +503,33 @@ def _fast(node: jinja2.nodes.Node) -> _Fast | None:
         if a is None:
             return None
         obj, attr, getattr_ = a, node.attr, ENV.getattr
-        return lambda ns: getattr_(obj(ns), attr)
+        if attr.startswith("_"):
+            return lambda ns: getattr_(obj(ns), attr)
+
+        def get_attribute(ns: Mapping[str, Any]) -> Any:
+            o = obj(ns)
+            if _plain_property(type(o), attr):   # what the sandbox allows, without its per-call checks
+                try:
+                    value = getattr(o, attr)
+                except AttributeError:
+                    return getattr_(o, attr)
+                if not isinstance(value, _METHODS):
+                    return value
+            return getattr_(o, attr)
+        return get_attribute
     if isinstance(node, n.Getitem) and isinstance(node.arg, n.Const):
         a = _fast(node.node)
         if a is None:
             return None
         item, key, getitem = a, node.arg.value, ENV.getitem
-        return lambda ns: getitem(item(ns), key)
+
+        def get_item(ns: Mapping[str, Any]) -> Any:
+            o = item(ns)
+            try:   # the sandbox's getitem tries this first too
+                return o[key]
+            except (TypeError, LookupError):
+                return getitem(o, key)
+        return get_item
     if isinstance(node, (n.And, n.Or)):
         a, b = _fast(node.left), _fast(node.right)
         if a is None or b is None:
