@@ -338,8 +338,10 @@ class Expression:
 
     __slots__ = ("_fast", "_fn", "source")
 
-    def __init__(self, source: str, fn: Callable[..., Any], fast: Callable[[Mapping[str, Any]], Any] | None = None
-                 ) -> None:
+    def __init__(self, source: str, fn: Callable[..., Any] | None,
+                 fast: Callable[[Mapping[str, Any]], Any] | None = None) -> None:
+        if fn is None and fast is None:
+            raise ValueError("an Expression needs Jinja's compiled code or the fast path")
         self.source = source
         self._fn = fn
         self._fast = fast
@@ -347,7 +349,7 @@ class Expression:
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         Limits.budget = MAX_ITERATIONS
         try:
-            value = self._fn(**names) if self._fast is None else self._fast(names)
+            value = self._fast(names) if self._fast is not None else self._fn(**names)  # type: ignore[misc]
         except Exception as err:
             raise _render_error(err, f"expression {self.source!r}") from err
         if isinstance(value, jinja2.Undefined):
@@ -431,15 +433,21 @@ def compile_expression(text: str, pos: Position, what: str = "expression") -> Ex
     src = text.strip()
     if src.startswith("{{") and src.endswith("}}"):
         src = src[2:-2]
+    fast: _Fast | None = None
+    try:
+        parser = jinja2.parser.Parser(ENV, src, state="variable")
+        tree = parser.parse_expression()
+        if parser.stream.eos:
+            fast = _fast(tree)
+    except jinja2.TemplateSyntaxError:
+        fast = None
+    if fast is not None:   # parsed whole, no filter or test to resolve: Jinja's code generation is not needed
+        return Expression(text, None, fast)
     try:
         fn = ENV.compile_expression(src, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as err:
         raise _syntax_error(err, text, pos, what) from err
-    try:
-        fast = _fast(jinja2.parser.Parser(ENV, src, state="variable").parse_expression())
-    except jinja2.TemplateSyntaxError:
-        fast = None
-    return Expression(text, fn, fast)
+    return Expression(text, fn)
 
 
 _Fast = Callable[[Mapping[str, Any]], Any]
