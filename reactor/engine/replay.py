@@ -7,8 +7,9 @@ with its line number and skipped.
 
 Replay reads as fast as the rules run and never waits on I/O, so it lets the
 journal write as it goes: it gives the event loop a turn every
-``YIELD_EVERY`` events (the journal's flusher hands its batch to the writer
-thread then), and when the pending rows reach the journal's high-water mark
+``YIELD_EVERY`` events (the journal's flusher runs then) and writes a full
+batch itself (in this thread: a writer thread would contend with it for the
+GIL row by row), and when the pending rows reach the journal's high-water mark
 it waits for the writer (backpressure) rather than let rows be dropped.  Only
 a journal that writes nothing for ``journal_wait`` seconds (a stalled disk)
 makes replay go on without it; what is dropped then is counted in the
