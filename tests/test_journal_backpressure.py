@@ -60,7 +60,10 @@ def counts(path: Path) -> dict[str, int]:
     """Rows on disk, seen by an independent connection."""
     con = sqlite3.connect(path)
     try:
-        out = {t: int(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in ("events", "runs", "steps")}
+        out = {t: int(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in ("events", "runs")}
+        # steps are folded into their run's row (schema 2); the steps table holds an older reactor's
+        out["steps"] = int(con.execute("SELECT COALESCE(SUM(json_array_length(steps)), 0) FROM runs").fetchone()[0]
+                           + con.execute("SELECT COUNT(*) FROM steps").fetchone()[0])
         out["runs_ok"] = int(con.execute("SELECT COUNT(*) FROM runs WHERE status = 'ok'").fetchone()[0])
         return out
     finally:

@@ -6,6 +6,13 @@ and their steps (rendered, already redacted arguments, result or error,
 duration).  It also keeps the state that must survive a restart: throttle
 timestamps and the MQTT outbox (QoS >= 1 messages not yet acknowledged).
 
+A run's steps are folded into its row (``runs.steps``, a JSON array, schema
+2): a run that starts and ends within one flush is one insert; a step that
+ends after its run's row was written is appended to that row by the next
+flush, so a step is on disk as soon as any other row recorded with it.  The
+``steps`` table holds only what a reactor before schema 2 wrote and the
+migration did not move (it moves everything).
+
 Writing never slows the engine down and never crashes it:
 
 * The ``record_*``/``start_run``/``end_run``/``outbox_*`` calls are synchronous
@@ -161,7 +168,20 @@ CREATE INDEX outbox_broker ON outbox (broker, id);
 #: change: append an entry (SQL statements separated by ``;``), never edit one
 #: that has shipped.  A writer applies the missing entries in one transaction
 #: when it opens an older journal.
-_MIGRATIONS: Final[tuple[str, ...]] = ()
+_MIGRATIONS: Final[tuple[str, ...]] = (
+    # 2: a run's steps folded into its row (``runs.steps``: a JSON array of
+    # ``[index, action, args, status, result, error, started, duration]``), one insert per run
+    # instead of one per run and one per step; the steps of existing runs move there.
+    "ALTER TABLE runs ADD COLUMN steps TEXT;"
+    " UPDATE runs SET steps = (SELECT json_group_array(json(x.step)) FROM (SELECT json_array(s.idx, s.action,"
+    " CASE WHEN s.args IS NULL THEN NULL WHEN json_valid(s.args) THEN json(s.args) ELSE json_quote(s.args) END,"
+    " s.status,"
+    " CASE WHEN s.result IS NULL THEN NULL WHEN json_valid(s.result) THEN json(s.result)"
+    " ELSE json_quote(s.result) END,"
+    " s.error, s.started, s.duration) AS step FROM steps s WHERE s.run_id = runs.id ORDER BY s.idx, s.rowid) AS x)"
+    " WHERE id IN (SELECT run_id FROM steps);"
+    " DELETE FROM steps",
+)
 
 #: The schema version written to ``PRAGMA user_version``.
 SCHEMA_VERSION: Final = 1 + len(_MIGRATIONS)
@@ -542,7 +562,9 @@ class Journal:
         cur = con.execute(
             "UPDATE runs SET status = 'interrupted',"
             " ended = MAX(started, COALESCE((SELECT MAX(s.started + s.duration) FROM steps s"
-            "                                WHERE s.run_id = runs.id), started)),"
+            "                                WHERE s.run_id = runs.id), started),"
+            "             COALESCE((SELECT MAX(json_extract(j.value, '$[6]') + json_extract(j.value, '$[7]'))"
+            "                       FROM json_each(runs.steps) j), started)),"
             " error = COALESCE(error, ?)"
             " WHERE status IN ('running', 'queued')",
             (_INTERRUPTED_ERROR,),
@@ -843,15 +865,19 @@ class Journal:
                                 _event_params(groups[_EVENT], clean))
             runs, updates = _coalesce(list(_run_params(groups[_RUN], clean)),
                                       list(_update_params(groups[_RUN_UPDATE], clean)))
-            if runs:
-                con.executemany(f"{verb} INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", runs)
+            steps: dict[int, list[str]] = {}
+            for r in groups[_STEP]:
+                steps.setdefault(r[1], []).append(_step_json(r, clean))
+            if runs:   # a run and the steps recorded with it: one row
+                con.executemany(f"{verb} INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(*r, _steps_json(steps.pop(r[0]))) if r[0] in steps else (*r, None) for r in runs])
             if updates:
                 con.executemany(
                     "UPDATE runs SET status = COALESCE(?, status), outcome = COALESCE(?, outcome),"
                     " ended = COALESCE(?, ended), error = COALESCE(?, error) WHERE id = ?", updates)
-            if groups[_STEP]:
-                con.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                _step_params(groups[_STEP], clean))
+            if steps:   # steps of runs written by an earlier batch: appended to their row
+                con.executemany("UPDATE runs SET steps = json_insert(COALESCE(steps, '[]'), '$[#]', json(?))"
+                                " WHERE id = ?", [(step, rid) for rid, lst in steps.items() for step in lst])
             if groups[_THROTTLE]:
                 con.executemany("INSERT INTO throttle VALUES (?, ?, ?)",
                                 ((_text(r[1], clean), _text(r[2], clean), r[3]) for r in groups[_THROTTLE]))
@@ -939,7 +965,10 @@ class Journal:
         steps: dict[int, list[StepRecord]] = {}
         events: dict[int, EventRecord] = {}
         if with_steps:
-            ids = [r[0] for r in rows]
+            for r in rows:
+                if r[10] is not None:
+                    steps[r[0]] = _folded_steps(r[0], r[10])
+            ids = [r[0] for r in rows if r[10] is None]   # the steps table: rows of an older reactor
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT * FROM steps WHERE run_id IN ({marks}) ORDER BY run_id, idx, rowid"
@@ -1007,21 +1036,22 @@ class Journal:
     @staticmethod
     def _prune(con: sqlite3.Connection, cutoff: float | None, max_rows: int | None) -> int:
         deleted = 0
-        run_ids: list[tuple[int]] = []
         live = "status NOT IN ('running', 'queued')"
+        gone: list[tuple[int, int]] = []   # (run id, its folded steps): the steps count as rows deleted
         if cutoff is not None:
             deleted += con.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
             deleted += con.execute("DELETE FROM throttle WHERE ts < ?", (cutoff,)).rowcount
-            run_ids += con.execute(f"DELETE FROM runs WHERE COALESCE(ended, started) < ? AND {live}"
-                                   " RETURNING id", (cutoff,)).fetchall()
+            gone += con.execute(f"DELETE FROM runs WHERE COALESCE(ended, started) < ? AND {live}"
+                                " RETURNING id, COALESCE(json_array_length(steps), 0)", (cutoff,)).fetchall()
         if max_rows is not None:
             deleted += con.execute(
                 "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (max_rows,)).rowcount
-            run_ids += con.execute(
+            gone += con.execute(
                 f"DELETE FROM runs WHERE id <= (SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?)"
-                f" AND {live} RETURNING id", (max_rows,)).fetchall()
-        deleted += len(run_ids)
+                f" AND {live} RETURNING id, COALESCE(json_array_length(steps), 0)", (max_rows,)).fetchall()
+        run_ids = [(rid,) for rid, _ in gone]
+        deleted += len(run_ids) + sum(n for _, n in gone)
         before = con.total_changes
         con.executemany("DELETE FROM steps WHERE run_id = ?", run_ids)
         deleted += con.total_changes - before
@@ -1139,10 +1169,35 @@ def _update_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[A
         yield (_text(status, clean), _text(outcome, clean), _num(ended, clean), _text(error, clean), rid)
 
 
-def _step_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:
-    for _, rid, index, action, args, status, result, error, started, duration in rows:
-        yield (rid, index, _text(action, clean), _json(args), _text(status, clean), _json(result),
-               _text(error, clean), _num(started, clean) or 0.0, _num(duration, clean) or 0.0)
+def _step_json(row: tuple[Any, ...], clean: bool) -> str:
+    """A step as the JSON array folded into its run's row: ``[index, action, args, status, result, error,
+    started, duration]`` (args and result each written on their own, so one odd value spoils nothing else)."""
+    _, _rid, index, action, args, status, result, error, started, duration = row
+    if not clean:
+        try:   # the common case: one encoder call
+            return orjson.dumps([index, action, args, status, result, error, started, duration],
+                                default=_default, option=_JSON_OPTIONS).decode()
+        except TypeError:
+            pass
+    return (f"[{int(index)},{_json(_text(action, clean))},{_json(args)},{_json(_text(status, clean))},"
+            f"{_json(result)},{_json(_text(error, clean))},{_json(_num(started, clean) or 0.0)},"
+            f"{_json(_num(duration, clean) or 0.0)}]")
+
+
+def _steps_json(steps: list[str]) -> str:
+    return "[" + ",".join(steps) + "]"
+
+
+def _folded_steps(run_id: int, text: str) -> list[StepRecord]:
+    out = [StepRecord(run_id=run_id, index=s[0], action=s[1], args=s[2], status=s[3], result=s[4], error=s[5],
+                      started=s[6], duration=s[7])
+           for s in orjson.loads(text) if isinstance(s, list) and len(s) == 8]
+    out.sort(key=_step_index)   # as the steps table was read: by index, then in the order recorded
+    return out
+
+
+def _step_index(s: StepRecord) -> int:
+    return s.index
 
 
 def _outbox_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:
