@@ -7,9 +7,8 @@ with its line number and skipped.
 
 Replay reads as fast as the rules run and never waits on I/O, so it lets the
 journal write as it goes: it gives the event loop a turn every
-``YIELD_EVERY`` events (the journal's flusher runs then) and writes a full
-batch itself (in this thread: a writer thread would contend with it for the
-GIL row by row), and when the pending rows reach the journal's high-water mark
+``YIELD_EVERY`` events (the journal's flusher hands a full batch to its
+writer thread then), and when the pending rows reach the journal's high-water mark
 it waits for the writer (backpressure) rather than let rows be dropped.  Only
 a journal that writes nothing for ``journal_wait`` seconds (a stalled disk)
 makes replay go on without it; what is dropped then is counted in the
@@ -80,7 +79,6 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
     journal = engine.journal
     wait_for_room = getattr(journal, "wait_for_room", None)
     high = int(journal.high_water) if wait_for_room is not None else 0
-    batch = int(journal.batch_rows) if wait_for_room is not None else 0
     turn = YIELD_EVERY
     async with engine.session():
         for lineno, line in enumerate(lines, 1):
@@ -118,10 +116,6 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
                 turn -= 1
                 if not turn:
                     turn = YIELD_EVERY
-                    if batch and journal.pending >= batch and journal.healthy:
-                        # write the batch here, in this thread: nothing else needs the loop meanwhile,
-                        # and a writer thread would fight this one for the GIL row by row
-                        journal.flush_sync()
                     await asyncio.sleep(0)   # the journal's flusher gets its turn
         await _advance(engine, clock, math.inf)
         await _settle(engine, clock)
