@@ -8,9 +8,11 @@ What one event goes through (``reactor.engine.replay.replay``, the path ``reacto
 replay`` uses): orjson decode, ``Catalog.make_event`` (schema check, typed
 class), ``Engine.dispatch`` (matcher index, ``vms``, ``match``), a ``Run``
 task per match executing one step of a registered no-op action, and the
-journal (``record_events="matched"``, a SQLite file in a temporary directory)
-when it is on.  Rule sets and streams are generated (see ``RuleSpec``,
-``make_rules``, ``make_stream``); ``bench/README.md`` states the design.
+journal (``record_events="all"``: every event, run and step; a SQLite file in a
+temporary directory) when it is on, flushing while the replay runs (the
+journal's rows written and its flushes during the run are reported).  Rule
+sets and streams are generated (see ``RuleSpec``, ``make_rules``,
+``make_stream``); ``bench/README.md`` states the design.
 
 Reported, each as the median of ``--runs`` runs on one core (the process pins
 itself to CPU 0 like ``taskset -c 0``):
@@ -246,18 +248,28 @@ def make_rules(n: int) -> list[RuleSpec]:
     return out
 
 
+#: one rule in IF_EVERY tests its key field in an ``if`` expression instead of ``match``
+IF_EVERY = 5
+
+
 def rules_yaml(specs: Sequence[RuleSpec]) -> str:
-    """The rule file for ``specs``: each rule ``on`` one event, literal ``match`` fields, one ``noop`` step."""
+    """The rule file for ``specs``: each rule ``on`` one event, literal ``match`` fields (one rule in
+    ``IF_EVERY``: its key field in an ``if`` instead, with a test of the VM's state), one ``noop`` step."""
     lines = ["rules:"]
-    for s in specs:
+    for i, s in enumerate(specs):
         name, key, extra, _ = RULE_EVENTS[s.event]
         lines += [f"  - name: {s.name}", f"    on: {name}"]
         if s.vm is not None:
             lines.append(f"    vms: [{s.vm}]")
         elif s.glob is not None:
             lines.append(f'    vms: "{s.glob}"')
-        lines += ["    match:", f"      {key}: {s.value}"]
-        lines += [f"      {k}: {orjson.dumps(v).decode()}" for k, v in extra.items()]
+        tests = [f"      {k}: {orjson.dumps(v).decode()}" for k, v in extra.items()]
+        if i % IF_EVERY == IF_EVERY - 1:
+            lines.append(f"    if: \"event.data['{key}'] == '{s.value}' and vm.status != 'shutdown'\"")
+        else:
+            tests.insert(0, f"      {key}: {s.value}")
+        if tests:
+            lines += ["    match:", *tests]
         lines += ["    actions:", "      - noop: {}"]
     return "\n".join(lines) + "\n"
 
@@ -305,14 +317,22 @@ def make_stream(specs: Sequence[RuleSpec], count: int, *, match_share: float = 1
 
 # ------------------------------------------------------------------ reactor
 
+#: wall seconds, CPU seconds, matches, journal flushes during the run, journal rows written
+Sample = tuple[float, float, int, int, int]
+
 
 async def run_reactor(
     rules: RuleSet, lines: Iterable[bytes], *, journal_dir: Path | None, expect: int | None = None
-) -> tuple[float, float, int]:
+) -> Sample:
     """Replay ``lines`` through a fresh engine; (wall seconds, CPU seconds of the
-    process, matches).  With a journal, the time includes writing every row (the
-    journal's close; its writer thread's CPU counts)."""
+    process, matches, journal flushes during the replay, journal rows written).
+    With a journal (``record_events="all"``: every event, run and step), the
+    time includes writing every row (the journal's close; its writer thread's
+    CPU counts); the journal flushes while the replay runs (the steady state),
+    and a run whose journal flushed only at close is refused (as is one that
+    dropped a row)."""
     clock = VirtualClock()
+    flushes = rows = 0
     if journal_dir is None:
         engine = Engine(rules, clock=clock)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -320,15 +340,19 @@ async def run_reactor(
         dt, ct = time.perf_counter() - t0, time.process_time() - c0
     else:
         path = journal_dir / f"journal-{time.monotonic_ns()}.db"
-        journal = Journal(path, record_events="matched")
+        journal = Journal(path, record_events="all")
         async with journal:
             engine = Engine(rules, clock=clock, journal=journal)
             t0, c0 = time.perf_counter(), time.process_time()
             await replay(lines, engine, clock)
+            flushes = journal.stats.flushes
         dt, ct = time.perf_counter() - t0, time.process_time() - c0
         st = journal.stats
+        rows = st.written
         if st.dropped or st.write_errors:
             raise SystemExit(f"journal dropped {st.dropped} rows ({st.write_errors} write errors): not a valid run")
+        if flushes < 1 and dt > 2 * journal.flush_interval:
+            raise SystemExit("the journal never flushed during the replay: not the steady state")
         for suffix in ("", "-wal", "-shm", ".lock"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{path}{suffix}")
@@ -338,7 +362,7 @@ async def run_reactor(
     ok = engine.run_outcomes
     if sum(n for (_, status), n in ok.items() if status not in _FINE):
         raise SystemExit(f"some runs did not end ok: {dict(ok)}")
-    return dt, ct, matches
+    return dt, ct, matches, flushes, rows
 
 
 #: Outcomes of a healthy run: ok, and what correlations do with matches (held, counted, cancelled, run later,
@@ -459,7 +483,7 @@ async def _noop() -> None:
     return None
 
 
-async def run_baseline(rules: Sequence[_NaiveRule], lines: Iterable[bytes]) -> tuple[float, float, int]:
+async def run_baseline(rules: Sequence[_NaiveRule], lines: Iterable[bytes]) -> Sample:
     """The plain-Python engine-shaped loop: orjson decode -> asyncio.Queue -> every rule
     tested linearly with dict compares -> an awaited no-op coroutine per match."""
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=1024)
@@ -489,13 +513,10 @@ async def run_baseline(rules: Sequence[_NaiveRule], lines: Iterable[bytes]) -> t
     async with asyncio.TaskGroup() as tg:
         tg.create_task(produce(), name="bench.produce")
         tg.create_task(consume(), name="bench.consume")
-    return time.perf_counter() - t0, time.process_time() - c0, matches
+    return time.perf_counter() - t0, time.process_time() - c0, matches, 0, 0
 
 
 # ------------------------------------------------------------------ measuring
-
-
-Sample = tuple[float, float, int]  # wall seconds, CPU seconds, matches
 
 
 def median_rate(samples: list[Sample], events: int, which: int = 0) -> float:
@@ -607,7 +628,7 @@ def stage_costs(rules: RuleSet, lines: list[bytes]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer events and runs (a smoke test)")
-    ap.add_argument("--events", type=int, help="events per run (default 10,000; quick 4,000)")
+    ap.add_argument("--events", type=int, help="events per run (default 50,000; quick 20,000)")
     ap.add_argument("--runs", type=int, help="runs per measurement (default 5; quick 3)")
     ap.add_argument("--rules", default="10,1000,10000", help="rule counts to measure")
     ap.add_argument(
@@ -629,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     pinned = "not pinned" if args.no_pin else pin_one_core()
-    n_events = args.events or (4_000 if args.quick else 10_000)
+    n_events = args.events or (20_000 if args.quick else 50_000)
     runs = args.runs or (3 if args.quick else 5)
     mem_events = args.memory_events or (300_000 if args.quick else 1_000_000)
     counts = [int(x) for x in args.rules.split(",")]
@@ -669,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
                     samples = measure(_reactor_run(rules, stream, jdir), runs)
                     row[f"journal_{jname}"] = median_rate(samples, n_events)
                     row[f"journal_{jname}_cpu"] = median_rate(samples, n_events, 1)
+                    if jname == "on":
+                        row["journal_flushes"] = statistics.median(smp[3] for smp in samples)
+                        row["journal_rows"] = statistics.median(smp[4] for smp in samples)
             # the baseline tests every rule per event: cap its work (~2e7 rule tests per run)
             b_events = max(1000, min(n_events, 20_000_000 // max(n, 1)))
             b_lines = stream.lines[:b_events]
@@ -769,6 +793,9 @@ def print_rows(res: dict[str, Any]) -> None:
         "(events/s of the median run, by wall time and by this process's CPU time; ratios by CPU time.\n"
         " baseline: orjson -> asyncio.Queue -> every rule tested with dict compares -> awaited no-op)"
     )
+    print("journal on (events: all): " + "; ".join(
+        f"{r['rules']} {r['stream']} {r['journal_rows']:,.0f} rows, {r['journal_flushes']:.0f} flushes during the run"
+        for r in res["rows"]))
     sc = res["scaling"]
     if sc["ratios"]:
         print()

@@ -101,9 +101,11 @@ class Fleet:
 
     def steps(self, vm: str) -> list[tuple[str, str | None, float]]:
         with self.db() as db:
+            # a run's steps are folded into its row (journal schema 2): [index, action, args, status, ...]
             return db.execute(
-                "SELECT s.status, s.error, s.duration FROM steps s JOIN runs r ON r.id = s.run_id "
-                "WHERE r.vm = ? AND s.action = 'qmp' ORDER BY s.run_id", (vm,)).fetchall()
+                "SELECT json_extract(s.value, '$[3]'), json_extract(s.value, '$[5]'), json_extract(s.value, '$[7]')"
+                " FROM runs r, json_each(r.steps) s WHERE r.vm = ? AND json_extract(s.value, '$[1]') = 'qmp'"
+                " ORDER BY r.id", (vm,)).fetchall()
 
     def host_commands(self, host: str) -> list[dict[str, Any]]:
         path = self.tmp / host / "reactor" / "state" / "journal.db"
@@ -565,8 +567,9 @@ async def test_more_than_five_vms_on_different_hosts_make_one_incident(fleet: Fl
 
     def incidents() -> list[tuple[str, str | None]]:
         with fleet.db() as db:
-            return db.execute("SELECT r.status, s.result FROM runs r JOIN steps s ON s.run_id = r.id "
-                              "WHERE r.rule = 'fleet-incident' AND r.ended IS NOT NULL").fetchall()
+            return db.execute("SELECT r.status, json_quote(json_extract(s.value, '$[4]'))"
+                              " FROM runs r, json_each(r.steps) s"
+                              " WHERE r.rule = 'fleet-incident' AND r.ended IS NOT NULL").fetchall()
 
     for fk in order[:5]:
         report(fk)

@@ -23,9 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 import orjson
-import yarl
 
 from reactor.actions.action import ActionContext, ActionSpec, Duration, action
 from reactor.integrations.webhook import HttpSession, WebhookError, retry_delay, should_retry, sign
@@ -83,6 +81,8 @@ def _body(ctx: ActionContext, args: WebhookArgs) -> tuple[bytes | None, str | No
 def _where(url: str) -> str:
     """The URL for messages: without credentials and query string (they may hold tokens)."""
     try:
+        import yarl  # with aiohttp, only when a webhook is sent
+
         u = yarl.URL(url)
     except (TypeError, ValueError):
         return "<invalid url>"
@@ -91,6 +91,8 @@ def _where(url: str) -> str:
 
 async def _webhook(ctx: ActionContext, args: WebhookArgs) -> object:
     """Send an HTTP request (default: POST the event as JSON); the result is ``{status, body, headers}``."""
+    import aiohttp  # not at import: `reactor check`, `replay`, `--help` never load the HTTP client
+
     http = ctx.resource(HttpSession)
     where = f"{args.method} {_where(args.url)}"
     session = http.session

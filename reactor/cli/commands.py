@@ -1,13 +1,12 @@
 """The ``reactor`` command line (see the product contract in DAEMON.md).
 
 Exit codes: 0 success; 1 invalid input (rules, config, events); 2 usage;
-``replay`` also 3 when a run failed (see :data:`REPLAY_EXIT_CODES`).
+``replay`` also 3 when a run failed and 4 when the journal dropped rows (see :data:`REPLAY_EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as _dt
 import logging
 import re
@@ -15,22 +14,20 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from reactor.actions.registry import Registry
-from reactor.daemon.config import Config, load_config
-from reactor.engine.clock import VirtualClock
-from reactor.engine.engine import Engine, tune_gc
-from reactor.engine.replay import ReplayRefused, ReplayServices, replay
 from reactor.errors import LoadError, ReactorError, SourceError
-from reactor.model.catalog import default_catalog
-from reactor.model.duration import parse_duration
-from reactor.rules.loader import load_rules
-from reactor.rules.rule import RuleSet
-from reactor.rules.template import to_jsonable
 from reactor.version import __version__
+
+if TYPE_CHECKING:
+    from reactor.actions.registry import Registry
+    from reactor.daemon.config import Config
+    from reactor.rules.rule import RuleSet
+
+# Each command imports what it uses, in its function: `reactor --help` loads argparse and
+# this module only, `reactor check` the loader and the registry, not the engine or asyncio.
 
 __all__ = ["REPLAY_EXIT_CODES", "error_json", "main"]
 
@@ -51,6 +48,8 @@ exit codes:
 
 
 def _json(obj: Any) -> str:
+    from reactor.rules.template import to_jsonable
+
     return orjson.dumps(obj, default=to_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
@@ -68,6 +67,9 @@ def _registry(config: Config | None) -> Registry:
 
 
 def _load(args: argparse.Namespace, rule_dirs: Sequence[str]) -> tuple[Config | None, RuleSet]:
+    from reactor.daemon.config import load_config
+    from reactor.rules.loader import load_rules
+
     config = load_config(args.config) if getattr(args, "config", None) else None
     dirs: list[str | Path] = list(rule_dirs)
     if not dirs and config is not None:
@@ -153,6 +155,12 @@ def _print_record(rec: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from reactor.engine.clock import VirtualClock
+    from reactor.engine.engine import Engine, tune_gc
+    from reactor.engine.replay import ReplayRefused, ReplayServices, replay
+
     try:
         config, rules = _load(args, [args.rules] if args.rules else [])
     except LoadError as err:
@@ -164,7 +172,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     def output(rec: dict[str, Any]) -> None:
         _print_record(rec, as_json)
 
+    dropped = 0
+
     async def go() -> Any:
+        nonlocal dropped
         clock = VirtualClock()
         journal = None
         async with asyncio.TaskGroup() as tg:
@@ -174,22 +185,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 if args.journal:
                     from reactor.ops.journal import Journal
 
-                    journal = Journal(Path(args.journal), record_events="matched")
+                    journal = Journal(Path(args.journal),
+                                      record_events=config.journal.events if config else "matched")
                     await journal.__aenter__()
                 engine = Engine(rules, clock=clock, dry_run=args.dry_run, output=output, journal=journal,
                                 labels=_labels_from(config), resources=services.resources)
                 services.attach(engine)
                 if args.events == "-":
-                    result = await replay(sys.stdin, engine, clock, source="<stdin>")
+                    result = await replay(sys.stdin, engine, clock, source="<stdin>",
+                                            journal_wait=args.journal_wait)
                 else:
                     with open(args.events, "rb") as f:  # noqa: ASYNC230 -- replay reads its input on the loop
-                        result = await replay(f, engine, clock, source=args.events)
+                        result = await replay(f, engine, clock, source=args.events, journal_wait=args.journal_wait)
                 result.undelivered = await services.flush()
                 return result
             finally:
                 await services.aclose()
                 if journal is not None:
                     await journal.aclose()
+                    dropped = journal.stats.dropped
 
     if args.events != "-" and not Path(args.events).exists():
         print(f"{args.events}: No such file or directory", file=sys.stderr)
@@ -224,6 +238,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if result.errors:
         return 1
+    if dropped:   # exit 4: the journal lost rows (it could not write them)
+        print(f"{args.journal}: the journal dropped {dropped} rows (it could not write them)", file=sys.stderr)
+        return 4
     return 3 if failed or result.undelivered else 0
 
 
@@ -235,6 +252,8 @@ def _labels_from(config: Config | None) -> Any:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    from reactor.model.catalog import default_catalog
+
     cat = default_catalog()
     if args.name:
         if args.name not in cat:
@@ -275,6 +294,9 @@ def _open_journal(path: Path) -> Any:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from reactor.daemon.config import load_config
+    from reactor.model.duration import parse_duration
+
     try:
         config = load_config(args.config) if args.config else None
     except LoadError as err:
@@ -350,6 +372,7 @@ def _read_events(path: str) -> list[Any]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from reactor.engine.explain import explain, format_verdicts
+    from reactor.model.catalog import default_catalog
 
     try:
         config, rules = _load(args, args.rules or [])
@@ -395,6 +418,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from reactor.daemon.config import load_config
     from reactor.schemas.generate import config_schema, rules_schema
 
     try:
@@ -413,6 +437,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from reactor.daemon.config import load_config
     from reactor.daemon.daemon import run_daemon
 
     try:
@@ -436,6 +461,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
+    from reactor.daemon.config import load_config
     from reactor.integrations.fleetview import fetch_status, format_status
 
     try:
@@ -465,6 +491,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from reactor.daemon.config import load_config
     from reactor.rules.arguments import describe_type
 
     try:
@@ -494,6 +521,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def version_text() -> str:
     """``reactor --version``: the version, the distribution, and the QEMU versions the event catalog covers."""
+    from reactor.model.catalog import default_catalog
+
     versions = ", ".join(default_catalog().qemu_versions)
     return (f"reactor {__version__} (distribution {DISTRIBUTION})\n"
             f"QEMU event catalogs: {versions} (a newer QEMU's other events and fields pass through untyped)")
@@ -545,7 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config", help="VM labels, plugins and the MQTT brokers mqtt steps publish to")
     s.add_argument("--dry-run", action="store_true", help="execute no action; print what would run")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
-    s.add_argument("--journal", metavar="PATH", help="record into this journal file")
+    s.add_argument("--journal", metavar="PATH", help="record into this journal file (exit 4 if it dropped rows)")
+    s.add_argument("--journal-wait", metavar="SECONDS", type=float, default=60.0,
+                   help="how long replay waits for a journal that writes nothing before going on without it "
+                        "(default 60)")
     s.set_defaults(fn=cmd_replay)
 
     s = sub.add_parser("events", help="the typed QMP event catalog")

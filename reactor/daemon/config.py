@@ -62,6 +62,8 @@ class JournalConfig:
     events: Literal["all", "matched", "none"] = "matched"
     max_age: float | None = None
     max_size: int | None = None
+    #: rows kept in memory while the journal cannot write; past that new rows are dropped and counted
+    max_pending: int = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,11 +354,12 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
     jc = JournalConfig()
     jn = p.mapping(root.get("journal"), "journal")
     if jn is not None:
-        p.keys(jn, ("events", "max_age", "max_size"), "journal: ")
+        p.keys(jn, ("events", "max_age", "max_size", "max_pending"), "journal: ")
         jc = JournalConfig(
             events=p.choice(jn.get("events"), "journal.events", ("all", "matched", "none"), "matched"),  # type: ignore[arg-type]
             max_age=p.duration(jn.get("max_age"), "journal.max_age"),
             max_size=p.size(jn.get("max_size"), "journal.max_size"),
+            max_pending=p.positive_int(jn.get("max_pending"), "journal.max_pending", 200_000),
         )
     qc = QMPConfig()
     qn = p.mapping(root.get("qmp"), "qmp")

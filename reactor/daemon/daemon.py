@@ -226,7 +226,7 @@ class Daemon:
         except OSError as err:
             reason = os.strerror(err.errno).lower() if err.errno else str(err)
             raise JournalError(f"state_dir {state}: {reason}") from err
-        journal = Journal(state / "journal.db", record_events=cfg.journal.events)
+        journal = Journal(state / "journal.db", record_events=cfg.journal.events, max_pending=cfg.journal.max_pending)
         async with journal, asyncio.TaskGroup() as tg:
             self._journal = journal
             self._tg = tg

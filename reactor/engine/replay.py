@@ -13,6 +13,15 @@ the first event with one :class:`ReplayRefused` line naming the rule and the
 step: an ``mqtt`` step without a configured broker, a broker that does not
 answer, a resource that does not start.  In replay the MQTT event mirror and
 the MQTT source stay off (only the rules' steps publish).
+
+Replay reads as fast as the rules run and never waits on I/O, so it lets the
+journal write as it goes: it gives the event loop a turn every
+``YIELD_EVERY`` events (the journal's flusher hands a full batch to its
+writer thread then), and when the pending rows reach the journal's high-water mark
+it waits for the writer (backpressure) rather than let rows be dropped.  Only
+a journal that writes nothing for ``journal_wait`` seconds (a stalled disk)
+makes replay go on without it; what is dropped then is counted in the
+journal's stats (``reactor replay`` exits 4).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from reactor.model.event import Event
 from reactor.rules.rule import RuleSet, Step
 from reactor.rules.source import close_match
 
-__all__ = ["ReplayRefused", "ReplayResult", "ReplayServices", "replay"]
+__all__ = ["YIELD_EVERY", "ReplayRefused", "ReplayResult", "ReplayServices", "replay"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,9 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 #: How long replay waits at the end for the brokers to acknowledge what the steps published.
 FLUSH_TIMEOUT = 10.0
+
+#: Events replayed between two turns of the event loop (the journal's flusher runs in them).
+YIELD_EVERY = 256
 
 
 @dataclass(slots=True)
@@ -263,11 +275,19 @@ async def _advance(engine: Engine, clock: VirtualClock, until: float) -> None:
 
 
 async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClock, *,
-                 source: str = "<events>") -> ReplayResult:
-    """Feed QMP event lines through ``engine``; ``engine.clock`` must be ``clock``."""
+                 source: str = "<events>", journal_wait: float = 60.0) -> ReplayResult:
+    """Feed QMP event lines through ``engine``; ``engine.clock`` must be ``clock``.
+
+    With a journal (``engine.journal``), waits for it when it falls behind,
+    unless it wrote nothing for ``journal_wait`` seconds.
+    """
     result = ReplayResult()
     make = engine.catalog.make_event
     first = True
+    journal = engine.journal
+    wait_for_room = getattr(journal, "wait_for_room", None)
+    high = int(journal.high_water) if wait_for_room is not None else 0
+    turn = YIELD_EVERY
     async with engine.session():
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
@@ -297,6 +317,14 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
             engine.dispatch(event)
             result.events += 1
             await _settle(engine, clock)
+            if wait_for_room is not None and journal.pending >= high:
+                await wait_for_room(stall=journal_wait)
+                turn = YIELD_EVERY
+            else:
+                turn -= 1
+                if not turn:
+                    turn = YIELD_EVERY
+                    await asyncio.sleep(0)   # the journal's flusher gets its turn
         await _advance(engine, clock, math.inf)
         await _settle(engine, clock)
     runs: dict[str, int] = {}

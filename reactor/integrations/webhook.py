@@ -16,11 +16,13 @@ import os
 import random
 import ssl
 import time
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from reactor.actions.action import DaemonContext, Resource
 from reactor.errors import ActionError, WebhookError
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when the session starts: a command that sends no webhook never loads it
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -91,6 +93,8 @@ class HttpSession(Resource):
 
     async def start(self) -> None:
         if self._session is None:
+            import aiohttp
+
             connector = aiohttp.TCPConnector(limit=self.LIMIT, limit_per_host=self.LIMIT_PER_HOST)
             self._session = aiohttp.ClientSession(
                 connector=connector,

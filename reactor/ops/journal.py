@@ -7,6 +7,13 @@ duration).  It also keeps the state that must survive a restart: throttle
 timestamps, the MQTT outbox (QoS >= 1 messages not yet acknowledged) and the
 correlation state of ``after``/``count``/``unless`` rules (:meth:`Journal.record_correlation`).
 
+A run's steps are folded into its row (``runs.steps``, a JSON array, schema
+2): a run that starts and ends within one flush is one insert; a step that
+ends after its run's row was written is appended to that row by the next
+flush, so a step is on disk as soon as any other row recorded with it.  The
+``steps`` table holds only what a reactor before schema 2 wrote and the
+migration did not move (it moves everything).
+
 Writing never slows the engine down and never crashes it:
 
 * The ``record_*``/``start_run``/``end_run``/``outbox_*`` calls are synchronous
@@ -24,8 +31,12 @@ Writing never slows the engine down and never crashes it:
   events, runs, steps, throttle entries and outbox messages are dropped (the
   newest are dropped, so what was kept is a contiguous prefix) and counted in
   :attr:`JournalStats.dropped`; run updates and outbox acks have a 10 % reserve
-  above the bound so that kept runs still get their end.  Ids are still
-  returned for dropped rows.
+  above the bound so that kept runs still get their end (the steps and end of
+  a dropped run are not recorded either).  Ids are still returned for dropped
+  rows.  The first drop of an episode is logged (an error), and the total when
+  the journal writes again.  A producer that can wait (``reactor replay``)
+  calls :meth:`Journal.wait_for_room` once :attr:`Journal.pending` reaches
+  :attr:`Journal.high_water` (half the bound): backpressure comes before loss.
 * A row that SQLite refuses for its content (a string with lone surrogates, an
   integer too large) does not poison the batch: the batch is written again with
   every text field sanitised; if that fails too the batch is dropped and counted.
@@ -182,6 +193,18 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
         vm TEXT NOT NULL, rule TEXT NOT NULL, run_id INTEGER, attempt TEXT NOT NULL, phase TEXT NOT NULL,
         outcome TEXT NOT NULL, queued REAL, started REAL NOT NULL, cont REAL, ended REAL NOT NULL, error TEXT);
     CREATE INDEX resume_attempts_vm ON resume_attempts (vm, ended)""",
+    # 3 -> 4: a run's steps folded (issue 14) into its row (``runs.steps``: a JSON array of
+    # ``[index, action, args, status, result, error, started, duration]``), one insert per run
+    # instead of one per run and one per step; the steps of existing runs move there.
+    "ALTER TABLE runs ADD COLUMN steps TEXT;"
+    " UPDATE runs SET steps = (SELECT json_group_array(json(x.step)) FROM (SELECT json_array(s.idx, s.action,"
+    " CASE WHEN s.args IS NULL THEN NULL WHEN json_valid(s.args) THEN json(s.args) ELSE json_quote(s.args) END,"
+    " s.status,"
+    " CASE WHEN s.result IS NULL THEN NULL WHEN json_valid(s.result) THEN json(s.result)"
+    " ELSE json_quote(s.result) END,"
+    " s.error, s.started, s.duration) AS step FROM steps s WHERE s.run_id = runs.id ORDER BY s.idx, s.rowid) AS x)"
+    " WHERE id IN (SELECT run_id FROM steps);"
+    " DELETE FROM steps",
 )
 
 #: The schema version written to ``PRAGMA user_version``.
@@ -333,6 +356,9 @@ class Journal:
         self._outbox_seq = 0
         self._wake: asyncio.Event | None = None
         self._dropped = [0] * len(_KIND_NAMES)
+        self._dropping = -1  # total drops when the current drop episode began (-1: none)
+        self._dropped_runs: set[int] = set()  # runs dropped whose end has not come yet: their rows are skipped
+        self._stalled_at = -1  # rows written when wait_for_room last gave up (-1: not stalled)
 
         # Writer state (under _write_lock).
         self._write_lock = threading.Lock()
@@ -370,6 +396,11 @@ class Journal:
     def pending(self) -> int:
         """Rows recorded and not yet written."""
         return len(self._pending) + self._inflight
+
+    @property
+    def high_water(self) -> int:
+        """Pending rows at which a producer that can wait should call :meth:`wait_for_room`."""
+        return max(self.max_pending // 2, 1)
 
     @property
     def stats(self) -> JournalStats:
@@ -578,7 +609,9 @@ class Journal:
         cur = con.execute(
             "UPDATE runs SET status = 'interrupted',"
             " ended = MAX(started, COALESCE((SELECT MAX(s.started + s.duration) FROM steps s"
-            "                                WHERE s.run_id = runs.id), started)),"
+            "                                WHERE s.run_id = runs.id), started),"
+            "             COALESCE((SELECT MAX(json_extract(j.value, '$[6]') + json_extract(j.value, '$[7]'))"
+            "                       FROM json_each(runs.steps) j), started)),"
             " error = COALESCE(error, ?)"
             " WHERE status IN ('running', 'queued')",
             (_INTERRUPTED_ERROR,),
@@ -593,6 +626,11 @@ class Journal:
             raise JournalError(f"{self.path}: journal is not open")
         if self.readonly:
             raise JournalError(f"{self.path}: journal is open read-only")
+        if self._dropping < 0 and self._limit:
+            self._dropping = sum(self._dropped)
+            log.error("journal %s: %d rows pending, the bound (the journal cannot write: %s): new rows are "
+                      "dropped and counted (reactor_journal_dropped_rows_total) until it writes again",
+                      self.path, self.pending, self._last_error or "not yet written")
         self._dropped[kind] += 1
 
     def _kick(self) -> None:
@@ -643,6 +681,8 @@ class Journal:
         n = len(p) + self._inflight
         if n >= self._limit:
             self._refuse(_RUN)
+            if self._limit and outcome in ("started", "queued") and len(self._dropped_runs) < 100_000:
+                self._dropped_runs.add(rid)   # its steps and end are not written (they would take the reserve)
             return rid
         p.append((_RUN, rid, rule, vm, event_id, event_name, outcome, started))
         if n >= self.batch_rows:
@@ -660,6 +700,10 @@ class Journal:
 
     def _update(self, run_id: int, status: str | None, outcome: str | None, ended: float | None,
                 error: str | None) -> None:
+        if self._dropped_runs and run_id in self._dropped_runs:
+            if ended is not None:
+                self._dropped_runs.discard(run_id)
+            return
         p = self._pending
         n = len(p) + self._inflight
         if n >= self._limit_ctl:
@@ -685,7 +729,7 @@ class Journal:
         """Record a finished step (``args`` already redacted; must not be mutated afterwards)."""
         p = self._pending
         n = len(p) + self._inflight
-        if n >= self._limit:
+        if n >= self._limit or (self._dropped_runs and run_id in self._dropped_runs):
             self._refuse(_STEP)
             return
         p.append((_STEP, run_id, index, action, args, status, result, error, started, duration))
@@ -768,6 +812,38 @@ class Journal:
         """Write what is pending now; True when it was written."""
         return await asyncio.to_thread(self._flush_once)
 
+    async def wait_for_room(self, *, stall: float = 60.0) -> bool:
+        """Backpressure: wait until the flusher has brought the pending rows down to a quarter of the bound.
+
+        For producers that can wait (replay).  True once there is room; False
+        when the journal wrote nothing for ``stall`` seconds (a stalled or full
+        disk): the producer goes on, and past the bound rows are dropped and
+        counted.  After a False, further calls return False at once until the
+        journal writes again (a stalled journal costs the producer ``stall``
+        seconds once, not per call).
+        """
+        if not self._limit or self.pending <= self.max_pending // 4:
+            return True
+        if self._stalled_at >= 0 and self._written == self._stalled_at:
+            return False
+        self._stalled_at = -1
+        loop = asyncio.get_running_loop()
+        low = self.max_pending // 4
+        written = self._written
+        deadline = loop.time() + stall
+        while self._limit and self.pending > low:
+            self._kick()
+            await asyncio.sleep(0.002)
+            if self._written != written:
+                written = self._written
+                deadline = loop.time() + stall
+            elif loop.time() >= deadline:
+                self._stalled_at = written
+                log.warning("journal %s: nothing written for %gs with %d rows pending: going on without waiting",
+                            self.path, stall, self.pending)
+                return False
+        return True
+
     def flush_sync(self) -> bool:
         """Write what is pending now, in this thread; True when it was written."""
         return self._flush_once()
@@ -834,6 +910,10 @@ class Journal:
             if not self._healthy:
                 self._healthy = True
                 log.warning("journal %s: writing again (%d rows written)", self.path, n)
+            if self._dropping >= 0:
+                log.warning("journal %s: below the bound again; %d rows were dropped meanwhile", self.path,
+                            sum(self._dropped) - self._dropping)
+                self._dropping = -1
             return True
 
     def _failed(self, err: BaseException) -> None:
@@ -864,15 +944,19 @@ class Journal:
                                 _event_params(groups[_EVENT], clean))
             runs, updates = _coalesce(list(_run_params(groups[_RUN], clean)),
                                       list(_update_params(groups[_RUN_UPDATE], clean)))
-            if runs:
-                con.executemany(f"{verb} INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", runs)
+            steps: dict[int, list[str]] = {}
+            for r in groups[_STEP]:
+                steps.setdefault(r[1], []).append(_step_json(r, clean))
+            if runs:   # a run and the steps recorded with it: one row
+                con.executemany(f"{verb} INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                [(*r, _steps_json(steps.pop(r[0]))) if r[0] in steps else (*r, None) for r in runs])
             if updates:
                 con.executemany(
                     "UPDATE runs SET status = COALESCE(?, status), outcome = COALESCE(?, outcome),"
                     " ended = COALESCE(?, ended), error = COALESCE(?, error) WHERE id = ?", updates)
-            if groups[_STEP]:
-                con.executemany("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                _step_params(groups[_STEP], clean))
+            if steps:   # steps of runs written by an earlier batch: appended to their row
+                con.executemany("UPDATE runs SET steps = json_insert(COALESCE(steps, '[]'), '$[#]', json(?))"
+                                " WHERE id = ?", [(step, rid) for rid, lst in steps.items() for step in lst])
             if groups[_THROTTLE]:
                 con.executemany("INSERT INTO throttle VALUES (?, ?, ?)",
                                 ((_text(r[1], clean), _text(r[2], clean), r[3]) for r in groups[_THROTTLE]))
@@ -973,7 +1057,10 @@ class Journal:
         steps: dict[int, list[StepRecord]] = {}
         events: dict[int, EventRecord] = {}
         if with_steps:
-            ids = [r[0] for r in rows]
+            for r in rows:
+                if r[10] is not None:
+                    steps[r[0]] = _folded_steps(r[0], r[10])
+            ids = [r[0] for r in rows if r[10] is None]   # the steps table: rows of an older reactor
             for chunk in _chunks(ids, 500):
                 marks = ",".join("?" * len(chunk))
                 sql = f"SELECT * FROM steps WHERE run_id IN ({marks}) ORDER BY run_id, idx, rowid"
@@ -1041,22 +1128,23 @@ class Journal:
     @staticmethod
     def _prune(con: sqlite3.Connection, cutoff: float | None, max_rows: int | None) -> int:
         deleted = 0
-        run_ids: list[tuple[int]] = []
         live = "status NOT IN ('running', 'queued', 'pending')"   # pending: an unless match held
+        gone: list[tuple[int, int]] = []   # (run id, its folded steps): the steps count as rows deleted
         if cutoff is not None:
             deleted += con.execute("DELETE FROM events WHERE ts < ?", (cutoff,)).rowcount
             deleted += con.execute("DELETE FROM throttle WHERE ts < ?", (cutoff,)).rowcount
             deleted += con.execute("DELETE FROM resume_attempts WHERE ended < ?", (cutoff,)).rowcount
-            run_ids += con.execute(f"DELETE FROM runs WHERE COALESCE(ended, started) < ? AND {live}"
-                                   " RETURNING id", (cutoff,)).fetchall()
+            gone += con.execute(f"DELETE FROM runs WHERE COALESCE(ended, started) < ? AND {live}"
+                                " RETURNING id, COALESCE(json_array_length(steps), 0)", (cutoff,)).fetchall()
         if max_rows is not None:
             deleted += con.execute(
                 "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (max_rows,)).rowcount
-            run_ids += con.execute(
+            gone += con.execute(
                 f"DELETE FROM runs WHERE id <= (SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?)"
-                f" AND {live} RETURNING id", (max_rows,)).fetchall()
-        deleted += len(run_ids)
+                f" AND {live} RETURNING id, COALESCE(json_array_length(steps), 0)", (max_rows,)).fetchall()
+        run_ids = [(rid,) for rid, _ in gone]
+        deleted += len(run_ids) + sum(n for _, n in gone)
         before = con.total_changes
         con.executemany("DELETE FROM steps WHERE run_id = ?", run_ids)
         deleted += con.total_changes - before
@@ -1174,10 +1262,35 @@ def _update_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[A
         yield (_text(status, clean), _text(outcome, clean), _num(ended, clean), _text(error, clean), rid)
 
 
-def _step_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:
-    for _, rid, index, action, args, status, result, error, started, duration in rows:
-        yield (rid, index, _text(action, clean), _json(args), _text(status, clean), _json(result),
-               _text(error, clean), _num(started, clean) or 0.0, _num(duration, clean) or 0.0)
+def _step_json(row: tuple[Any, ...], clean: bool) -> str:
+    """A step as the JSON array folded into its run's row: ``[index, action, args, status, result, error,
+    started, duration]`` (args and result each written on their own, so one odd value spoils nothing else)."""
+    _, _rid, index, action, args, status, result, error, started, duration = row
+    if not clean:
+        try:   # the common case: one encoder call
+            return orjson.dumps([index, action, args, status, result, error, started, duration],
+                                default=_default, option=_JSON_OPTIONS).decode()
+        except TypeError:
+            pass
+    return (f"[{int(index)},{_json(_text(action, clean))},{_json(args)},{_json(_text(status, clean))},"
+            f"{_json(result)},{_json(_text(error, clean))},{_json(_num(started, clean) or 0.0)},"
+            f"{_json(_num(duration, clean) or 0.0)}]")
+
+
+def _steps_json(steps: list[str]) -> str:
+    return "[" + ",".join(steps) + "]"
+
+
+def _folded_steps(run_id: int, text: str) -> list[StepRecord]:
+    out = [StepRecord(run_id=run_id, index=s[0], action=s[1], args=s[2], status=s[3], result=s[4], error=s[5],
+                      started=s[6], duration=s[7])
+           for s in orjson.loads(text) if isinstance(s, list) and len(s) == 8]
+    out.sort(key=_step_index)   # as the steps table was read: by index, then in the order recorded
+    return out
+
+
+def _step_index(s: StepRecord) -> int:
+    return s.index
 
 
 def _outbox_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:

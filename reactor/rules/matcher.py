@@ -151,21 +151,24 @@ def literal_problem(ts: TypeSpec, value: Any) -> str | None:
             hint = close_match(value, ts.values)
             return f"{value!r} is not one of {', '.join(ts.values)}" + (f" (did you mean {hint!r}?)" if hint else "")
         return None
-    checks: dict[str, Callable[[Any], bool]] = {
-        "str": lambda v: isinstance(v, str),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": _num,
-        "bool": lambda v: isinstance(v, bool),
-        "null": lambda v: v is None,
-        "object": lambda v: isinstance(v, Mapping),
-        "array": lambda v: isinstance(v, list),
-    }
-    ok = checks[k](value)
-    if ok:
+    if _KIND_CHECKS[k](value):
         return None
-    want = {"str": "a string", "int": "an integer", "number": "a number", "bool": "a boolean (true/false)",
-            "null": "null", "object": "a mapping", "array": "a list"}[k]
-    return f"expected {want}, got {kind_of(value)} {value!r}"
+    return f"expected {_KIND_WANTED[k]}, got {kind_of(value)} {value!r}"
+
+
+#: built once (not per literal: a 1,000-rule file checks thousands)
+_KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": _num,
+    "bool": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "object": lambda v: isinstance(v, Mapping),
+    "array": lambda v: isinstance(v, list),
+}
+_KIND_WANTED: dict[str, str] = {"str": "a string", "int": "an integer", "number": "a number",
+                                "bool": "a boolean (true/false)", "null": "null", "object": "a mapping",
+                                "array": "a list"}
 
 
 class _Compiler:
@@ -487,9 +490,11 @@ class Matcher:
     """Finds the rules an event matches, without looking at rules for other events.
 
     Per event name (plus ``"*"`` rules) the matcher keeps an index on the VM
-    name (rules whose ``vms`` are plain names) and on the one literal field
-    that most of that event's rules test, so at 10,000 rules an event only
-    meets the rules that could match it.
+    name (rules whose ``vms`` are plain names) and on the one data field that
+    most of that event's rules test for equality with literals, in ``match``
+    or in an ``if`` (``event.data.device == 'vda'``, ``... in ['a', 'b']``,
+    as ``and`` conjuncts), so at 10,000 rules an event only meets the rules
+    that could match it.
     """
 
     def __init__(self, rules: Iterable[Rule]) -> None:
@@ -527,34 +532,52 @@ def _by_index(r: Rule) -> int:
     return r.index
 
 
-class _Bucket:
-    """The rules for one event name, indexed by VM name and by one literal field."""
+def _if_literals(rule: Rule) -> dict[str, tuple[Any, ...]]:
+    return rule.condition.data_literals() if rule.condition is not None else {}
 
-    def __init__(self, rules: list[Rule]) -> None:
+
+class _Bucket:
+    """The rules for one event name, indexed by VM name, then (for each VM's rules and for the others)
+    by the data field whose literal tests narrow them most."""
+
+    def __init__(self, rules: list[Rule], *, by_vm: bool = True) -> None:
         self.rules = rules
         self.size = len(rules)
-        self.by_vm: dict[str, list[Rule]] = {}
+        self.by_vm: dict[str, _Bucket] = {}
         rest: list[Rule] = []
+        per_vm: dict[str, list[Rule]] = {}
         for r in rules:
-            names = r.vms.literal_names() if r.vms is not None else None
+            names = r.vms.literal_names() if by_vm and r.vms is not None else None
             if names:
                 for n in names:
-                    self.by_vm.setdefault(n, []).append(r)
+                    per_vm.setdefault(n, []).append(r)
             else:
                 rest.append(r)
-        counts = Counter(k for r in rest for k in (r.literals or {}))
+        # one VM's rules are indexed by their own most selective field in turn
+        self.by_vm = {n: _Bucket(rs, by_vm=False) for n, rs in per_vm.items()}
+        # the literals of `match` and those an `if` requires (`event.data.KEY == 'x'`, `... in [...]`)
+        tests = {id(r): _if_literals(r) for r in rest}
+        counts = Counter(k for r in rest for k in sorted({*(r.literals or {}), *tests[id(r)]}) if "." not in k)
         self.field: str | None = None
         self.get: Callable[[Mapping[str, Any]], Any] | None = None
         self.by_value: dict[Any, list[Rule]] = {}
+        #: rules indexed by an `if` literal: candidates too when the field is absent, a bool or unhashable
+        #: (their `if` then decides, and reports its errors, as without the index)
+        self.loose: list[Rule] = []
         self.rest = rest
         if counts:
-            top, uses = counts.most_common(1)[0]
-            if uses >= 4 and "." not in top:
+            top, uses = min(((k, n) for k, n in counts.items() if n >= 4),
+                            key=lambda kn: self._cost(kn[0], rest, tests), default=("", 0))
+            if uses >= 4:
                 self.field = top
                 self.get = _getter(top)
                 rest2 = []
                 for r in rest:
                     lits = (r.literals or {}).get(top)
+                    if lits is None:
+                        lits = tests[id(r)].get(top)
+                        if lits is not None:
+                            self.loose.append(r)
                     if lits is None:
                         rest2.append(r)
                     else:
@@ -562,21 +585,41 @@ class _Bucket:
                             self.by_value.setdefault(v, []).append(r)
                 self.rest = rest2
 
+    @staticmethod
+    def _cost(key: str, rules: list[Rule], tests: Mapping[int, Mapping[str, tuple[Any, ...]]]) -> int:
+        """Candidates an event meets at worst with the index on ``key``: the rules that do not test
+        it, plus the largest group of rules testing it for one value (the most selective field wins)."""
+        per_value: Counter[Any] = Counter()
+        without = 0
+        for r in rules:
+            lits = (r.literals or {}).get(key)
+            if lits is None:
+                lits = tests[id(r)].get(key)
+            if lits is None:
+                without += 1
+            else:
+                per_value.update(lits)
+        return without + max(per_value.values(), default=0)
+
     def candidates(self, event: Event) -> list[Rule]:
         parts: list[list[Rule]] = []
         if self.by_vm:
-            got = self.by_vm.get(event.vm)
-            if got:
-                parts.append(got)
+            sub = self.by_vm.get(event.vm)
+            if sub is not None:
+                mine = sub.candidates(event)
+                if mine:
+                    parts.append(mine)
         if self.get is not None:
             v = self.get(event.data)
             if v is not _MISSING and not isinstance(v, bool):
                 try:
                     got = self.by_value.get(v)
                 except TypeError:
-                    got = None
+                    got = self.loose
                 if got:
                     parts.append(got)
+            elif self.loose:
+                parts.append(self.loose)
         if self.rest:
             parts.append(self.rest)
         if not parts:

@@ -21,6 +21,7 @@ import functools
 import math
 import operator
 import re
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ import jinja2
 import jinja2.compiler
 import jinja2.filters
 import jinja2.nodes
+import jinja2.parser
+import jinja2.sandbox
 import jinja2.utils
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -324,18 +327,29 @@ class Template:
 
 
 class Expression:
-    """A compiled boolean-ish expression (``if``, ``when``)."""
+    """A compiled boolean-ish expression (``if``, ``when``).
 
-    __slots__ = ("_fn", "source")
+    Simple expressions (comparisons of ``event.data.x``, ``vm.status``... with
+    literals, joined by ``and``/``or``/``not``, ``is defined``/``is none``)
+    are also compiled to plain Python closures that do what Jinja's compiled
+    code does (the same sandboxed attribute and item lookups, the same
+    undefined values), without a Jinja context per evaluation.
+    """
 
-    def __init__(self, source: str, fn: Callable[..., Any]) -> None:
+    __slots__ = ("_fast", "_fn", "source")
+
+    def __init__(self, source: str, fn: Callable[..., Any] | None,
+                 fast: Callable[[Mapping[str, Any]], Any] | None = None) -> None:
+        if fn is None and fast is None:
+            raise ValueError("an Expression needs Jinja's compiled code or the fast path")
         self.source = source
         self._fn = fn
+        self._fast = fast
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         Limits.budget = MAX_ITERATIONS
         try:
-            value = self._fn(**names)
+            value = self._fast(names) if self._fast is not None else self._fn(**names)  # type: ignore[misc]
         except Exception as err:
             raise _render_error(err, f"expression {self.source!r}") from err
         if isinstance(value, jinja2.Undefined):
@@ -345,8 +359,73 @@ class Expression:
     def test(self, names: Mapping[str, Any]) -> bool:
         return bool(self.evaluate(names))
 
+    def data_literals(self) -> dict[str, tuple[Any, ...]]:
+        """The ``event.data.KEY == LITERAL`` and ``event.data.KEY in [LITERALS]`` tests this expression
+        requires (its top-level ``and`` conjuncts): with KEY present and not one of those values, the
+        expression is false.  For the matcher's index; empty when there is nothing to index."""
+        src = self.source.strip()
+        if src.startswith("{{") and src.endswith("}}"):
+            src = src[2:-2]
+        try:
+            tree = jinja2.parser.Parser(ENV, src, state="variable").parse_expression()
+        except jinja2.TemplateSyntaxError:
+            return {}
+        out: dict[str, tuple[Any, ...]] = {}
+        _conjunct_literals(tree, out)
+        return out
+
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
+
+
+def _data_key(node: jinja2.nodes.Node) -> str | None:
+    """``KEY`` when ``node`` is ``event.data.KEY`` or ``event.data['KEY']``."""
+    if isinstance(node, jinja2.nodes.Getattr):
+        key, parent = node.attr, node.node
+    elif isinstance(node, jinja2.nodes.Getitem) and isinstance(node.arg, jinja2.nodes.Const) \
+            and isinstance(node.arg.value, str):
+        key, parent = node.arg.value, node.node
+    else:
+        return None
+    if (isinstance(parent, jinja2.nodes.Getattr) and parent.attr == "data"
+            and isinstance(parent.node, jinja2.nodes.Name) and parent.node.name == "event"):
+        return key
+    return None
+
+
+def _index_literal(v: Any) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool)
+
+
+def _conjunct_literals(node: jinja2.nodes.Node, out: dict[str, tuple[Any, ...]]) -> None:
+    if isinstance(node, jinja2.nodes.And):
+        _conjunct_literals(node.left, out)
+        _conjunct_literals(node.right, out)
+        return
+    if not isinstance(node, jinja2.nodes.Compare) or len(node.ops) != 1:
+        return
+    op = node.ops[0]
+    left, right = node.expr, op.expr
+    if op.op == "eq":
+        if _data_key(left) is None:
+            left, right = right, left
+        key = _data_key(left)
+        if key is not None and isinstance(right, jinja2.nodes.Const) and _index_literal(right.value):
+            values: tuple[Any, ...] = (right.value,)
+        else:
+            return
+    elif op.op == "in":
+        key = _data_key(left)
+        if key is None or not isinstance(right, (jinja2.nodes.List, jinja2.nodes.Tuple)) or not right.items:
+            return
+        if not all(isinstance(i, jinja2.nodes.Const) and _index_literal(i.value) for i in right.items):
+            return
+        values = tuple(i.value for i in right.items)  # type: ignore[attr-defined]
+    else:
+        return
+    if key in out:   # `a == 1 and a == 2`: what both allow
+        values = tuple(v for v in out[key] if v in values)
+    out[key] = values
 
 
 def compile_expression(text: str, pos: Position, what: str = "expression") -> Expression:
@@ -354,11 +433,144 @@ def compile_expression(text: str, pos: Position, what: str = "expression") -> Ex
     src = text.strip()
     if src.startswith("{{") and src.endswith("}}"):
         src = src[2:-2]
+    fast: _Fast | None = None
+    try:
+        parser = jinja2.parser.Parser(ENV, src, state="variable")
+        tree = parser.parse_expression()
+        if parser.stream.eos:
+            fast = _fast(tree)
+    except jinja2.TemplateSyntaxError:
+        fast = None
+    if fast is not None:   # parsed whole, no filter or test to resolve: Jinja's code generation is not needed
+        return Expression(text, None, fast)
     try:
         fn = ENV.compile_expression(src, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as err:
         raise _syntax_error(err, text, pos, what) from err
     return Expression(text, fn)
+
+
+_Fast = Callable[[Mapping[str, Any]], Any]
+
+_METHODS = (types.MethodType, types.BuiltinMethodType)
+
+
+_PLAIN: dict[tuple[type, str], bool] = {}
+
+
+def _plain_property(cls: type, attr: str) -> bool:
+    """``attr`` is a property of ``cls`` that the sandbox lets a template read as is (``event.data``,
+    ``vm.status``): public, not an internal attribute, not a mutating method of a known mutable type."""
+    known = _PLAIN.get((cls, attr))
+    if known is not None:
+        return known
+    ok = False
+    if any(isinstance(c.__dict__.get(attr), property) for c in cls.__mro__):
+        probe: Any
+        try:
+            probe = object.__new__(cls)
+        except TypeError:
+            probe = None
+        ok = probe is not None and not jinja2.sandbox.is_internal_attribute(probe, attr) \
+            and not jinja2.sandbox.modifies_known_mutable(probe, attr)
+    _PLAIN[(cls, attr)] = ok
+    return ok
+
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "lteq": operator.le, "gt": operator.gt,
+    "gteq": operator.ge, "in": lambda a, b: a in b, "notin": lambda a, b: a not in b,
+}
+
+
+def _fast(node: jinja2.nodes.Node) -> _Fast | None:
+    """A closure computing ``node`` as Jinja's generated code would, or None outside the simple subset."""
+    n = jinja2.nodes
+    if isinstance(node, n.Const):
+        value = node.value
+        return lambda ns: value
+    if isinstance(node, (n.List, n.Tuple)):
+        if not all(isinstance(i, n.Const) for i in node.items):
+            return None
+        items = [i.value for i in node.items]  # type: ignore[attr-defined]
+        if isinstance(node, n.Tuple):
+            tup = tuple(items)
+            return lambda ns: tup
+        return lambda ns: list(items)
+    if isinstance(node, n.Name) and node.ctx == "load":
+        name = node.name
+        undefined, globals_ = ENV.undefined, ENV.globals
+
+        def load(ns: Mapping[str, Any]) -> Any:
+            try:
+                return ns[name]
+            except KeyError:   # as Jinja resolves a name: the call's names, then the globals
+                return globals_[name] if name in globals_ else undefined(name=name)
+        return load
+    if isinstance(node, n.Getattr):
+        a = _fast(node.node)
+        if a is None:
+            return None
+        obj, attr, getattr_ = a, node.attr, ENV.getattr
+        if attr.startswith("_"):
+            return lambda ns: getattr_(obj(ns), attr)
+
+        def get_attribute(ns: Mapping[str, Any]) -> Any:
+            o = obj(ns)
+            if _plain_property(type(o), attr):   # what the sandbox allows, without its per-call checks
+                try:
+                    value = getattr(o, attr)
+                except AttributeError:
+                    return getattr_(o, attr)
+                if not isinstance(value, _METHODS):
+                    return value
+            return getattr_(o, attr)
+        return get_attribute
+    if isinstance(node, n.Getitem) and isinstance(node.arg, n.Const):
+        a = _fast(node.node)
+        if a is None:
+            return None
+        item, key, getitem = a, node.arg.value, ENV.getitem
+
+        def get_item(ns: Mapping[str, Any]) -> Any:
+            o = item(ns)
+            try:   # the sandbox's getitem tries this first too
+                return o[key]
+            except (TypeError, LookupError):
+                return getitem(o, key)
+        return get_item
+    if isinstance(node, (n.And, n.Or)):
+        a, b = _fast(node.left), _fast(node.right)
+        if a is None or b is None:
+            return None
+        left, right = a, b
+        if isinstance(node, n.And):
+            return lambda ns: left(ns) and right(ns)
+        return lambda ns: left(ns) or right(ns)
+    if isinstance(node, n.Not):
+        a = _fast(node.node)
+        if a is None:
+            return None
+        operand = a
+        return lambda ns: not operand(ns)
+    if isinstance(node, n.Compare) and len(node.ops) == 1 and node.ops[0].op in _COMPARE:
+        a, b = _fast(node.expr), _fast(node.ops[0].expr)
+        if a is None or b is None:
+            return None
+        left, right = a, b
+        op = _COMPARE[node.ops[0].op]
+        return lambda ns: op(left(ns), right(ns))
+    if isinstance(node, n.Test) and not node.args and not node.kwargs and node.dyn_args is None \
+            and node.dyn_kwargs is None and node.name in ("defined", "undefined", "none"):
+        a = _fast(node.node)
+        if a is None:
+            return None
+        inner = a
+        if node.name == "none":
+            return lambda ns: inner(ns) is None
+        if node.name == "defined":
+            return lambda ns: not isinstance(inner(ns), jinja2.Undefined)
+        return lambda ns: isinstance(inner(ns), jinja2.Undefined)
+    return None
 
 
 def compile_template(text: str, pos: Position) -> Template:

@@ -383,7 +383,10 @@ def _config_keys() -> dict[str, Any]:
         "journal": {"type": "object", "additionalProperties": False, "properties": {
             "events": {"enum": ["all", "matched", "none"], "default": "matched"},
             "max_age": {"$ref": "#/definitions/duration"},
-            "max_size": {**size, "description": "e.g. 500MB, 2GiB"}}},
+            "max_size": {**size, "description": "e.g. 500MB, 2GiB"},
+            "max_pending": {"type": "integer", "minimum": 1, "default": 200000,
+                            "description": "Rows kept in memory while the journal cannot write; past that "
+                                           "new rows are dropped and counted."}}},
         "sources": {"type": "array", "items": {"type": "object", "minProperties": 1, "maxProperties": 1},
                     "description": "Event sources other than QMP, each `- SOURCE: {config}` (docs/plugins.md)."},
         "qmp": {"type": "object", "additionalProperties": False, "properties": {

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
+from typing import TYPE_CHECKING, Any
 
 from reactor.plugin import ActionContext, ActionError, DaemonContext, Duration, Resource, action
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when the session starts: loading the plugin (`reactor check`) stays cheap
 
 __all__ = ["ALERTMANAGER", "AlertArgs", "AlertmanagerSession", "build_alert"]
 
@@ -38,6 +39,8 @@ class AlertmanagerSession(Resource):
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        import aiohttp
+
         self.session = aiohttp.ClientSession(headers={"User-Agent": "reactor-alertmanager/0.1"})
 
     async def aclose(self) -> None:
@@ -90,6 +93,8 @@ def build_alert(ctx: ActionContext, args: AlertArgs) -> dict[str, Any]:
 async def ALERTMANAGER(ctx: ActionContext, args: AlertArgs) -> dict[str, Any]:
     """Post an alert (or, with ``resolve: true``, its resolution) to Alertmanager at ``url``; fails on an
     HTTP error or after ``timeout``."""
+    import aiohttp
+
     session = ctx.resource(AlertmanagerSession).session
     if session is None:
         raise ActionError("alertmanager: the HTTP session is closed")
