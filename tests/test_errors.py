@@ -170,8 +170,6 @@ BUILTIN_INSIDE = {
     ("reactor/engine/engine.py", "AssertionError"): "an unreachable branch, not a decision",
     ("reactor/rules/matcher.py", "AssertionError"): "an unreachable branch, not a decision",
     ("reactor/sources/qmp.py", "EOFError"): "qemu.qmp's own end-of-stream signal inside the protocol layer",
-    # VMConnection.run() twice: StateError once the qemu.qmp boundary work (#15) in this file is merged
-    ("reactor/sources/qmp.py", "RuntimeError"): "to be a StateError",
 }
 
 

@@ -68,7 +68,15 @@ from qemu.qmp.error import ProtocolError
 from qemu.qmp.protocol import Runstate
 from qemu.qmp.qmp_client import ExecInterruptedError
 
-from reactor.errors import EventError, QMPCommandError, QMPConnectionError, QMPProtocolError, VMCommandTimeout
+from reactor.errors import (
+    EventError,
+    QMPProtocolError,  # the old name, importable from here for one release
+    StateError,
+    VMCommandError,
+    VMCommandTimeout,
+    VMConnectionError,
+    VMProtocolError,
+)
 from reactor.model.event import Event
 from reactor.model.runstate import EVENTS as _STATUS_EVENTS
 from reactor.model.runstate import RunState
@@ -228,16 +236,16 @@ class _Protocol(QMPClient):
         try:
             line = await self._readline()
         except ValueError as err:  # StreamReader: line over the limit
-            raise QMPProtocolError(f"message over {self._max_line} bytes") from err
+            raise VMProtocolError(f"message over {self._max_line} bytes") from err
         return self._parse(line)
 
     def _parse(self, line: bytes) -> dict[str, Any]:
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as err:
-            raise QMPProtocolError(f"not QMP: {line[:60]!r}") from err
+            raise VMProtocolError(f"not QMP: {line[:60]!r}") from err
         if type(obj) is not dict:
-            raise QMPProtocolError(f"not a JSON object: {line[:60]!r}")
+            raise VMProtocolError(f"not a JSON object: {line[:60]!r}")
         return cast(dict[str, Any], obj)
 
     # -- the session reader: chunks, lines, orjson; events go straight to the owner --
@@ -258,7 +266,7 @@ class _Protocol(QMPClient):
             data = await self._reader.read(_CHUNK)
             if not data:
                 if self._buf.strip():
-                    raise QMPProtocolError(f"connection closed mid-message ({len(self._buf)} bytes)")
+                    raise VMProtocolError(f"connection closed mid-message ({len(self._buf)} bytes)")
                 raise EOFError
             buf = self._buf + data if self._buf else data
         # the room now (the read may have waited long): while a command is in flight, read on regardless
@@ -273,19 +281,19 @@ class _Protocol(QMPClient):
         self._held = held
         max_line = self._max_line
         if not held and len(self._buf) > max_line:
-            raise QMPProtocolError(f"message over {max_line} bytes")
+            raise VMProtocolError(f"message over {max_line} bytes")
         deliver = owner._deliver
         for line in lines:
             if len(line) > max_line:
-                raise QMPProtocolError(f"message over {max_line} bytes")
+                raise VMProtocolError(f"message over {max_line} bytes")
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as err:
                 if not line.strip():
                     continue
-                raise QMPProtocolError(f"not JSON: {line[:60]!r}") from err
+                raise VMProtocolError(f"not JSON: {line[:60]!r}") from err
             if type(obj) is not dict:
-                raise QMPProtocolError(f"not a JSON object: {line[:60]!r}")
+                raise VMProtocolError(f"not a JSON object: {line[:60]!r}")
             if "event" in obj:
                 deliver(obj)
             else:
@@ -328,7 +336,7 @@ class _Protocol(QMPClient):
             await pending.put(cast(Any, obj))  # _reply hands it back as is
             return
         if "error" in obj and "id" not in obj:
-            raise QMPProtocolError(f"server reported a parse error: {obj['error']!r}")
+            raise VMProtocolError(f"server reported a parse error: {obj['error']!r}")
         # A reply that came after its command timed out: nobody waits for it.
         self._owner.log.debug("reply to %r arrived after its command gave up", exec_id)
 
@@ -338,7 +346,7 @@ class _Protocol(QMPClient):
     async def call(self, command: str, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
         """Send one command and await its reply, bypassing the writer task's queue."""
         if self.runstate != Runstate.RUNNING or self._writer is None:
-            raise QMPConnectionError("not connected")
+            raise VMConnectionError("not connected")
         exec_id = self._get_exec_id()
         msg: dict[str, Any] = {"execute": command, "id": exec_id}
         if arguments is not None:
@@ -406,7 +414,7 @@ def _intern(value: Any) -> Any:
 def _read_schema(schema: object) -> tuple[frozenset[str], dict[str, frozenset[str]], frozenset[str]]:
     """Event names, each event's top-level field names and the command names from query-qmp-schema."""
     if not isinstance(schema, list):
-        raise QMPProtocolError("query-qmp-schema did not return a list")
+        raise VMProtocolError("query-qmp-schema did not return a list")
     objects: dict[str, list[str]] = {}
     events: dict[str, str | None] = {}
     commands: list[str] = []
@@ -568,8 +576,8 @@ class VMConnection:
     ) -> Any:
         """Run a QMP command and return its ``return`` value.
 
-        Raises :class:`QMPCommandError` (QEMU's error class and description),
-        :class:`QMPConnectionError` (not connected, or lost before the reply)
+        Raises :class:`VMCommandError` (QEMU's error class and description),
+        :class:`VMConnectionError` (not connected, or lost before the reply)
         or :class:`TimeoutError` (default timeout: ``command_timeout``).
         """
         limit = self.command_timeout if timeout is None else timeout
@@ -582,7 +590,7 @@ class VMConnection:
                     await self._state_changed.wait()
         proto = self._proto
         if proto is None or self._state is not VMState.CONNECTED:
-            raise QMPConnectionError(f"{self._name}: not connected ({self._state.value})")
+            raise VMConnectionError(f"{self._name}: not connected ({self._state.value})")
         return await self._call(proto, command, arguments, limit)
 
     async def _call(
@@ -596,16 +604,16 @@ class VMConnection:
         except ExecInterruptedError as err:
             if command == "quit":  # QEMU may close before the reply reaches us
                 return {}
-            raise QMPConnectionError(f"{self._name}: connection lost during {command}") from err
+            raise VMConnectionError(f"{self._name}: connection lost during {command}") from err
         except (OSError, ProtocolError) as err:
-            raise QMPConnectionError(f"{self._name}: {command}: {_summary(err)}") from err
+            raise VMConnectionError(f"{self._name}: {command}: {_summary(err)}") from err
         if "error" in reply:
             error = reply["error"] if isinstance(reply["error"], dict) else {}
-            raise QMPCommandError(
+            raise VMCommandError(
                 command, str(error.get("class", "GenericError")), str(error.get("desc", ""))
             )
         if "return" not in reply:
-            raise QMPCommandError(command, "BadReply", f"reply has neither return nor error: {reply!r}")
+            raise VMCommandError(command, "BadReply", f"reply has neither return nor error: {reply!r}")
         return reply["return"]
 
     # -- rule usage --
@@ -667,7 +675,7 @@ class VMConnection:
         then run returns after the first loss or failure).
         """
         if self._run_task is not None:
-            raise RuntimeError(f"{self._name}: run() is already running")
+            raise StateError(f"{self._name}: run() is already running")
         self._run_task = asyncio.current_task()
         delay = self.backoff_initial
         ever_connected = False
@@ -734,7 +742,7 @@ class VMConnection:
                 try:
                     named = await self._call(proto, "query-name", None, timeout)
                     qname = named.get("name") if isinstance(named, dict) else None
-                except QMPCommandError:
+                except VMCommandError:
                     qname = None
                 self._rename(self._namer(str(qname) if qname else None))
             version = await self._call(proto, "query-version", None, timeout)
@@ -746,7 +754,7 @@ class VMConnection:
                 schema = await self._call(proto, "query-qmp-schema", None, timeout)
                 self.schema_events, self._event_fields, commands = _read_schema(schema)
                 self.schema_commands = commands or None  # a schema without commands cannot tell
-            except QMPCommandError as err:
+            except VMCommandError as err:
                 self.log.info("%s: no query-qmp-schema (%s); cannot check rule usage", self._name, err)
         self.qemu_version = version if isinstance(version, dict) else None
 
