@@ -192,6 +192,20 @@ def test_bad_lines_exit_1_even_when_runs_fail(tmp_path: Path) -> None:
     assert p.returncode == 1 and "missing.jsonl" in p.stderr
 
 
+def test_an_unless_match_that_a_later_event_cancels_is_not_a_failed_run(tmp_path: Path) -> None:
+    setup(tmp_path, """\
+        rules:
+          - name: paused-too-long
+            on: STOP
+            unless: {event: RESUME, within: 30s}
+            actions:
+              - log: "{{ vm.name }} paused too long"
+        """)
+    p = run("replay", "events.jsonl", "--rules", "rules", cwd=tmp_path)   # STOP, then RESUME 5 s later
+    assert p.returncode == 0, p
+    assert "0 failed" in p.stderr, p.stderr
+
+
 def test_help_documents_the_exit_codes(tmp_path: Path) -> None:
     p = run("replay", "--help", cwd=tmp_path)
     assert p.returncode == 0
