@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fakeqmp import FakeQMP
-from test_reload import RULE_A, ok_runs, running, until, write_config
+from reload_fixtures import RULE_A, ok_runs, running, until, write_config
 
 from reactor.cli import main
 from reactor.daemon.config import JournalConfig

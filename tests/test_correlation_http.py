@@ -6,22 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+from http_fixtures import CORRELATION_RULES as RULES
+from http_fixtures import get_json, reactor_site
+from polling import eventually
 from prometheus_client.parser import text_string_to_metric_families
-from test_http import eventually, get_json, reactor_site
-
-RULES = """
-rules:
-  - name: paused-too-long
-    on: STOP
-    unless: {event: [RESUME, SHUTDOWN], within: 1h}
-    actions:
-      - log: "paused for an hour"
-  - name: repeated-resets
-    on: RESET
-    count: {min: 3, within: 1h}
-    actions:
-      - log: "third reset"
-"""
 
 
 async def test_api_rules_runs_and_metrics_show_correlation_state(tmp_path: Path) -> None:

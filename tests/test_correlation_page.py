@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_correlation_http import RULES
-from test_http import eventually, reactor_site
-from test_page import ARTIFACTS, browser
+from browser_fixtures import ARTIFACTS, browser
+from http_fixtures import CORRELATION_RULES as RULES
+from http_fixtures import reactor_site
+from polling import eventually
 
 __all__ = ["browser"]
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from daemon_fixtures import Monitor, connected, make_vm, read_runs, running, summary, wait_runs, write_config
 from qemu_fixtures import QemuVMFactory, qemu_vm_factory
-from test_daemon import Monitor, connected, make_vm, read_runs, running, summary, wait_runs, write_config
 
 __all__ = ["qemu_vm_factory"]
 

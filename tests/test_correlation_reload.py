@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fakeqmp import FakeQMP
-from test_reload import fake, running, runs, until, write_config
+from reload_fixtures import fake, running, runs, until, write_config
 
 __all__ = ["fake"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fakeqmp import FakeQMP
-from test_restart import Daemons, count, daemons, read_runs, until, write_config
+from restart_fixtures import Daemons, count, daemons, read_runs, until, write_config
 
 __all__ = ["daemons"]
 

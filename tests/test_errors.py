@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from fakeqmp import FakeQMP, make_event
-from test_http import eventually
+from polling import eventually
 
 import reactor
 import reactor.errors as errors

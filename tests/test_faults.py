@@ -34,10 +34,11 @@ import aiomqtt
 import pytest
 from aiohttp import web
 from broker import Broker, fresh_broker
+from daemon_fixtures import Monitor, connected, make_vm, running, summary, wait_runs, write_config
 from fakeqmp import FakeQMP
+from polling import eventually
+from ports import free_port
 from qemu_fixtures import QemuVMFactory
-from test_daemon import Monitor, connected, make_vm, running, summary, wait_runs, write_config
-from test_http import eventually, free_port
 
 from reactor.daemon.config import parse_config
 from reactor.daemon.daemon import Daemon, serve

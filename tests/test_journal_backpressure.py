@@ -31,7 +31,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from fakeqmp import FakeQMP
-from test_http import eventually, free_port
+from polling import eventually
+from ports import free_port
 
 from reactor.daemon.config import parse_config
 from reactor.daemon.daemon import Daemon, serve

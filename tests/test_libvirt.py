@@ -485,7 +485,7 @@ async def test_resume_action_resumes_a_libvirt_domain_through_libvirt(
 ) -> None:
     """The rule of tests/test_resume_qemu.py (a probe waits for free space) against a libvirt domain: query-status
     is virDomainGetState, cont is virDomainResume (reactor has no QMP connection to it at all)."""
-    from test_resume_qemu import journal, poll, space_probe_rules
+    from resume_fixtures import journal, poll, space_probe_rules
 
     from reactor.daemon.config import parse_config
     from reactor.daemon.daemon import Daemon, serve

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fakeqmp import FakeQMP
-from test_reload import RULE_A, running, write_config
+from reload_fixtures import RULE_A, running, write_config
 
 from reactor.ops.notify import Notifier, watchdog_interval
 

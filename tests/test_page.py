@@ -10,39 +10,14 @@ step's arguments (secrets redacted), result and timing.  Screenshots go to
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from test_http import SECRET, eventually, io_error, reactor_site
+from browser_fixtures import ARTIFACTS, browser, playwright_api
+from http_fixtures import SECRET, io_error, reactor_site
+from polling import eventually
 
-REQUIRED = os.environ.get("REACTOR_REQUIRE_BROWSER") == "1"   # CI: a missing browser fails, never skips
-if REQUIRED:
-    import playwright.async_api as playwright_api
-else:
-    playwright_api = pytest.importorskip("playwright.async_api", reason="the page test needs the playwright package")
-
-CHROMIUM = os.environ.get("REACTOR_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if shutil.which(CHROMIUM) is None:
-        if REQUIRED:
-            pytest.fail(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
+__all__ = ["browser"]
 
 
 async def test_the_page_shows_live_events_and_a_runs_trace(tmp_path: Path, browser: Any) -> None:
@@ -131,8 +106,8 @@ async def test_the_page_asks_for_the_token_when_one_is_configured(tmp_path: Path
 async def test_the_vm_table_shows_resumes_waiting_for_a_slot(tmp_path: Path, browser: Any) -> None:
     from fakeqmp import FakeQMP
     from ports import free_port
-    from test_resume import daemon_for
-    from test_resume import io_error as write_error
+    from resume_fixtures import daemon_for
+    from resume_fixtures import io_error as write_error
 
     port = free_port()
     async with FakeQMP(tmp_path / "vm1.qmp", name="vm1", status="io-error") as one, \

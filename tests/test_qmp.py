@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from fakeqmp import FakeQMP, make_event  # tests/ is on sys.path (pytest's rootdir-relative import)
-from test_http import eventually
+from polling import eventually
 
 from reactor.actions.action import VMHandle
 from reactor.engine.bus import Bus

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 from fakeqmp import FakeError, FakeQMP
 from ports import free_port
+from resume_fixtures import RULES, daemon_for, io_error
 
-from reactor.daemon.config import parse_config
-from reactor.daemon.daemon import Daemon, serve
+from reactor.daemon.daemon import Daemon
 from reactor.errors import LoadError
 from reactor.ops.journal import Journal, ResumeRecord, RunRecord
 from reactor.rules.loader import load_rules_text
@@ -163,52 +163,6 @@ def flapping(fake: FakeQMP, *, recover_after: int | None = None) -> Callable[[di
         return {}
 
     return cont
-
-
-def io_error() -> dict[str, Any]:
-    return {"device": "", "node-name": "d0", "operation": "write", "action": "stop", "nospace": False,
-            "reason": "Input/output error"}
-
-
-RULES = """
-rules:
-  - name: resume-io
-    on: BLOCK_IO_ERROR
-    match: {action: stop}
-    actions:
-      - resume: {ARGS}
-        register: r
-  - name: gave-up
-    on: REACTOR_RESUME_GAVE_UP
-    actions:
-      - log: "{{ vm.name }}: gave up after {{ event.data.attempts }}: {{ event.data.last_error }}"
-"""
-
-
-@contextlib.asynccontextmanager
-async def daemon_for(tmp: Path, fakes: list[FakeQMP], args: str, *, rules: str = RULES,
-                     dry_run: bool = False, http_port: int | None = None) -> AsyncIterator[Daemon]:
-    rules_dir = tmp / "rules"
-    rules_dir.mkdir(exist_ok=True)
-    (rules_dir / "r.yaml").write_text(rules.replace("{ARGS}", args))
-    vms = "".join(f"  - {{name: {f.name}, qmp: {f.address}}}\n" for f in fakes)
-    text = f"rules: {rules_dir}\nstate_dir: {tmp / 'state'}\njournal: {{events: all}}\nvms:\n{vms}"
-    if http_port is not None:
-        text += f"http: {{listen: '127.0.0.1:{http_port}'}}\n"
-    daemon = Daemon(parse_config(text, tmp / "reactor.yaml"), watch=False, grace=2.0, dry_run=dry_run)
-    task = asyncio.create_task(serve(daemon, install_signals=False))
-    try:
-        async with asyncio.timeout(10):
-            await daemon.ready.wait()
-            for f in fakes:
-                await f.wait_sessions(1)
-            while not all(daemon.fleet.get(str(f.name)).connected for f in fakes):  # type: ignore[union-attr]  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-        yield daemon
-    finally:
-        daemon.stop()
-        async with asyncio.timeout(20):
-            await task
 
 
 def journal_rows(state: Path) -> tuple[list[RunRecord], list[ResumeRecord], list[Any]]:

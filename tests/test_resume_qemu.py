@@ -22,13 +22,12 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from daemon_fixtures import Monitor, connected, make_vm, running, summary, wait_runs, write_config
 from qemu_fixtures import QemuVMFactory, guest_kernel, qemu_vm_factory
-from test_daemon import Monitor, connected, make_vm, running, summary, wait_runs, write_config
+from resume_fixtures import journal, poll, space_probe_rules
 
-from reactor.ops.journal import Journal, ResumeRecord, RunRecord
 from reactor.testing.qemu import GuestImage, blkdebug_disk, raw_disk
 
 __all__ = ["guest_kernel", "qemu_vm_factory"]
@@ -36,26 +35,6 @@ __all__ = ["guest_kernel", "qemu_vm_factory"]
 pytestmark = pytest.mark.qemu
 
 REACTOR = str(Path(sys.executable).parent / "reactor")
-
-
-def journal(state: Path) -> tuple[list[RunRecord], list[ResumeRecord], list[Any]]:
-    j = Journal(state / "journal.db")
-    j.open_sync(readonly=True)
-    try:
-        return (list(reversed(j.runs(limit=1000))), j.resume_history(limit=1000),
-                list(reversed(j.events(limit=10_000))))
-    finally:
-        j.close_sync()
-
-
-async def poll(predicate: Any, timeout: float, what: str) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            while not (value := await asyncio.to_thread(predicate)):  # noqa: ASYNC110 - another process
-                await asyncio.sleep(0.2)
-            return value
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
 
 
 OPERATOR_RULES = """
@@ -108,25 +87,6 @@ def fill(mnt: Path, image: Path) -> Path:
     subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=4k"], capture_output=True, check=False)
     assert os.statvfs(mnt).f_bavail == 0
     return ballast
-
-
-def space_probe_rules(mnt: Path) -> str:
-    return f"""
-rules:
-  - name: resume-when-space
-    on: BLOCK_IO_ERROR
-    match: {{action: stop}}
-    actions:
-      - resume:
-          settle: 200ms
-          probe:
-            - exec: {{argv: [sh, -c, "test $(stat -f -c %a {mnt}) -gt 64"]}}
-          verify: 2s
-          attempts: 10
-          backoff: 500ms
-          max_backoff: 1s
-        register: r
-"""
 
 
 @pytest.mark.guest

@@ -19,8 +19,8 @@ from typing import Any
 import fakeqmp
 import pytest
 from fakeqmp import FakeQMP, make_event
+from polling import eventually
 from qemu_fixtures import QemuVMFactory
-from test_http import eventually
 
 from reactor.engine.clock import VirtualClock
 from reactor.engine.engine import Engine

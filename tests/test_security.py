@@ -35,11 +35,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from actions_fixtures import running, wait_runs, write_config
 from aiohttp import web
 from broker import Broker, mosquitto
 from fakeqmp import FakeQMP
 from ports import free_port
-from test_actions_qmp import running, wait_runs, write_config
 
 from reactor.daemon.config import parse_config
 from reactor.engine.clock import VirtualClock
