@@ -40,7 +40,7 @@ __all__ = ["guest_kernel", "qemu_vm_factory"]
 
 pytestmark = pytest.mark.qemu
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_RULES = ROOT / "rules"
 REACTOR = str(Path(sys.executable).parent / "reactor")
 

@@ -27,7 +27,7 @@ from reactor.errors import LoadError
 from reactor.ops.journal import SCHEMA_VERSION, Journal
 from reactor.rules.loader import load_rules_text
 
-SHIPPED = Path(__file__).resolve().parent.parent / "rules"
+SHIPPED = Path(__file__).resolve().parents[2] / "rules"
 
 AFTER = """
 rules:
@@ -397,7 +397,7 @@ async def test_a_pending_row_without_state_is_ended_interrupted_at_restore(tmp_p
 async def test_a_version_1_journal_gets_the_correlation_table(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     con = sqlite3.connect(db)
-    con.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    con.executescript((Path(__file__).parent.parent / "data" / "journal-v1.sql").read_text())
     con.close()
     async with Journal(db) as j:
         assert [r.rule for r in j.runs()] == ["r1"]           # the old rows are kept

@@ -317,7 +317,7 @@ async def test_discovery_sensor_and_button_resume_a_real_vm(tmp_path: Path, mosq
 
 def test_the_documented_example_config_loads(tmp_path: Path) -> None:
     """docs/mqtt-webhooks.md's Home Assistant example is a valid config, with its buttons bound to the executor."""
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "mqtt-webhooks.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "mqtt-webhooks.md").read_text()
     section = doc.split("### Home Assistant discovery", 1)[1]
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
     cfg = parse_config("rules: rules\n" + example, tmp_path / "reactor.yaml")

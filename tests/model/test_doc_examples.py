@@ -31,7 +31,7 @@ import reactor.model.catalog
 
 SOURCES = Path(reactor.model.catalog.__file__).parent / "sources"
 VERSIONS = ("7.2", "10.2")
-DATA = Path(__file__).parent / "data" / "qemu-7.2-events.jsonl"
+DATA = Path(__file__).parent.parent / "data" / "qemu-7.2-events.jsonl"
 REACTOR = str(Path(sys.executable).with_name("reactor"))
 
 #: A message from the server in QEMU's examples: ``<- {``, ``<-  {``, ``<-   {``.

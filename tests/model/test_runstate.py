@@ -34,7 +34,7 @@ from reactor.rules.loader import load_rules_text
 from reactor.sources.qmp import VMConnection
 from reactor.testing.qemu import GuestImage
 
-SOURCES = Path(__file__).resolve().parent.parent / "reactor" / "model" / "catalog" / "sources"
+SOURCES = Path(__file__).resolve().parents[2] / "reactor" / "model" / "catalog" / "sources"
 VERSIONS = ("7.2", "10.2")
 
 IO_STOP = {"device": "d0", "node-name": "n0", "operation": "write", "action": "stop", "nospace": False,

@@ -286,7 +286,7 @@ async def test_a_newer_schema_is_refused(db: Path) -> None:
 async def test_a_version_1_journal_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     con = sqlite3.connect(db)
-    con.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    con.executescript((Path(__file__).parent.parent / "data" / "journal-v1.sql").read_text())
     con.close()
     async with Journal(db) as j:
         (run,) = j.runs()
@@ -316,7 +316,7 @@ def test_a_reader_sees_a_journal_still_being_created_as_empty(tmp_path: Path) ->
 async def test_a_version_1_journal_gets_the_resume_table_and_its_history_survives_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     con = sqlite3.connect(db)
-    con.executescript((Path(__file__).parent / "data" / "journal-v1.sql").read_text())
+    con.executescript((Path(__file__).parent.parent / "data" / "journal-v1.sql").read_text())
     con.close()
     rows = [ResumeRecord("vm1", "r1", 1, "1.1", "cont", "cont", 10.0, 11.0, 12.0, 12.0, None),
             ResumeRecord("vm1", "r1", 1, "1.1", "end", "flap", 10.0, 11.0, 12.0, 13.0, "STOP 50ms after cont"),

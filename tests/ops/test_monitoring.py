@@ -29,7 +29,7 @@ try:
 except ImportError:  # tests/ itself on sys.path
     from ports import free_port  # type: ignore[import-not-found,no-redef,unused-ignore]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 REACTOR = str(Path(sys.executable).with_name("reactor"))
 #: added by another change (resume backoff); the example alert names it already

@@ -146,7 +146,7 @@ def test_example_unit_file_verifies(tmp_path: Path) -> None:
     """examples/reactor.service: Type=notify, a watchdog, and systemd-analyze has nothing to say."""
     import shutil
 
-    unit = (Path(__file__).resolve().parent.parent / "examples" / "reactor.service").read_text()
+    unit = (Path(__file__).resolve().parents[2] / "examples" / "reactor.service").read_text()
     assert "Type=notify" in unit and "WatchdogSec=" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
     assert "AF_UNIX" in unit
     analyze = shutil.which("systemd-analyze")

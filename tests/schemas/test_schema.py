@@ -20,7 +20,7 @@ from reactor.schemas.generate import SCHEMA_DIR, config_schema, rules_schema
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is a test extra: pip install jsonschema")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def plain(path: Path) -> Any:

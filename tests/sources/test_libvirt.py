@@ -42,7 +42,7 @@ from reactor.sources.libvirt import (
 )
 from reactor.testing.qemu import GuestImage
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CATALOG = with_libvirt_events(default_catalog())
 
 

@@ -24,7 +24,7 @@ from fakeqmp import FakeQMP  # tests/ is on sys.path (pytest's rootdir-relative 
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 

@@ -41,7 +41,7 @@ from reactor.testing.qemu import (
 
 __all__ = ["guest_kernel", "qemu_vm_factory"]  # re-exported fixtures
 
-EVENTS_FILE = Path(__file__).parent / "data" / "qemu-7.2-events.jsonl"
+EVENTS_FILE = Path(__file__).parent.parent / "data" / "qemu-7.2-events.jsonl"
 _recorded: list[dict[str, Any]] = []
 
 pytestmark = pytest.mark.qemu

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIST = "qemu-reactor"
 DATA = ("reactor/model/catalog/events.json", "reactor/schemas/rules.schema.json",
         "reactor/schemas/config.schema.json", "reactor/ops/static/index.html", "reactor/ops/static/app.js",

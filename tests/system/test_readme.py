@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 REACTOR = str(Path(sys.executable).with_name("reactor"))
 QEMU = shutil.which("qemu-system-x86_64")
