@@ -2,7 +2,7 @@
 
 The fakes stand in for QEMU where the test needs many VMs or a VM that misbehaves
 on cue (a ``cont`` that flaps, an error answer, a hang); the single-VM cases
-against a real QEMU and the tiny guest are in tests/test_resume_qemu.py.  Every
+against a real QEMU and the tiny guest are in tests/actions/test_resume_qemu.py.  Every
 assertion reads what the daemon did from the journal (another reader, as
 ``reactor history`` would) or from what the fakes received.
 """

@@ -8,8 +8,8 @@
   growing gaps, then REACTOR_RESUME_GAVE_UP and the VM left paused.
 
 The blkdebug write error that heals after one cont is the shipped rule's test
-(tests/test_daemon.py::test_shipped_rule_resumes_after_write_error); the same
-rule against a libvirt domain is in tests/test_libvirt.py.
+(tests/daemon/test_daemon.py::test_shipped_rule_resumes_after_write_error); the same
+rule against a libvirt domain is in tests/sources/test_libvirt.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`unless` against a real QEMU: ``stop`` and no ``cont`` → the rule runs after its window; ``stop`` then
 ``cont`` within it → the pending match is cancelled by QEMU's RESUME (the real daemon, asserted from the
-journal, as in tests/test_daemon.py)."""
+journal, as in tests/daemon/test_daemon.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A reload keeps the correlation state of rules whose correlation did not change, and drops the rest (journaled).
 
-An in-process daemon against a fake QMP server, as in tests/test_reload.py.
+An in-process daemon against a fake QMP server, as in tests/daemon/test_reload.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`threshold`: a rule that runs once N distinct matches fell within a window (cross-host incidents).
 
 Replayed on a virtual clock through the engine, checked at load time by the
-loader, and shown by `explain`; the fleet test (tests/test_fleet_mqtt.py) runs
+loader, and shown by `explain`; the fleet test (tests/integrations/test_fleet_mqtt.py) runs
 it across real hosts.
 """
 

@@ -1,5 +1,5 @@
 """The traces page shows correlation state: counts and pending matches in the rules table, a cancellation,
-and what `unless` decided in a pending match's trace (real headless Chromium, as tests/test_page.py)."""
+and what `unless` decided in a pending match's trace (real headless Chromium, as tests/ops/test_page.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Correlation state across ``kill -9``: pending ``unless`` matches and counts, with the real daemon.
 
-As in tests/test_restart.py, ``reactor run`` is a subprocess watching a fake
+As in tests/ops/test_restart.py, ``reactor run`` is a subprocess watching a fake
 QMP server that outlives it; the rule's action is a QMP command the fake
 records (``query-uuid``), so "exactly one run" is counted where it lands.  A
 pending match is re-armed with the time it has left when the daemon comes

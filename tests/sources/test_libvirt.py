@@ -483,8 +483,8 @@ async def test_daemon_with_libvirt_section_resumes_through_libvirt(tmp_path: Pat
 async def test_resume_action_resumes_a_libvirt_domain_through_libvirt(
     tmp_path: Path, libvirtd: LibvirtDaemon, guest_kernel: GuestImage  # noqa: F811
 ) -> None:
-    """The rule of tests/test_resume_qemu.py (a probe waits for free space) against a libvirt domain: query-status
-    is virDomainGetState, cont is virDomainResume (reactor has no QMP connection to it at all)."""
+    """The rule of tests/actions/test_resume_qemu.py (a probe waits for free space) against a libvirt domain:
+    query-status is virDomainGetState, cont is virDomainResume (reactor has no QMP connection to it at all)."""
     from resume_fixtures import journal, poll, space_probe_rules
 
     from reactor.daemon.config import parse_config

@@ -21,7 +21,7 @@ through the real code and asserts the property of docs/reliability.md
   or a :class:`TemplateError`, within a time bound.
 
 Examples per target: ``REACTOR_FUZZ_EXAMPLES`` (default 200; set 2000
-or more for a long run).  ``pytest tests/test_fuzz.py -s`` prints how many ran.
+or more for a long run).  ``pytest tests/system/test_fuzz.py -s`` prints how many ran.
 """
 
 from __future__ import annotations
