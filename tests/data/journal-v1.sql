@@ -1,5 +1,5 @@
 -- A journal as schema version 1 wrote it (reactor 0.1.0): one event, one run with a step, a throttle slot.
--- tests/test_journal.py opens a copy to check that every migration keeps what version 1 recorded.
+-- tests/ops/test_journal.py opens a copy to check that every migration keeps what version 1 recorded.
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,
