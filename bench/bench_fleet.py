@@ -22,8 +22,10 @@ It measures, and prints the median of ``--repeat`` runs where it repeats:
    (target p99 <= 1 ms at 10,000/s, journal on): the child paces
    BLOCK_IO_ERROR events round-robin over the VMs, a rule starts a probe
    action that records ``now - event timestamp`` (QMP timestamps: microsecond
-   resolution, same host clock); with the journal on, the rows it wrote and
-   dropped and its flushes are reported; ``--latency-only`` skips 2, 3 and 5;
+   resolution, same host clock); also how busy reactor's process kept its CPU
+   (process CPU time / wall time of the paced run, the journal's writer thread
+   included) and its CPU time per event; with the journal on, the rows it
+   wrote and dropped and its flushes; ``--latency-only`` skips 2, 3 and 5;
 5. the ``qmp`` action's cost: a rule's ``qmp: query-status`` step duration
    (as the engine measures it) against a raw asyncio + orjson round trip on
    the same fake (target <= 50 us more).
@@ -374,15 +376,19 @@ class Bench:
         args = self.args
         out: dict[float, dict[str, float]] = {}
         for rate in args.rates:
-            p50s, p99s, maxes = [], [], []
+            p50s, p99s, maxes, busy, cpu_us = [], [], [], [], []
             for rnd in range(args.repeat):
                 written0 = self.journal.stats.written if self.journal is not None else 0
                 LATENCIES.clear()
                 assert self.child.stdin is not None and self.child.stdout is not None
+                c0, t0 = time.process_time(), time.perf_counter()
                 self.child.stdin.write(f"pace {rate} {args.seconds}\n".encode())
                 await self.child.stdin.drain()
                 sent = int((await self.child.stdout.readline()).split()[1])
                 await self.until(lambda: len(LATENCIES) >= sent, 30)  # noqa: B023  (awaited at once)
+                cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+                busy.append(cpu / wall * 100)
+                cpu_us.append(cpu / sent * 1e6)
                 lat = sorted(LATENCIES)
                 p50, p99, mx = (lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3, lat[-1] * 1e3)
                 p50s.append(p50)
@@ -395,12 +401,14 @@ class Bench:
                             f"{st.dropped} dropped")
                 print(
                     f"latency {rnd + 1}: {sent:,} events at {rate:,.0f}/s over {args.vms} VMs: "
-                    f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {mx:.2f} ms{jtxt}",
+                    f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {mx:.2f} ms; reactor CPU {busy[-1]:.0f} % busy, "
+                    f"{cpu_us[-1]:.0f} us/event{jtxt}",
                     flush=True,
                 )
                 await asyncio.sleep(0.5)  # let the journal catch up between runs
             out[rate] = {"p50_ms": statistics.median(p50s), "p99_ms": statistics.median(p99s),
-                         "max_ms": statistics.median(maxes)}
+                         "max_ms": statistics.median(maxes), "busy_pct": statistics.median(busy),
+                         "cpu_us_per_event": statistics.median(cpu_us)}
         return out
 
 
@@ -490,7 +498,8 @@ def print_latency(args: argparse.Namespace, res: dict[str, Any]) -> None:
     for rate, q in res["latency"].items():
         print(
             f"  event -> action start at {rate:,.0f}/s: p50 {q['p50_ms']:.3f} ms, "
-            f"p99 {q['p99_ms']:.3f} ms, max {q['max_ms']:.2f} ms   (target p99 <= 1 at 10,000/s, journal on)"
+            f"p99 {q['p99_ms']:.3f} ms, max {q['max_ms']:.2f} ms; reactor's CPU {q['busy_pct']:.0f} % busy, "
+            f"{q['cpu_us_per_event']:.0f} us/event   (target p99 <= 1 at 10,000/s, journal on)"
         )
 
 
