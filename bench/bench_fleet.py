@@ -1,10 +1,13 @@
 """The fleet benchmark (issue 3): a daemon-shaped reactor against 1,000 fake VMs.
 
-    .venv/bin/python bench/bench_fleet.py [--vms 1000] [--repeat 5] [--quick]
+    .venv/bin/python bench/bench_fleet.py [--vms 1000] [--repeat 5] [--quick] [--journal on]
+    .venv/bin/python bench/bench_fleet.py --latency-only --rates 2000,5000,10000 [--journal on]
 
 The fake QMP servers (tests/fakeqmp.py) run in a child process on the other
 CPUs; reactor (Fleet -> Bus -> Engine with rules like the shipped ones, the
-catalog's make_event, no journal) runs in this process, pinned to CPU 0.
+catalog's make_event; no journal, or with ``--journal on`` a real Journal in a
+temporary directory recording every event, run and step, ``events: all``, its
+writer thread sharing CPU 0) runs in this process, pinned to CPU 0.
 It measures, and prints the median of ``--repeat`` runs where it repeats:
 
 1. RSS with ``--vms`` connections up and idle (target <= 150 MB);
@@ -15,10 +18,15 @@ It measures, and prints the median of ``--repeat`` runs where it repeats:
 3. a bounded storm: ``--big-storm`` events per VM at once, with the bus
    bounds set to ``per_vm=1000, total=50000``: peak RSS growth and the drops
    the overflow policy counted (drop the putting VM's oldest event);
-4. event -> action start at ``--rate`` events/s (target p99 <= 1 ms at
-   10,000/s): the child paces BLOCK_IO_ERROR events round-robin over the VMs,
-   a rule starts a probe action that records ``now - event timestamp``
-   (QMP timestamps: microsecond resolution, same host clock);
+4. event -> action start at ``--rate`` events/s, or at each of ``--rates``
+   (target p99 <= 1 ms at 10,000/s, journal on): the child paces
+   BLOCK_IO_ERROR events round-robin over the VMs, a rule starts a probe
+   action that records ``now - event timestamp`` (QMP timestamps: microsecond
+   resolution, same host clock); also how busy reactor's process kept its CPU
+   (process CPU time / wall time of the paced run, the journal's writer thread
+   included) and its CPU time per event over its idle cost (measured for 2 s
+   before the paced runs, VMs connected and quiet); with the journal on, the rows it
+   wrote and dropped and its flushes; ``--latency-only`` skips 2, 3 and 5;
 5. the ``qmp`` action's cost: a rule's ``qmp: query-status`` step duration
    (as the engine measures it) against a raw asyncio + orjson round trip on
    the same fake (target <= 50 us more).
@@ -37,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +64,7 @@ from reactor.engine.engine import Engine, tune_gc  # noqa: E402
 from reactor.errors import ActionError  # noqa: E402
 from reactor.model.catalog import default_catalog  # noqa: E402
 from reactor.model.event import Event  # noqa: E402
+from reactor.ops.journal import Journal  # noqa: E402
 from reactor.rules.loader import load_rules_text  # noqa: E402
 from reactor.sources.fleet import Fleet  # noqa: E402
 
@@ -171,7 +181,8 @@ class Bench:
         self.connected = 0
         self.all_connected = asyncio.Event()
         self.fleet: Fleet | None = None
-        self.engine = Engine(self.rules, catalog=self.catalog, vms=self._vm)
+        self.journal = Journal(Path(tmp) / "journal.db", record_events="all") if args.journal == "on" else None
+        self.engine = Engine(self.rules, catalog=self.catalog, vms=self._vm, journal=self.journal)
         self.engine.subscribe(self._on_event)
 
     def _vm(self, name: str) -> Any:
@@ -202,6 +213,17 @@ class Bench:
                 await asyncio.sleep(0.005)
 
     async def run(self) -> dict[str, Any]:
+        async with AsyncExitStack() as stack:
+            if self.journal is not None:
+                await stack.enter_async_context(self.journal)
+            res = await self._run()
+        if self.journal is not None:
+            st = self.journal.stats
+            res["journal"] = {"written": st.written, "dropped": st.dropped, "write_errors": st.write_errors,
+                              "flushes": st.flushes, "flush_latency_avg_ms": st.flush_latency_avg * 1e3}
+        return res
+
+    async def _run(self) -> dict[str, Any]:
         args = self.args
         res: dict[str, Any] = {}
         vms: list[tuple[str, str, dict[str, str]]] = [
@@ -226,6 +248,12 @@ class Bench:
                 flush=True,
             )
             conns = list(fleet)
+            if args.latency_only:
+                res["latency"] = await self.latency()
+                self.fleet = None
+                self.engine.stop()
+                await engine_task
+                return res
             bus = self.engine.bus
 
             rates = []
@@ -287,27 +315,7 @@ class Bench:
             bus.per_vm, bus.total = 10_000, 200_000
 
             # Latency: paced BLOCK_IO_ERROR -> probe action start.
-            p50s, p99s, maxes = [], [], []
-            for rnd in range(args.repeat):
-                LATENCIES.clear()
-                assert self.child.stdin is not None and self.child.stdout is not None
-                self.child.stdin.write(f"pace {args.rate} {args.seconds}\n".encode())
-                await self.child.stdin.drain()
-                sent = int((await self.child.stdout.readline()).split()[1])
-                await self.until(lambda: len(LATENCIES) >= sent, 30)  # noqa: B023  (awaited at once)
-                lat = sorted(LATENCIES)
-                p50, p99, mx = (lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3, lat[-1] * 1e3)
-                p50s.append(p50)
-                p99s.append(p99)
-                maxes.append(mx)
-                print(
-                    f"latency {rnd + 1}: {sent:,} events at {args.rate:,.0f}/s over {args.vms} VMs: "
-                    f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {mx:.2f} ms",
-                    flush=True,
-                )
-            res["latency_p50_ms"] = statistics.median(p50s)
-            res["latency_p99_ms"] = statistics.median(p99s)
-            res["latency_max_ms"] = statistics.median(maxes)
+            res["latency"] = await self.latency()
 
             # The qmp action's cost over a raw round trip.
             overheads: list[float] = []
@@ -362,6 +370,51 @@ class Bench:
         self.engine.stop()
         await engine_task
         return res
+
+
+    async def latency(self) -> dict[float, dict[str, float]]:
+        """p50, p99 and max (medians of ``--repeat`` paced runs) at each rate, in ms."""
+        args = self.args
+        out: dict[float, dict[str, float]] = {}
+        c0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(2.0)
+        idle = (time.process_time() - c0) / (time.perf_counter() - t0)
+        print(f"idle: reactor's CPU {idle * 100:.1f} % busy with {args.vms} VMs connected and no events", flush=True)
+        for rate in args.rates:
+            p50s, p99s, maxes, busy, cpu_us = [], [], [], [], []
+            for rnd in range(args.repeat):
+                written0 = self.journal.stats.written if self.journal is not None else 0
+                LATENCIES.clear()
+                assert self.child.stdin is not None and self.child.stdout is not None
+                c0, t0 = time.process_time(), time.perf_counter()
+                self.child.stdin.write(f"pace {rate} {args.seconds}\n".encode())
+                await self.child.stdin.drain()
+                sent = int((await self.child.stdout.readline()).split()[1])
+                await self.until(lambda: len(LATENCIES) >= sent, 30)  # noqa: B023  (awaited at once)
+                cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+                busy.append(cpu / wall * 100)
+                cpu_us.append((cpu - idle * wall) / sent * 1e6)  # over the idle cost
+                lat = sorted(LATENCIES)
+                p50, p99, mx = (lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3, lat[-1] * 1e3)
+                p50s.append(p50)
+                p99s.append(p99)
+                maxes.append(mx)
+                jtxt = ""
+                if self.journal is not None:
+                    st = self.journal.stats
+                    jtxt = (f"; journal {st.written - written0:,} rows written, {st.pending:,} pending, "
+                            f"{st.dropped} dropped")
+                print(
+                    f"latency {rnd + 1}: {sent:,} events at {rate:,.0f}/s over {args.vms} VMs: "
+                    f"p50 {p50:.3f} ms, p99 {p99:.3f} ms, max {mx:.2f} ms; reactor CPU {busy[-1]:.0f} % busy, "
+                    f"{cpu_us[-1]:.0f} us/event over idle{jtxt}",
+                    flush=True,
+                )
+                await asyncio.sleep(0.5)  # let the journal catch up between runs
+            out[rate] = {"p50_ms": statistics.median(p50s), "p99_ms": statistics.median(p99s),
+                         "max_ms": statistics.median(maxes), "busy_pct": statistics.median(busy),
+                         "cpu_us_per_event": statistics.median(cpu_us)}
+        return out
 
 
 class _Ctx:
@@ -421,8 +474,16 @@ async def main(args: argparse.Namespace) -> None:
             child.terminate()
             await child.wait()
     print()
-    print(f"summary (median of {args.repeat}):")
+    print(f"summary (median of {args.repeat}; journal {args.journal}):")
     print(f"  idle RSS, {args.vms} VMs connected:  {res['rss_idle_mb']:.1f} MB   (target <= 150)")
+    print_latency(args, res)
+    if "journal" in res:
+        j = res["journal"]
+        print(f"  journal (events: all): {j['written']:,} rows written, {j['dropped']} dropped, "
+              f"{j['write_errors']} write errors, {j['flushes']} flushes ({j['flush_latency_avg_ms']:.1f} ms avg)")
+    if args.latency_only:
+        print(f"  load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        return
     print(
         f"  storm throughput to the matcher:   {res['storm_rate_median']:,.0f} events/s dispatched (target >= 100,000)"
     )
@@ -432,14 +493,19 @@ async def main(args: argparse.Namespace) -> None:
         f"peak RSS {b['rss_peak_mb']:.1f} MB"
     )
     print(
-        f"  event -> action start at {args.rate:,.0f}/s: p50 {res['latency_p50_ms']:.3f} ms, "
-        f"p99 {res['latency_p99_ms']:.3f} ms   (target p99 <= 1)"
-    )
-    print(
         f"  qmp action over raw round trip:    {res['qmp_overhead_us']:+.1f} us   (target <= 50); "
         f"as a whole rule step {res['qmp_step_overhead_us']:+.1f} us"
     )
     print(f"  load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+
+
+def print_latency(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    for rate, q in res["latency"].items():
+        print(
+            f"  event -> action start at {rate:,.0f}/s: p50 {q['p50_ms']:.3f} ms, "
+            f"p99 {q['p99_ms']:.3f} ms, max {q['max_ms']:.2f} ms; reactor's CPU {q['busy_pct']:.0f} % busy, "
+            f"{q['cpu_us_per_event']:.0f} us/event over idle   (target p99 <= 1 at 10,000/s, journal on)"
+        )
 
 
 if __name__ == "__main__":
@@ -452,10 +518,17 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=300, help="events per VM per storm")
     parser.add_argument("--big-storm", type=int, default=2000, help="events per VM in the bounded storm")
     parser.add_argument("--rate", type=float, default=10_000.0, help="paced events/s for the latency test")
+    parser.add_argument("--rates", help="comma-separated paced rates (instead of --rate), e.g. 2000,5000,10000")
+    parser.add_argument("--journal", choices=("off", "on"), default="off",
+                        help="on: a real Journal (events: all) in a temporary directory")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="connect, then only the paced latency runs (no storms, no qmp action stage)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each paced run")
     parser.add_argument("--round-trips", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="100 VMs, fewer events, 2 repeats")
     if "--quick" in sys.argv:
         parser.set_defaults(vms=100, seconds=1.0, round_trips=500, repeat=2)
-    asyncio.run(main(parser.parse_args()))
+    parsed = parser.parse_args()
+    parsed.rates = [float(x) for x in parsed.rates.split(",")] if parsed.rates else [parsed.rate]
+    asyncio.run(main(parsed))
