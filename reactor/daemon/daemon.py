@@ -33,7 +33,15 @@ from typing import Any, cast
 from reactor.actions.action import Resource, VMHandle
 from reactor.daemon.config import Config
 from reactor.daemon.plugins import load_registry
-from reactor.daemon.reload import Candidate, FileWatcher, ReloadResult, config_changes, prepare, watched_paths
+from reactor.daemon.reload import (
+    Candidate,
+    FileWatcher,
+    ReloadResult,
+    config_changes,
+    fingerprint,
+    prepare,
+    watched_paths,
+)
 from reactor.engine.bus import Bus
 from reactor.engine.engine import Engine, tune_gc
 from reactor.errors import JournalError, LoadError, ReactorError, StateError
@@ -131,6 +139,9 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._background: list[asyncio.Task[None]] = []
         self.catalog = default_catalog()
+        # taken before anything is read: a file edited between this load and the watcher's
+        # start is a change the watcher sees
+        self._loaded_files = fingerprint(watched_paths(config)) if watch else None
         self.registry = load_registry(config.plugins)
         self.rules = load_rules(config.rules or [Path("rules")], catalog=self.catalog, registry=self.registry)
         self._journal: Journal | None = None
@@ -303,7 +314,8 @@ class Daemon:
             self._background.append(tg.create_task(self.notifier.watchdog(), name="reactor.watchdog"))
         if self.watch:
             watcher = FileWatcher(lambda: watched_paths(self._config), lambda: self.reload("files changed"),
-                                  interval=self.watch_interval, debounce=self.watch_debounce)
+                                  interval=self.watch_interval, debounce=self.watch_debounce,
+                                  baseline=self._loaded_files)
             self._background.append(tg.create_task(watcher.run(), name="reactor.watch"))
         retention = Retention(journal, lambda: self._config.journal, interval=self.retention_interval,
                               first=min(5.0, self.retention_interval))

@@ -154,11 +154,16 @@ def config_changes(old: Config, new: Config) -> ConfigChanges:
 
 
 class FileWatcher:
-    """Calls ``on_change`` when files under ``paths()`` change (polled, debounced)."""
+    """Calls ``on_change`` when files under ``paths()`` change (polled, debounced).
+
+    ``baseline`` is the fingerprint of what was loaded, taken before loading; without it
+    the first scan is the baseline (a change made before that scan goes unseen).
+    """
 
     def __init__(self, paths: Callable[[], Iterable[Path]], on_change: Callable[[], Awaitable[object]], *,
-                 interval: float = 1.0, debounce: float = 0.5) -> None:
+                 interval: float = 1.0, debounce: float = 0.5, baseline: Fingerprint | None = None) -> None:
         self._paths = paths
+        self._baseline = baseline
         self._on_change = on_change
         self.interval = interval
         self.debounce = debounce
@@ -169,7 +174,7 @@ class FileWatcher:
 
     async def run(self) -> None:
         """Watch until cancelled."""
-        seen = await self._scan()
+        seen = self._baseline if self._baseline is not None else await self._scan()
         while True:
             await asyncio.sleep(self.interval)
             now = await self._scan()

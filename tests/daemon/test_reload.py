@@ -24,7 +24,7 @@ from fakeqmp import FakeQMP
 from reload_fixtures import RULE_A, fake, ok_runs, running, runs, until, write_config
 
 from reactor.daemon.daemon import DAEMON_VM
-from reactor.daemon.reload import config_changes, fingerprint
+from reactor.daemon.reload import FileWatcher, config_changes, fingerprint
 
 __all__ = ["fake"]
 
@@ -133,6 +133,28 @@ async def test_file_changes_reload_by_themselves(tmp_path: Path, fake: FakeQMP) 
         await until(lambda: daemon.reloads >= 2, timeout=20, what="a second reload")
         assert daemon.last_reload is not None and not daemon.last_reload.ok
         assert daemon.engine is not None and daemon.engine.rules.get("on-stop-b") is not None
+
+
+async def test_an_edit_before_the_watcher_starts_is_not_missed(tmp_path: Path) -> None:
+    """The watcher compares with what was loaded, not with its own first scan (CI lost that race)."""
+    rules = tmp_path / "main.yaml"
+    rules.write_text(RULE_A)
+    loaded = fingerprint([tmp_path])
+    rules.write_text(RULE_B)   # after the load, before the watcher's first scan
+    changed = asyncio.Event()
+
+    async def on_change() -> None:
+        changed.set()
+
+    watcher = FileWatcher(lambda: [tmp_path], on_change, interval=0.01, debounce=0.01, baseline=loaded)
+    task = asyncio.create_task(watcher.run())
+    try:
+        await asyncio.wait_for(changed.wait(), 5)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert watcher.changes == 1
 
 
 async def test_rule_file_deleted_mid_reload(tmp_path: Path, fake: FakeQMP) -> None:
