@@ -98,7 +98,7 @@ def test_the_development_commands_come_with_the_test_extra() -> None:
     assert "-e '.[test]'" in pip
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     test_extra = {re.split(r"[<>=\[ ]", req, maxsplit=1)[0] for req in extras["test"]}
-    tools = {shlex.split(line)[0].removeprefix(".venv/bin/") for line in block.splitlines()
+    tools = {shlex.split(line, comments=True)[0].removeprefix(".venv/bin/") for line in block.splitlines()
              if line.startswith(".venv/bin/") and "pip" not in line}
     assert tools == {"pytest", "mypy", "ruff"}
     assert tools <= test_extra
