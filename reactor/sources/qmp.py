@@ -15,28 +15,36 @@ Run states (:class:`VMState`)::
                         └──────────── failed ───────────────┘
     any ──aclose()/cancel──> STOPPED
 
-The protocol layer is qemu.qmp's :class:`~qemu.qmp.QMPClient` (greeting,
-capability negotiation, command routing, disconnect), with its slow paths
-replaced in :class:`_Protocol`: the reader reads chunks, splits lines and
-parses them with orjson, hands events straight to the connection (no
-``EventListener``, whose history grows without bound), and messages are only
-formatted for logging when debug logging is on.  Commands are written
-directly instead of through the writer task's queue.
+The protocol is qemu.qmp's :class:`~qemu.qmp.QMPClient` (greeting,
+capability negotiation, command ids and replies, disconnects), used through
+its public API only: it is connected (``connect()`` with a socket) to one end
+of a socketpair, and commands go through ``execute()``.  The monitor socket
+itself is read by :class:`_Relay`, an asyncio protocol of reactor's own
+between the two: it splits what QEMU sends into lines, parses them with
+orjson and hands events straight to the connection (no task, queue or
+``EventListener`` per event); every other message (the greeting, replies) it
+passes on to the client unchanged, and what the client writes it passes on to
+QEMU, counting each command until its reply came.  Why a relay rather than a
+reader inside qemu.qmp: that reader's stream reads ahead up to twice its
+limit, which must hold ``query-qmp-schema``'s reply (8 MiB here), so it cannot
+leave a flooding VM's socket unread; and qemu.qmp documents no hook for it
+(docs/architecture.md has the numbers).
 
 Overflow policy: events are handed to ``on_event`` synchronously, in order,
 from the reader; the callback must not block (the engine behind it owns a
 bounded queue with counted drops).  Memory per connection is bounded by
-``max_line`` (a longer message drops the connection) plus one read chunk.
+``max_line`` (a longer message drops the connection) plus one read chunk
+(256 KiB, asyncio's).
 
 Backpressure (optional, ``backpressure=`` the engine's bus): the reader
 parses no more lines than the room its VM has left in the consumer's queue
 (the rest of a chunk stays buffered, unparsed); when there is no room it
-stops reading the socket (the transport is paused: the events wait unread in
+stops reading the socket (the relay's transport is paused: the events wait unread in
 the kernel's socket buffer and in QEMU's monitor output buffer) until the
 queue has room again (see reactor.engine.bus), then reads on.  So a VM that floods
 costs no parsing beyond what the engine dispatches, and the loop spends no
 time on its socket while it waits.  Two exceptions keep
-it safe: while a command of ours is in flight on that VM the reader reads
+it safe: while a command of ours awaits its reply on that VM the relay reads
 regardless (its reply may be behind the events; events then past the queue's
 bounds are shed, counted), and lines already read stay buffered, never lost.
 The cost: a paused VM's events reach rules late, QEMU holds them (its
@@ -52,7 +60,7 @@ import asyncio
 import contextlib
 import enum
 import errno
-import functools
+import json
 import logging
 import os
 import random
@@ -63,10 +71,10 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import orjson
-from qemu.qmp import QMPClient
+from qemu.qmp import ExecuteError, QMPClient
 from qemu.qmp.error import ProtocolError
 from qemu.qmp.protocol import Runstate
-from qemu.qmp.qmp_client import ExecInterruptedError
+from qemu.qmp.qmp_client import BadReplyError, ExecInterruptedError
 
 from reactor.errors import (
     EventError,
@@ -94,9 +102,6 @@ log = logging.getLogger(__name__)
 
 #: ``make_event(obj, *, vm=..., host=..., seq=...) -> Event`` (the catalog's).
 MakeEvent = Callable[..., Event]
-
-_CHUNK = 256 * 1024
-
 
 class Backpressure(Protocol):
     """What a VM's reader asks before handing on events (:class:`reactor.engine.bus.Bus` is one)."""
@@ -190,217 +195,324 @@ def _jsonable(value: object) -> object:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-class _Protocol(QMPClient):
-    """qemu.qmp's client with a fast, bounded reader and no per-message formatting."""
+class _Client(QMPClient):
+    """qemu.qmp's client, on the relay's socketpair: greeting, negotiation, commands, replies.
+
+    Only the hooks qemu.qmp documents for subclasses are overridden: the two
+    logging callbacks, which format every message (a 200 KB schema reply too)
+    unless debug logging is on.
+    """
 
     def __init__(self, owner: VMConnection, max_line: int) -> None:
         super().__init__(owner.name, readbuflen=max_line)
         self.logger = cast(logging.Logger, _QuietLogger(owner.log))
-        self._owner = owner
-        self._max_line = max_line
-        self._buf = b""
-        self._held = False  # self._buf may hold complete lines, kept while the VM had no room
-        self._stopped = False  # the transport is paused by _pause
-        self._wake: asyncio.Future[None] | None = None  # set while the reader is paused: a command wakes it
-        self._listeners = []  # the default EventListener would queue every event forever
+        self._log = owner.log
 
-    # -- logging hooks: qemu.qmp formats every message as indented JSON here --
     def _cb_outbound(self, msg: Any) -> Any:
-        if self._owner.log.isEnabledFor(logging.DEBUG):
-            self._owner.log.debug("--> %s", bytes(msg).decode("utf-8", "replace"))
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("--> %s", bytes(msg).decode("utf-8", "replace"))
         return msg
 
     def _cb_inbound(self, msg: Any) -> Any:
-        if self._owner.log.isEnabledFor(logging.DEBUG):
-            self._owner.log.debug("<-- %r", msg)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("<-- %s", bytes(msg).decode("utf-8", "replace"))
         return msg
 
-    async def _establish_session(self) -> None:
-        self._buf = b""
-        self._held = False
-        await super()._establish_session()
 
-    async def connect(self, address: Any, ssl: Any = None) -> None:
-        try:
-            await super().connect(address, ssl)
-        except AssertionError:
-            # qemu.qmp asserts RUNNING after a yield; a peer that breaks the
-            # protocol right after negotiation has already failed the reader.
-            if self.runstate != Runstate.DISCONNECTING:
-                raise
-            await self.disconnect()  # re-raises the reader's root cause
-            raise EOFError from None
+class _Relay:
+    """Stands between QEMU's monitor socket and qemu.qmp's client, which sits on a socketpair.
 
-    # -- the handshake reads one line at a time (greeting, capabilities reply) --
-    async def _do_recv(self) -> Any:
-        try:
-            line = await self._readline()
-        except ValueError as err:  # StreamReader: line over the limit
-            raise VMProtocolError(f"message over {self._max_line} bytes") from err
-        return self._parse(line)
+    Bytes from QEMU are split into lines and parsed with orjson here: events go
+    straight to the connection (no per-message task, queue or listener), every
+    other message (the greeting, replies) is passed on to the client unchanged.
+    What the client writes (capabilities, commands) is passed on to QEMU; each
+    command counts as awaiting its reply.  Backpressure (module docstring): no
+    more events are parsed than the VM has room for, and the monitor socket is
+    left unread (its transport paused) while the VM has no room, unless a
+    command awaits its reply (it may be behind the events).
+    """
 
-    def _parse(self, line: bytes) -> dict[str, Any]:
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as err:
-            raise VMProtocolError(f"not QMP: {line[:60]!r}") from err
-        if type(obj) is not dict:
-            raise VMProtocolError(f"not a JSON object: {line[:60]!r}")
-        return cast(dict[str, Any], obj)
+    def __init__(self, owner: VMConnection, max_line: int) -> None:
+        self._owner = owner
+        self._max_line = max_line
+        self._buf = b""            # from QEMU: what is not handed on yet (a partial line last)
+        self._sent = b""           # from the client: the part of a command not complete yet
+        self._decoder = json.JSONDecoder()
+        self._awaiting = 0         # commands the client sent whose reply has not come
+        self._qemu: asyncio.Transport | None = None
+        self._client: asyncio.Transport | None = None
+        self._stopped = False      # the monitor socket's transport is paused by us
+        self._room: asyncio.Future[None] | None = None  # waited on while a VM has no room
+        #: True once the client's session started: before it, a line that is not JSON means "not QMP"
+        self.established = False
+        #: why the relay ended the connection (a protocol error), or None
+        self.failure: VMProtocolError | None = None
+        #: the monitor socket's error when it was lost (None: closed by the peer, or not yet)
+        self.lost: BaseException | None = None
 
-    # -- the session reader: chunks, lines, orjson; events go straight to the owner --
-    async def _bh_recv_message(self) -> None:
-        assert self._reader is not None
+    def attach(self, *, qemu: asyncio.Transport | None = None, client: asyncio.Transport | None = None) -> None:
+        """The monitor socket's transport, or the client's end of the socketpair, once connected."""
+        if qemu is not None:
+            self._qemu = qemu
+        if client is not None:
+            self._client = client
+
+    # -- from QEMU --
+    def feed(self, data: bytes) -> None:
+        self._buf = self._buf + data if self._buf else data
+        self._drain()
+
+    def _drain(self) -> None:
+        """Hand on the complete lines the VM has room for; pause or resume the monitor socket."""
         owner = self._owner
         bp = owner._backpressure
-        if bp is not None and bp.room(owner.name) <= 0 and not self._in_flight():
-            await self._pause(bp)
-            return  # the next call looks again (a command may have woken it, or room came)
-        if self._held:
-            buf = self._buf  # complete lines kept from the last call go first
-        else:
-            if self._stopped:  # the socket was left unread: read it again, now that its data is wanted
-                self._stopped = False
-                if not getattr(self._reader, "_paused", False):  # unless the stream's own limit paused it
-                    self._transport().resume_reading()
-            data = await self._reader.read(_CHUNK)
-            if not data:
-                if self._buf.strip():
-                    raise VMProtocolError(f"connection closed mid-message ({len(self._buf)} bytes)")
-                raise EOFError
-            buf = self._buf + data if self._buf else data
-        # the room now (the read may have waited long): while a command is in flight, read on regardless
-        if bp is None or self._in_flight():
-            lines = buf.split(b"\n")
-            held = False
-        else:
-            room = max(1, bp.room(owner.name))
-            lines = buf.split(b"\n", room)  # at most `room` lines; the rest stays unparsed
-            held = len(lines) > room
-        self._buf = lines.pop()
-        self._held = held
-        max_line = self._max_line
-        if not held and len(self._buf) > max_line:
-            raise VMProtocolError(f"message over {max_line} bytes")
-        deliver = owner._deliver
-        for line in lines:
-            if len(line) > max_line:
-                raise VMProtocolError(f"message over {max_line} bytes")
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as err:
-                if not line.strip():
-                    continue
-                raise VMProtocolError(f"not JSON: {line[:60]!r}") from err
-            if type(obj) is not dict:
-                raise VMProtocolError(f"not a JSON object: {line[:60]!r}")
-            if "event" in obj:
-                deliver(obj)
+        while self.failure is None:
+            buf = self._buf
+            if bp is None or self._awaiting:
+                lines = buf.split(b"\n")
+                held = bp is not None  # look at the room again after this batch: its reply may be in it
             else:
-                await self._route(obj)
-
-    def _in_flight(self) -> bool:
-        """Whether a command of ours still waits for its reply."""
-        return any(not (isinstance(slot, _Slot) and slot.done()) for slot in self._pending.values())
-
-    def _transport(self) -> asyncio.ReadTransport:
-        assert self._writer is not None
-        return cast(asyncio.ReadTransport, self._writer.transport)
-
-    async def _pause(self, bp: Backpressure) -> None:
-        """Leave the socket unread until the VM has room again or a command is sent.
-
-        The transport stays paused until the reader needs bytes from the socket again (lines it
-        holds go first), so nothing more piles up in this process meanwhile.
-        """
-        owner = self._owner
-        if not self._stopped:
-            self._transport().pause_reading()
-            self._stopped = True
-        owner.read_pauses += 1
-        owner._paused_since = since = time.monotonic()
-        self._wake = wake = asyncio.get_running_loop().create_future()
-        bp.wait_room(owner.name).add_done_callback(functools.partial(_wake_up, wake))
-        try:
-            await wake
-        finally:
-            self._wake = None
-            owner._paused_since = None
-            owner._paused_total += time.monotonic() - since
-
-    async def _route(self, obj: dict[str, Any]) -> None:
-        exec_id = obj.get("id")
-        # reactor's ids are strings; any other id (a list from a broken peer) answers nothing of ours
-        pending = self._pending.get(exec_id) if exec_id.__class__ is str else None
-        if pending is not None:
-            await pending.put(cast(Any, obj))  # _reply hands it back as is
+                room = bp.room(owner.name)
+                if room <= 0:  # the socket is left unread, lines wait (unparsed) for room
+                    self._wait_room(bp)
+                    return
+                lines = buf.split(b"\n", room)  # at most `room` lines; the rest stays unparsed
+                held = len(lines) > room
+            self._buf = lines.pop()
+            for line in lines:
+                self._line(line)
+                if self.failure is not None:
+                    return
+            if not held or self._awaiting:
+                break
+        if self.failure is None and len(self._buf) > self._max_line:
+            self.fail(VMProtocolError(f"message over {self._max_line} bytes"))
             return
-        if "error" in obj and "id" not in obj:
-            raise VMProtocolError(f"server reported a parse error: {obj['error']!r}")
-        # A reply that came after its command timed out: nobody waits for it.
-        self._owner.log.debug("reply to %r arrived after its command gave up", exec_id)
+        self._end_wait()
+        if self._stopped and self._qemu is not None:  # nothing complete left: read the socket again
+            self._stopped = False
+            self._qemu.resume_reading()
 
-    async def _event_dispatch(self, msg: Any) -> None:  # not reached: _bh_recv_message delivers
-        self._owner._deliver(dict(msg))
-
-    async def call(self, command: str, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Send one command and await its reply, bypassing the writer task's queue."""
-        if self.runstate != Runstate.RUNNING or self._writer is None:
-            raise VMConnectionError("not connected")
-        exec_id = self._get_exec_id()
-        msg: dict[str, Any] = {"execute": command, "id": exec_id}
-        if arguments is not None:
-            msg["arguments"] = dict(arguments)
-        data = orjson.dumps(msg, default=_jsonable)
-        self._cb_outbound(_Raw(data))
-        self._pending[exec_id] = cast(Any, _Slot())
-        if self._wake is not None:
-            _wake_up(self._wake)  # a paused reader reads again: the reply may be behind events
+    def _line(self, line: bytes) -> None:
+        if len(line) > self._max_line:
+            self.fail(VMProtocolError(f"message over {self._max_line} bytes"))
+            return
         try:
-            self._writer.write(data)
-        except BaseException:
-            del self._pending[exec_id]
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if not line.strip():
+                return
+            # before the session (greeting, capabilities) the peer is probably not QEMU at all
+            what = "not JSON" if self.established else "not QMP"
+            self.fail(VMProtocolError(f"{what}: {line[:60]!r}"))
+            return
+        if type(obj) is not dict:
+            self.fail(VMProtocolError(f"not a JSON object: {line[:60]!r}"))
+            return
+        if "event" in obj:
+            self._owner._deliver(obj)
+            return
+        if "QMP" not in obj:  # a reply (the greeting is the one message that is neither)
+            exec_id = obj.get("id")
+            if self.established and exec_id is None and "error" in obj:
+                self.fail(VMProtocolError(f"server reported a parse error: {obj['error']!r}"))
+                return
+            if exec_id is not None and exec_id.__class__ is not str:
+                # qemu.qmp's ids are strings: any other (a list from a broken peer) answers nothing
+                self._owner.log.debug("reply with a foreign id %r dropped", exec_id)
+                return
+            if self._awaiting:
+                self._awaiting -= 1  # from here on the socket may wait for room again
+        if self._client is not None:
+            self._client.write(line + b"\n")
+
+    def _wait_room(self, bp: Backpressure) -> None:
+        owner = self._owner
+        if not self._stopped and self._qemu is not None:
+            self._qemu.pause_reading()
+            self._stopped = True
+        if self._room is None:
+            owner.read_pauses += 1
+            owner._paused_since = time.monotonic()
+            self._room = room = bp.wait_room(owner.name)
+            room.add_done_callback(self._room_came)
+
+    def _room_came(self, room: asyncio.Future[None]) -> None:
+        if room is self._room:
+            self._end_wait()
+            self._drain()
+
+    def _end_wait(self) -> None:
+        if self._room is not None:
+            self._room = None
+            owner = self._owner
+            if owner._paused_since is not None:
+                owner._paused_total += time.monotonic() - owner._paused_since
+                owner._paused_since = None
+
+    def qemu_lost(self, exc: BaseException | None) -> None:
+        """The monitor socket closed (``exc``: its error, if any)."""
+        if self.failure is None and self._buf.strip():
+            self.failure = VMProtocolError(f"connection closed mid-message ({len(self._buf)} bytes)")
+        self.lost = exc
+        self._end_wait()
+        self._qemu = None
+        if self._client is not None:
+            self._client.close()  # the client sees the end of its stream
+
+    # -- from the client --
+    def sent(self, data: bytes) -> None:
+        """Bytes qemu.qmp wrote: to QEMU as they are; each complete command awaits a reply."""
+        if self._qemu is not None:
+            self._qemu.write(data)
+        # qemu.qmp writes one JSON object per message, newline or not: count complete ones
+        if not self._sent:
+            try:
+                msg = orjson.loads(data)  # the usual case: one write, one whole message
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                self._commanded(1 if isinstance(msg, dict) and ("execute" in msg or "exec-oob" in msg) else 0)
+                return
+        buf = (self._sent + data).decode("utf-8", "replace")
+        pos, commands = 0, 0
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos == len(buf):
+                break
+            try:
+                msg, pos = self._decoder.raw_decode(buf, pos)
+            except ValueError:
+                break
+            if isinstance(msg, dict) and ("execute" in msg or "exec-oob" in msg):
+                commands += 1
+        self._sent = buf[pos:].encode()
+        self._commanded(commands)
+
+    def _commanded(self, commands: int) -> None:
+        if commands:
+            self._awaiting += commands
+            if self._room is not None or self._stopped:
+                self._drain()  # a waiting socket is read again: the reply may be behind events
+
+    def client_lost(self) -> None:
+        self._client = None
+        if self._qemu is not None:
+            self._qemu.close()
+
+    # -- the relay's end --
+    def fail(self, err: VMProtocolError) -> None:
+        """End the connection for a protocol error (the first one is kept)."""
+        if self.failure is None:
+            self.failure = err
+        self._end_wait()
+        if self._qemu is not None:
+            self._qemu.abort()
+        if self._client is not None:
+            self._client.close()
+
+
+class _QemuSide(asyncio.Protocol):
+    def __init__(self, relay: _Relay) -> None:
+        self._relay = relay
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._relay.attach(qemu=cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        self._relay.feed(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.qemu_lost(exc)
+
+
+class _ClientSide(asyncio.Protocol):
+    def __init__(self, relay: _Relay) -> None:
+        self._relay = relay
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._relay.attach(client=cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        self._relay.sent(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.client_lost()
+
+
+class _Session:
+    """One connection: the monitor socket, the relay, and qemu.qmp's client on a socketpair."""
+
+    def __init__(self, owner: VMConnection, max_line: int) -> None:
+        self.relay = _Relay(owner, max_line)
+        self.client = _Client(owner, max_line)
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def connect(self, target: str | tuple[str, int] | socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        relay = self.relay
+        mine, theirs = socket.socketpair()
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: _ClientSide(relay), mine)
+            self._transports.append(transport)
+            if isinstance(target, socket.socket):
+                transport, _ = await loop.connect_accepted_socket(lambda: _QemuSide(relay), target)
+            elif isinstance(target, tuple):
+                transport, _ = await loop.create_connection(lambda: _QemuSide(relay), target[0], target[1])
+            else:
+                transport, _ = await loop.create_unix_connection(lambda: _QemuSide(relay), target)
+            self._transports.append(transport)
+            await self.client.connect(theirs)
+        except BaseException as err:
+            theirs.close()
+            self.close()
+            if relay.failure is not None and not isinstance(err, asyncio.CancelledError):
+                raise relay.failure from err
+            if relay.lost is not None and not isinstance(err, asyncio.CancelledError):
+                raise relay.lost from err
             raise
-        return cast(dict[str, Any], await self._reply(exec_id))
+        relay.established = True
 
+    async def call(self, command: str, arguments: Mapping[str, Any] | None) -> object:
+        """One command through qemu.qmp's ``execute()``; its ``return`` value (qemu.qmp raises its errors)."""
+        if self.client.runstate != Runstate.RUNNING:
+            raise VMConnectionError("not connected")
+        # templates give tuples and read-only mappings: plain JSON values for qemu.qmp's encoder
+        args = orjson.loads(orjson.dumps(dict(arguments), default=_jsonable)) if arguments else None
+        return await self.client.execute(command, args)
 
-def _wake_up(wake: asyncio.Future[None], _: object = None) -> None:
-    if not wake.done():
-        wake.set_result(None)
+    async def wait_closed(self) -> str:
+        """Wait until the session ends; return why."""
+        client = self.client
+        while client.runstate == Runstate.RUNNING:
+            await client.runstate_changed()
+        try:
+            await client.disconnect()
+        except Exception as err:  # the root cause, re-raised by qemu.qmp
+            reason: BaseException = err
+        else:
+            reason = EOFError()
+        finally:
+            self.close()
+        if self.relay.failure is not None:
+            return _summary(self.relay.failure)
+        if self.relay.lost is not None:
+            return _summary(self.relay.lost)
+        return _summary(reason) if not isinstance(reason, EOFError) else "connection closed by peer"
 
+    async def aclose(self) -> None:
+        if self.client.runstate != Runstate.IDLE:
+            with contextlib.suppress(Exception):
+                await self.client.disconnect()
+        self.close()
 
-class _Slot:
-    """Where one reply lands: the part of ``asyncio.Queue(maxsize=1)`` qemu.qmp uses, on one future."""
-
-    __slots__ = ("_future",)
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def put_nowait(self, item: Any) -> None:
-        if not self._future.done():
-            self._future.set_result(item)
-
-    async def put(self, item: Any) -> None:
-        self.put_nowait(item)
-
-    async def get(self) -> Any:
-        return await self._future
-
-
-class _Raw:
-    """Bytes that qemu.qmp's logging hook can render."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __bytes__(self) -> bytes:
-        return self.data
+    def close(self) -> None:
+        for transport in self._transports:
+            transport.close()
 
 
 # Schema facts shared by VMs running the same QEMU build.
@@ -504,7 +616,7 @@ class VMConnection:
         self._state = VMState.IDLE
         self._state_changed = asyncio.Event()  # set (and replaced) at every state change
         self._runstate = RunState()  # reactor.model.runstate: the one model of QEMU's run state
-        self._proto: _Protocol | None = None
+        self._proto: _Session | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._closing = False
         self._seq = 0
@@ -594,11 +706,15 @@ class VMConnection:
         return await self._call(proto, command, arguments, limit)
 
     async def _call(
-        self, proto: _Protocol, command: str, arguments: Mapping[str, Any] | None, timeout: float
+        self, proto: _Session, command: str, arguments: Mapping[str, Any] | None, timeout: float
     ) -> Any:
         try:
             async with asyncio.timeout(timeout):
-                reply = await proto.call(command, arguments)
+                return await proto.call(command, arguments)
+        except ExecuteError as err:
+            raise VMCommandError(command, err.error_class, str(err)) from None
+        except BadReplyError as err:
+            raise VMCommandError(command, "BadReply", f"{err.error_message}: {dict(err.msg)!r}") from None
         except TimeoutError as err:  # an OSError subclass: not a connection problem
             raise VMCommandTimeout(f"{self._name}: {command}: no reply within {timeout:g}s") from err
         except ExecInterruptedError as err:
@@ -607,14 +723,6 @@ class VMConnection:
             raise VMConnectionError(f"{self._name}: connection lost during {command}") from err
         except (OSError, ProtocolError) as err:
             raise VMConnectionError(f"{self._name}: {command}: {_summary(err)}") from err
-        if "error" in reply:
-            error = reply["error"] if isinstance(reply["error"], dict) else {}
-            raise VMCommandError(
-                command, str(error.get("class", "GenericError")), str(error.get("desc", ""))
-            )
-        if "return" not in reply:
-            raise VMCommandError(command, "BadReply", f"reply has neither return nor error: {reply!r}")
-        return reply["return"]
 
     # -- rule usage --
     def check_rule_usage(self, used: Mapping[str, set[str]], commands: Iterable[str] = ()) -> None:
@@ -682,7 +790,7 @@ class VMConnection:
         try:
             while not self._closing:
                 self._set_state(VMState.CONNECTING)
-                proto = _Protocol(self, self.max_line)
+                proto = _Session(self, self.max_line)
                 self._proto = proto
                 try:
                     await self._connect(proto)
@@ -731,12 +839,19 @@ class VMConnection:
             self._set_state(VMState.STOPPED)
             self._run_task = None
 
-    async def _connect(self, proto: _Protocol) -> None:
+    async def _connect(self, proto: _Session) -> None:
+        try:
+            await self._handshake(proto)
+        except Exception as err:
+            # the relay's reason (a protocol error, a reset) says more than "lost during query-x"
+            cause = proto.relay.failure or proto.relay.lost
+            if cause is not None and cause is not err:
+                raise cause from err
+            raise
+
+    async def _handshake(self, proto: _Session) -> None:
         async with asyncio.timeout(self.connect_timeout):
             await proto.connect(self._target)
-            for task, part in ((proto._reader_task, "reader"), (proto._writer_task, "writer")):
-                if isinstance(task, asyncio.Task):
-                    task.set_name(f"reactor[{self._name}].{part}")
             timeout = self.connect_timeout
             if self._namer is not None:
                 try:
@@ -766,21 +881,12 @@ class VMConnection:
             if self._run_task is not None:
                 self._run_task.set_name(f"reactor[{name}].supervisor")
 
-    async def _watch(self, proto: _Protocol) -> str:
+    async def _watch(self, proto: _Session) -> str:
         """Wait until the session ends; return why."""
-        while proto.runstate == Runstate.RUNNING:
-            await proto.runstate_changed()
-        try:
-            await proto.disconnect()
-        except Exception as err:  # the root cause, re-raised by qemu.qmp
-            return _summary(err)
-        return "disconnected"
+        return await proto.wait_closed()
 
-    async def _drop(self, proto: _Protocol) -> None:
-        if proto.runstate == Runstate.IDLE:
-            return
-        with contextlib.suppress(Exception):
-            await proto.disconnect()
+    async def _drop(self, proto: _Session) -> None:
+        await proto.aclose()
 
     async def _backoff(self, delay: float) -> None:
         """Sleep ``delay`` (jittered to 50-100%); wake early when a unix socket file is replaced."""

@@ -2,17 +2,16 @@
 
 * Every dependency in pyproject.toml has an upper bound below the next major version, and the
   installed version is inside its range (the suite runs with what the pins allow).
-* reactor.sources.qmp extends qemu.qmp's ``QMPClient``: the methods it overrides or calls and the
-  attributes it reads exist with the shapes it expects.  Some are not documented for subclasses
-  (see the module's docstring and docs/architecture.md): this is the list a qemu.qmp upgrade must
-  be checked against.
+* reactor.sources.qmp uses qemu.qmp's ``QMPClient`` through its public API (``connect`` with a
+  socket, ``execute``, ``disconnect``, ``runstate_changed``) and overrides only the two logging
+  hooks qemu.qmp documents for subclasses: those exist with the shapes it expects, and no class
+  of reactor's that extends qemu.qmp touches anything else of it.
 * No reactor module imports paho-mqtt or aiomqtt (MQTT is reactor.integrations.mqttclient's own).
 """
 
 from __future__ import annotations
 
 import ast
-import asyncio
 import importlib.metadata
 import inspect
 import re
@@ -20,7 +19,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from fakeqmp import FakeQMP  # tests/ is on sys.path (pytest's rootdir-relative import)
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -54,57 +52,57 @@ def test_each_dependency_is_pinned_below_its_next_major_and_installed_inside_the
     assert upper <= Version(f"{tested.major + 1}"), f"{req}: allows more than the tested major ({installed})"
 
 
-def test_qemu_qmp_is_what_reactor_sources_qmp_extends() -> None:
-    from qemu.qmp import QMPClient, Runstate
-    from qemu.qmp.qmp_client import ExecInterruptedError
+def test_qemu_qmp_is_what_reactor_sources_qmp_uses() -> None:
+    """The public API reactor's session uses, and the two hooks it overrides, with the shapes it expects."""
+    from qemu.qmp import ExecuteError, QMPClient, Runstate
+    from qemu.qmp.protocol import AsyncProtocol
+    from qemu.qmp.qmp_client import BadReplyError, ExecInterruptedError
 
     version = Version(importlib.metadata.version("qemu.qmp"))
     assert version < Version("0.1"), "qemu.qmp 0.1: check reactor/sources/qmp.py against its changes"
-    # the methods reactor's _Protocol overrides or calls, with the parameters it passes
-    expected = {
-        "_bh_recv_message": ["self"],            # replaced: the chunked reader
-        "_do_recv": ["self"],                    # the handshake's reads
-        "_establish_session": ["self"],          # extended (state reset), then super()
-        "_cb_outbound": ["self", "msg"],         # logging hooks
-        "_cb_inbound": ["self", "msg"],
-        "_event_dispatch": ["self", "msg"],      # replaced (never reached)
-        "_readline": ["self"],
-        "_get_exec_id": ["self"],
-        "_reply": ["self", "msg_id"],            # awaits the reply slot reactor puts in _pending
-        "connect": ["self", "address", "ssl"],
+    public = {
+        "connect": ["self", "address", "ssl"],   # with a socket.socket (the socketpair's end)
+        "execute": ["self", "cmd", "arguments"],
         "disconnect": ["self"],
         "runstate_changed": ["self"],
     }
-    for name, params in expected.items():
+    for name, params in public.items():
         fn = getattr(QMPClient, name, None)
         assert callable(fn), f"qemu.qmp {version}: QMPClient.{name} is gone"
         got = list(inspect.signature(fn).parameters)
         assert got[: len(params)] == params, f"qemu.qmp {version}: QMPClient.{name}{got} changed"
-    assert inspect.iscoroutinefunction(QMPClient._bh_recv_message)
+    assert "socket" in str(inspect.signature(QMPClient.connect).parameters["address"].annotation)
+    # the logging callbacks: documented as "intended for subclasses"
+    for hook in ("_cb_outbound", "_cb_inbound"):
+        assert "intended for subclasses" in (getattr(AsyncProtocol, hook).__doc__ or ""), hook
+        assert list(inspect.signature(getattr(QMPClient, hook)).parameters) == ["self", "msg"]
     assert {"IDLE", "RUNNING", "DISCONNECTING"} <= set(Runstate.__members__)
-    assert issubclass(ExecInterruptedError, Exception)
+    assert issubclass(ExecInterruptedError, Exception) and issubclass(BadReplyError, Exception)
+    assert isinstance(ExecuteError.error_class, property)
     assert list(inspect.signature(QMPClient.__init__).parameters)[:3] == ["self", "name", "readbuflen"]
 
 
-async def test_qemu_qmp_instance_attributes_reactor_reads(tmp_path: Path) -> None:
-    """The attributes reactor's _Protocol reads on a client (before and after a session starts)."""
-    from qemu.qmp import QMPClient
-
-    client = QMPClient("probe")
-    for attr in ("_reader", "_writer", "_reader_task", "_writer_task", "_listeners", "logger"):
-        assert hasattr(client, attr), f"qemu.qmp: QMPClient().{attr} is gone (reactor/sources/qmp.py reads it)"
-    assert isinstance(client._listeners, list)
-    # a session's routing table: what _route and _in_flight read
-    async with FakeQMP(tmp_path / "q.qmp") as fake:
-        await client.connect(fake.address)
-        try:
-            assert isinstance(client._pending, dict)
-            reader, writer = client._reader, client._writer
-            assert isinstance(reader, asyncio.StreamReader) and isinstance(writer, asyncio.StreamWriter)
-            assert isinstance(client._reader_task, asyncio.Task) and isinstance(client._writer_task, asyncio.Task)
-            assert re.fullmatch(r".+", client._get_exec_id())
-        finally:
-            await client.disconnect()
+def test_qemu_qmp_is_touched_through_its_public_api_and_two_documented_hooks_only() -> None:
+    """A reactor class extending qemu.qmp overrides only the logging hooks and reads nothing private of it;
+    no module using qemu.qmp reads a private attribute of its client (``client._x``)."""
+    found = []
+    for path in (ROOT / "reactor").rglob("*.py"):
+        text = path.read_text()
+        if "qemu.qmp" not in text:
+            continue
+        tree = ast.parse(text)
+        found += [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
+                  if re.search(r"\bclient\._[a-z]", line)]
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in cls.bases}
+            if bases & {"QMPClient", "AsyncProtocol"}:
+                overridden = {f.name for f in cls.body if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
+                assert overridden <= {"__init__", "_cb_outbound", "_cb_inbound"}, (path, cls.name, overridden)
+                for node in ast.walk(cls):
+                    if isinstance(node, ast.Attribute) and node.attr.startswith("_") and \
+                            not node.attr.startswith("__") and node.attr not in ("_log", "_cb_outbound", "_cb_inbound"):
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {cls.name} uses {node.attr}")
+    assert not found, found
 
 
 def test_no_reactor_module_imports_a_third_party_mqtt_client() -> None:

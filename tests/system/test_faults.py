@@ -277,6 +277,7 @@ FLOOD_PROBE_RULES = FLOOD_RULES + """
     on: RTC_CHANGE
     vms: flood
     match: {offset: 0}
+    mode: parallel   # a reply behind a flood may take longer than the 10 ms between two probes
     actions:
       - qmp: query-status
 """

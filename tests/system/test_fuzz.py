@@ -6,7 +6,7 @@ and recorded event files.  Each target below feeds generated and mutated input
 through the real code and asserts the property of docs/reliability.md
 ("Fuzzing"):
 
-* the QMP stream reader (``reactor.sources.qmp``'s ``_Protocol``): random bytes,
+* the QMP stream reader (``reactor.sources.qmp``'s ``_Relay``): random bytes,
   truncated and nested JSON, huge numbers, deep nesting, invalid UTF-8, lines
   over the size limit, events with wrong types.  It either delivers events or
   ends the session with ``VMProtocolError`` / ``EOFError``; nothing else
@@ -167,24 +167,20 @@ def _connection(sink: _Sink, address: str = "/nonexistent", max_line: int = 4096
 
 
 async def _read_all(data: bytes, max_line: int = 4096) -> tuple[list[Event], BaseException]:
-    """Drive the connection's real session reader over ``data`` until the session ends."""
-    from reactor.sources.qmp import _Protocol  # the reader under test
+    """Feed ``data`` through the connection's real relay (as the socket delivers it, in chunks), then the end."""
+    from reactor.sources.qmp import _Relay  # the reader under test
 
     sink = _Sink()
     conn = _connection(sink, max_line=max_line)
-    proto = _Protocol(conn, max_line)
-    reader = asyncio.StreamReader(limit=max_line)
-    reader.feed_data(data)
-    reader.feed_eof()
-    proto._reader = reader
-    ended: BaseException | None = None
-    async with asyncio.timeout(CASE_LIMIT):
-        while ended is None:
-            try:
-                await proto._bh_recv_message()
-            except (VMProtocolError, EOFError) as err:
-                ended = err
-    return sink.events, ended
+    relay = _Relay(conn, max_line)
+    relay.established = True  # the session's reader, past the greeting
+    for at in range(0, len(data), 4096):
+        relay.feed(data[at:at + 4096])
+        if relay.failure is not None:
+            break
+    else:
+        relay.qemu_lost(None)
+    return sink.events, relay.failure or EOFError()
 
 
 @FUZZ
