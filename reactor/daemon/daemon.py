@@ -509,7 +509,8 @@ async def serve(daemon: Daemon, *, install_signals: bool = True) -> None:
 
 
 def _raise_nofile() -> None:
-    """One socket per VM: raise the soft open-file limit to the hard one (1,024 is common; 1,000 VMs need more)."""
+    """Three descriptors per VM (its monitor socket and the relay's socketpair, reactor.sources.qmp): raise the
+    soft open-file limit to the hard one (1,024 is common; 1,000 VMs need ~3,000)."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
