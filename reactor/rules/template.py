@@ -294,9 +294,16 @@ def _render_error(err: Exception, what: str) -> TemplateError:
     return TemplateError(f"{what}: {type(err).__name__}: {err}")
 
 
-def _undefined_name(value: jinja2.Undefined) -> str:
-    name = getattr(value, "_undefined_name", None)
-    return repr(name) if name else "a value"
+def _undefined_text(value: jinja2.Undefined) -> str:
+    """Why a value is undefined, as Jinja2 says it: StrictUndefined (and the sandbox's stand-in for an
+    unsafe attribute) raise it on any use."""
+    try:
+        str(value)
+    except jinja2.exceptions.SecurityError as err:
+        return f"not allowed in the sandbox: {err}"
+    except jinja2.UndefinedError as err:
+        return f"undefined: {err.message or 'a value'}"
+    return "undefined: a value"
 
 
 class Template:
@@ -319,7 +326,7 @@ class Template:
         if isinstance(out, str) and len(out) > MAX_OUTPUT:
             raise TemplateError(f"template {self.source!r}: output over {MAX_OUTPUT} characters")
         if isinstance(out, jinja2.Undefined):
-            raise TemplateError(f"template {self.source!r}: {_undefined_name(out)} is undefined")
+            raise TemplateError(f"template {self.source!r}: {_undefined_text(out)}")
         return out
 
     def __repr__(self) -> str:
@@ -353,7 +360,7 @@ class Expression:
         except Exception as err:
             raise _render_error(err, f"expression {self.source!r}") from err
         if isinstance(value, jinja2.Undefined):
-            raise TemplateError(f"expression {self.source!r}: {_undefined_name(value)} is undefined")
+            raise TemplateError(f"expression {self.source!r}: {_undefined_text(value)}")
         return value
 
     def test(self, names: Mapping[str, Any]) -> bool:

@@ -105,6 +105,20 @@ def test_qemu_qmp_is_touched_through_its_public_api_and_two_documented_hooks_onl
     assert not found, found
 
 
+def test_no_private_attribute_is_read_by_name() -> None:
+    """``getattr(obj, "_x")`` is how a library's private state gets read without showing in ``obj._x``:
+    reactor/ never does it (Jinja2's undefined values are asked through their public behaviour)."""
+    found = []
+    for path in (ROOT / "reactor").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                    node.func.id in ("getattr", "setattr", "hasattr") and len(node.args) >= 2 and \
+                    isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str) and \
+                    re.fullmatch(r"_[a-z]\w*", node.args[1].value):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.func.id}(..., {node.args[1].value!r})")
+    assert not found, found
+
+
 def test_no_reactor_module_imports_a_third_party_mqtt_client() -> None:
     found = []
     for path in (ROOT / "reactor").rglob("*.py"):
