@@ -21,7 +21,6 @@ from typing import Any
 from reactor.actions.action import ActionContext, ActionSpec, VMHandle, action
 from reactor.actions.qmp import QmpPolicy, check_command, policy_refusal
 from reactor.errors import ActionError
-from reactor.sources.libvirt.domain import REACTOR_SNAPSHOT, LibvirtVM
 
 __all__ = ["LIBVIRT_ACTIONS", "LIBVIRT_QMP", "LIBVIRT_SNAPSHOT", "LibvirtQmpArgs", "LibvirtSnapshotArgs"]
 
@@ -53,6 +52,8 @@ async def _libvirt_qmp(ctx: ActionContext, args: LibvirtQmpArgs) -> Any:
     refusal = policy_refusal(ctx, args.execute)
     if refusal is not None:
         raise ActionError(refusal)
+    from reactor.sources.libvirt.domain import LibvirtVM  # at run time: `reactor check` needs only the spec
+
     vm = _target(ctx, args.vm)
     if isinstance(vm, LibvirtVM):
         ctx.log.info("%s: %s through libvirt's monitor passthrough (libvirt marks the domain tainted)",
@@ -81,6 +82,8 @@ def _check_snapshot(args: Any) -> None:
 
 async def _libvirt_snapshot(ctx: ActionContext, args: LibvirtSnapshotArgs) -> dict[str, Any]:
     """Take an internal snapshot through libvirt's snapshot API; keep the newest ``keep`` reactor made."""
+    from reactor.sources.libvirt.domain import REACTOR_SNAPSHOT, LibvirtVM  # at run time, as above
+
     vm = _target(ctx, args.vm)
     if not isinstance(vm, LibvirtVM):
         raise ActionError(f"{vm.name} is not a libvirt VM (use the snapshot action for QMP VMs)")
