@@ -337,6 +337,7 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
         if name not in mapping and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             errors.append(RuleError(key_pos, f"{spec.name}: missing required argument {name!r}"))
     if len(errors) > n_before:
+        _check_the_rest(spec, out, node, errors)
         return None
     static = None
     if not any(isinstance(v, _Tree) for v in out.values()):
@@ -352,6 +353,22 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
                 errors.append(RuleError(_node_at(node, str(err)), f"{spec.name}: {err}"))
                 return None
     return Arguments(spec, out, static, node.plain())
+
+
+def _check_the_rest(spec: ActionSpec, good: dict[str, Any], node: Node, errors: list[RuleError]) -> None:
+    """The action's own check over the arguments that compiled, the others at their defaults, so that
+    one load reports every mistake (``attempts: 0`` next to a bad ``settle``); skipped when an argument
+    without a default failed, or one is a template (checked per run)."""
+    if spec.check is None or any(isinstance(v, _Tree) for v in good.values()):
+        return
+    try:
+        partial = spec.args(**good)
+    except (TypeError, ValueError):
+        return
+    try:
+        spec.check(partial)
+    except ValueError as err:
+        errors.append(RuleError(_node_at(node, str(err)), f"{spec.name}: {err}"))
 
 
 def redact(spec: ActionSpec, args: Any) -> Any:

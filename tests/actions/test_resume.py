@@ -114,6 +114,15 @@ def test_bad_arguments_are_load_errors_with_position(actions: str, expected: str
     assert errors[0].startswith(expected), errors[0]
 
 
+def test_every_mistake_of_one_resume_step_is_reported_in_one_load() -> None:
+    """The action's own check (attempts >= 1) runs on the arguments that did compile, beside the others' errors."""
+    errors = load_errors("      - resume: {attempts: 0, settle: -1s, bogus: 1}\n")
+    where = [e.split(": ", 1)[0] for e in errors]
+    assert where == ["rules/r.yaml:5:28", "rules/r.yaml:5:39", "rules/r.yaml:5:44"], errors
+    assert "attempts: 0 must be at least 1" in errors[0]
+    assert "argument 'settle'" in errors[1] and "unknown argument 'bogus'" in errors[2]
+
+
 async def test_explain_shows_the_backoff_and_the_give_up_from_the_journal(tmp_path: Path) -> None:
     from reactor.engine.explain import explain, format_verdicts
     from reactor.testing.events import make_event
