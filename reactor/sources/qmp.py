@@ -28,8 +28,8 @@ outbound hook hands them over) it writes to QEMU, counting each command until
 its reply came.  Why a relay rather than a
 reader inside qemu.qmp: that reader's stream reads ahead up to twice its
 limit, which must hold ``query-qmp-schema``'s reply (8 MiB here), so it cannot
-leave a flooding VM's socket unread; and qemu.qmp documents no hook for it
-(docs/architecture.md has the numbers).
+leave a flooding VM's socket unread, and no hook qemu.qmp documents can pause
+its transport (docs/architecture.md has the numbers).
 
 Overflow policy: events are handed to ``on_event`` synchronously, in order,
 from the reader; the callback must not block (the engine behind it owns a
