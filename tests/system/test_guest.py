@@ -159,6 +159,7 @@ async def test_sigstop_makes_qemu_unresponsive(qemu_vm_factory: QemuVMFactory) -
             await mon.execute("query-status")
     vm.cont()
     await vm.kill()
+    await mon.close()   # its reader saw the reset: disconnect collects that (else asyncio logs it at exit)
 
 
 # --- guest-less VMs ----------------------------------------------------------------------
