@@ -343,15 +343,17 @@ class Expression:
     undefined values), without a Jinja context per evaluation.
     """
 
-    __slots__ = ("_fast", "_fn", "source")
+    __slots__ = ("_fast", "_fn", "_literals", "source")
 
     def __init__(self, source: str, fn: Callable[..., Any] | None,
-                 fast: Callable[[Mapping[str, Any]], Any] | None = None) -> None:
+                 fast: Callable[[Mapping[str, Any]], Any] | None = None,
+                 literals: dict[str, tuple[Any, ...]] | None = None) -> None:
         if fn is None and fast is None:
             raise ValueError("an Expression needs Jinja's compiled code or the fast path")
         self.source = source
         self._fn = fn
         self._fast = fast
+        self._literals = literals
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         Limits.budget = MAX_ITERATIONS
@@ -369,7 +371,10 @@ class Expression:
     def data_literals(self) -> dict[str, tuple[Any, ...]]:
         """The ``event.data.KEY == LITERAL`` and ``event.data.KEY in [LITERALS]`` tests this expression
         requires (its top-level ``and`` conjuncts): with KEY present and not one of those values, the
-        expression is false.  For the matcher's index; empty when there is nothing to index."""
+        expression is false.  For the matcher's index; empty when there is nothing to index.  Found
+        when compiled (every engine built on the rules asks again: a reload, each replay)."""
+        if self._literals is not None:
+            return dict(self._literals)
         src = self.source.strip()
         if src.startswith("{{") and src.endswith("}}"):
             src = src[2:-2]
@@ -441,20 +446,23 @@ def compile_expression(text: str, pos: Position, what: str = "expression") -> Ex
     if src.startswith("{{") and src.endswith("}}"):
         src = src[2:-2]
     fast: _Fast | None = None
+    literals: dict[str, tuple[Any, ...]] | None = None
     try:
         parser = jinja2.parser.Parser(ENV, src, state="variable")
         tree = parser.parse_expression()
         if parser.stream.eos:
             fast = _fast(tree)
+            literals = {}
+            _conjunct_literals(tree, literals)
     except jinja2.TemplateSyntaxError:
         fast = None
     if fast is not None:   # parsed whole, no filter or test to resolve: Jinja's code generation is not needed
-        return Expression(text, None, fast)
+        return Expression(text, None, fast, literals)
     try:
         fn = ENV.compile_expression(src, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as err:
         raise _syntax_error(err, text, pos, what) from err
-    return Expression(text, fn)
+    return Expression(text, fn, literals=literals)
 
 
 _Fast = Callable[[Mapping[str, Any]], Any]
