@@ -369,14 +369,8 @@ class _Relay:
         """A message of the client's, as it sends it (its outbound hook): to QEMU; a command awaits a reply."""
         if self._qemu is not None:
             self._qemu.write(data)
-        self._commanded(1 if command else 0)
-
-    def sent(self, data: bytes) -> None:
-        """The same bytes, as they come out of the socketpair: already sent, dropped."""
-
-    def _commanded(self, commands: int) -> None:
-        if commands:
-            self._awaiting += commands
+        if command:
+            self._awaiting += 1
             if self._room is not None or self._stopped:
                 self._drain()  # a waiting socket is read again: the reply may be behind events
 
@@ -386,6 +380,11 @@ class _Relay:
             self._qemu.close()
 
     # -- the relay's end --
+    @property
+    def cause(self) -> BaseException | None:
+        """Why the connection ended, as the relay saw it: a protocol error, else the socket's error."""
+        return self.failure or self.lost
+
     def fail(self, err: VMProtocolError) -> None:
         """End the connection for a protocol error (the first one is kept)."""
         if self.failure is None:
@@ -422,7 +421,7 @@ class _ClientSide(asyncio.Protocol):
         self._relay.attach(client=cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
-        self._relay.sent(data)
+        pass  # what the client wrote: its outbound hook sent it to QEMU already
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._relay.client_lost()
@@ -451,14 +450,10 @@ class _Session:
                 transport, _ = await loop.create_unix_connection(lambda: _QemuSide(relay), target)
             self._transports.append(transport)
             await self.client.connect(theirs)
-        except BaseException as err:
+        except BaseException:
             theirs.close()
             self.close()
-            if relay.failure is not None and not isinstance(err, asyncio.CancelledError):
-                raise relay.failure from err
-            if relay.lost is not None and not isinstance(err, asyncio.CancelledError):
-                raise relay.lost from err
-            raise
+            raise  # VMConnection._connect puts the relay's cause in front
         relay.established = True
 
     async def call(self, command: str, arguments: Mapping[str, Any] | None) -> object:
@@ -474,19 +469,14 @@ class _Session:
         client = self.client
         while client.runstate == Runstate.RUNNING:
             await client.runstate_changed()
+        reason: BaseException = EOFError()
         try:
             await client.disconnect()
         except Exception as err:  # the root cause, re-raised by qemu.qmp
-            reason: BaseException = err
-        else:
-            reason = EOFError()
+            reason = err
         finally:
             self.close()
-        if self.relay.failure is not None:
-            return _summary(self.relay.failure)
-        if self.relay.lost is not None:
-            return _summary(self.relay.lost)
-        return _summary(reason) if not isinstance(reason, EOFError) else "connection closed by peer"
+        return _summary(self.relay.cause or reason)
 
     async def aclose(self) -> None:
         if self.client.runstate != Runstate.IDLE:
@@ -828,7 +818,7 @@ class VMConnection:
             await self._handshake(proto)
         except Exception as err:
             # the relay's reason (a protocol error, a reset) says more than "lost during query-x"
-            cause = proto.relay.failure or proto.relay.lost
+            cause = proto.relay.cause
             if cause is not None and cause is not err:
                 raise cause from err
             raise
