@@ -816,9 +816,12 @@ class Engine:
     # -- records ----------------------------------------------------------------------------
     def record_step(self, run: Run, step: Step, args: Any, status: str, result: Any, error: str | None,
                     started: float, duration: float, label: str | None = None) -> None:
-        self.step_durations.setdefault(step.name, []).append(duration)
-        if len(self.step_durations[step.name]) > 4096:
-            del self.step_durations[step.name][:2048]
+        durations = self.step_durations.get(step.name)
+        if durations is None:
+            durations = self.step_durations[step.name] = []
+        durations.append(duration)
+        if len(durations) > 4096:
+            del durations[:2048]
         if status == "dry-run" and label is None:
             run.status = "dry-run"
         if label is None:

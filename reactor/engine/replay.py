@@ -315,10 +315,15 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
             if first:
                 clock.set(event.timestamp)
                 first = False
-            await _advance(engine, clock, event.timestamp)
+            if clock.wake_due(event.timestamp):   # _advance, without a coroutine when nothing is due
+                await _settle(engine, clock)
+                await _advance(engine, clock, event.timestamp)
+            else:
+                clock.set(event.timestamp)
             engine.dispatch(event)
             result.events += 1
-            await _settle(engine, clock)
+            if engine.runs_in_flight or len(engine.bus):
+                await _settle(engine, clock)
             if wait_for_room is not None and journal.pending >= high:
                 await wait_for_room(stall=journal_wait)
                 turn = YIELD_EVERY

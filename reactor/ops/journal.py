@@ -1220,19 +1220,30 @@ def _num(value: Any, clean: bool) -> Any:
 
 
 def _event_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:
+    if not clean:   # the common case, without a call per field (one row per event)
+        for _, eid, name, vm, host, ts, data, problems in rows:
+            yield eid, name, vm, host, ts or 0.0, _json(data), _json(problems) if problems else None
+        return
     for _, eid, name, vm, host, ts, data, problems in rows:
         yield (eid, _text(name, clean), _text(vm, clean), _text(host, clean), _num(ts, clean) or 0.0,
                _json(data), _json(problems) if problems else None)
 
 
+_RUN_STATUS: Final = {"started": "running", "queued": "queued"}
+
+
 def _run_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:
+    if not clean:   # the common case, as _event_params
+        for _, rid, rule, vm, event_id, event_name, outcome, started in rows:
+            status = _RUN_STATUS.get(outcome)
+            yield (rid, rule, vm, event_id if isinstance(event_id, int) else None, event_name, outcome,
+                   status or outcome, started or 0.0, None if status else started, None)
+        return
     for _, rid, rule, vm, event_id, event_name, outcome, started in rows:
-        if outcome in ("started", "queued"):
-            status, ended = ("running" if outcome == "started" else "queued"), None
-        else:
-            status, ended = outcome, started
+        status = _RUN_STATUS.get(outcome)
+        ended = None if status else started
         yield (rid, _text(rule, clean), _text(vm, clean), event_id if isinstance(event_id, int) else None,
-               _text(event_name, clean), _text(outcome, clean), _text(status, clean),
+               _text(event_name, clean), _text(outcome, clean), _text(status or outcome, clean),
                _num(started, clean) or 0.0, _num(ended, clean), None)
 
 
@@ -1258,6 +1269,10 @@ def _coalesce(runs: list[tuple[Any, ...]], updates: list[tuple[Any, ...]]
 
 
 def _update_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:
+    if not clean:   # the common case, as _event_params
+        for _, rid, status, outcome, ended, error in rows:
+            yield status, outcome, ended, error, rid
+        return
     for _, rid, status, outcome, ended, error in rows:
         yield (_text(status, clean), _text(outcome, clean), _num(ended, clean), _text(error, clean), rid)
 
