@@ -62,12 +62,13 @@ import dataclasses
 import fcntl
 import functools
 import logging
+import operator
 import os
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -940,16 +941,15 @@ class Journal:
         con.execute("BEGIN IMMEDIATE")
         try:
             if groups[_EVENT]:
-                con.executemany(f"{verb} INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                _event_params(groups[_EVENT], clean))
+                _insert(con, f"{verb} INTO events", 7, _EVENT_NULLABLE, _event_params(groups[_EVENT], clean))
             runs, updates = _coalesce(list(_run_params(groups[_RUN], clean)),
                                       list(_update_params(groups[_RUN_UPDATE], clean)))
             steps: dict[int, list[str]] = {}
             for r in groups[_STEP]:
                 steps.setdefault(r[1], []).append(_step_json(r, clean))
             if runs:   # a run and the steps recorded with it: one row
-                con.executemany(f"{verb} INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                [(*r, _steps_json(steps.pop(r[0]))) if r[0] in steps else (*r, None) for r in runs])
+                _insert(con, f"{verb} INTO runs", 11, _RUN_NULLABLE,
+                        [(*r, _steps_json(steps.pop(r[0]))) if r[0] in steps else (*r, None) for r in runs])
             if updates:
                 con.executemany(
                     "UPDATE runs SET status = COALESCE(?, status), outcome = COALESCE(?, outcome),"
@@ -1217,6 +1217,47 @@ def _num(value: Any, clean: bool) -> Any:
         return float(value)
     except (TypeError, ValueError, OverflowError):
         return None
+
+
+#: The columns of an events row and of a runs row that are often NULL (host, problems; event_id, ended,
+#: error, steps).
+_EVENT_NULLABLE: Final = (3, 6)
+_RUN_NULLABLE: Final = (3, 8, 9, 10)
+
+
+@functools.lru_cache(maxsize=128)
+def _variant(head: str, width: int, nulls: tuple[int, ...]) -> tuple[str, Callable[[tuple[Any, ...]], Any]]:
+    """The statement ``HEAD VALUES (...)`` with a NULL literal in each of the columns ``nulls``, and a
+    function taking a full row to the parameters left (a tuple: itemgetter of two or more indexes)."""
+    kept = [i for i in range(width) if i not in nulls]
+    values = ", ".join("NULL" if i in nulls else "?" for i in range(width))
+    get = operator.itemgetter(*kept)
+    return f"{head} VALUES ({values})", get if len(kept) > 1 else (lambda row: (get(row),))
+
+
+def _insert(con: sqlite3.Connection, head: str, width: int, nullable: tuple[int, ...],
+            rows: Iterable[tuple[Any, ...]]) -> None:
+    """``executemany`` of ``HEAD VALUES (?, ...)`` over ``rows`` (in order), with each None in a ``nullable``
+    column written as a NULL literal rather than bound: Python's sqlite3 adapts every None it binds, which
+    cost about 1 us each, a fifth of an event row's insert (measured, Python 3.11, SQLite 3.40)."""
+    group: list[tuple[Any, ...]] = []
+    current = -1
+    get: Callable[[tuple[Any, ...]], Any] = tuple
+    sql = ""
+    for row in rows:
+        mask = 0
+        for bit, i in enumerate(nullable):
+            if row[i] is None:
+                mask |= 1 << bit
+        if mask != current:
+            if group:
+                con.executemany(sql, group)
+                group = []
+            current = mask
+            sql, get = _variant(head, width, tuple(i for bit, i in enumerate(nullable) if mask >> bit & 1))
+        group.append(get(row))
+    if group:
+        con.executemany(sql, group)
 
 
 def _event_params(rows: list[tuple[Any, ...]], clean: bool) -> Iterator[tuple[Any, ...]]:

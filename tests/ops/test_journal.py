@@ -206,6 +206,32 @@ async def test_values_that_are_not_json_are_stored_as_text(db: Path, tmp_path: P
     assert run.steps[0].result == "/x"
 
 
+async def test_rows_with_and_without_empty_columns_read_back_in_one_batch(db: Path) -> None:
+    """Empty columns (no host, no problems; a run still going, without an event or an error) are written
+    differently from filled ones; a batch that mixes them reads back as recorded."""
+    async with Journal(db, flush_interval=60) as j:
+        shapes = [(None, ()), ("h1", ()), (None, ("x: missing",)), ("h2", ("y: bad",)), (None, ())]
+        eids = [j.record_event("X", f"vm{i}", host, float(i), {"i": i}, problems)
+                for i, (host, problems) in enumerate(shapes)]
+        r_open = j.start_run(rule="r", vm="vm1", event_id=None, event_name="X", started=1.0)
+        r_ok = j.start_run(rule="r", vm="vm1", event_id=eids[0], event_name="X", started=2.0)
+        j.end_run(r_ok, status="ok", ended=3.0)
+        r_failed = j.start_run(rule="r", vm="vm2", event_id=eids[1], event_name="X", started=4.0)
+        j.record_step(r_failed, index=0, action="a", args=None, status="failed", result=None, error="boom",
+                      started=4.0, duration=0.5)
+        j.end_run(r_failed, status="failed", ended=5.0, error="boom")
+        r_dropped = j.start_run(rule="r", vm="vm3", event_id=None, event_name="X", started=6.0, outcome="dropped")
+        assert await j.flush()
+        events = {e.id: e for e in j.events(limit=10)}
+        runs = {r.id: r for r in j.runs(limit=10)}
+    assert [(events[e].host, events[e].problems, events[e].data) for e in eids] == [
+        (host, problems, {"i": i}) for i, (host, problems) in enumerate(shapes)]
+    got = [(r.event_id, r.status, r.ended, r.error, [s.error for s in r.steps])
+           for r in (runs[r_open], runs[r_ok], runs[r_failed], runs[r_dropped])]
+    assert got == [(None, "running", None, None, []), (eids[0], "ok", 3.0, None, []),
+                   (eids[1], "failed", 5.0, "boom", ["boom"]), (None, "dropped", 6.0, None, [])]
+
+
 async def test_a_row_sqlite_refuses_does_not_poison_the_batch(db: Path) -> None:
     async with Journal(db, flush_interval=60) as j:
         j.record_event("GOOD", "vm1", None, 1.0, {})
