@@ -1228,11 +1228,10 @@ _RUN_NULLABLE: Final = (3, 8, 9, 10)
 @functools.lru_cache(maxsize=128)
 def _variant(head: str, width: int, nulls: tuple[int, ...]) -> tuple[str, Callable[[tuple[Any, ...]], Any]]:
     """The statement ``HEAD VALUES (...)`` with a NULL literal in each of the columns ``nulls``, and a
-    function taking a full row to the parameters left (a tuple: itemgetter of two or more indexes)."""
+    function taking a full row to the parameters left (an itemgetter: a tuple, as at least two are left)."""
     kept = [i for i in range(width) if i not in nulls]
     values = ", ".join("NULL" if i in nulls else "?" for i in range(width))
-    get = operator.itemgetter(*kept)
-    return f"{head} VALUES ({values})", get if len(kept) > 1 else (lambda row: (get(row),))
+    return f"{head} VALUES ({values})", operator.itemgetter(*kept)
 
 
 def _insert(con: sqlite3.Connection, head: str, width: int, nullable: tuple[int, ...],
