@@ -700,6 +700,24 @@ async def test_wait_for_counts_events_since_the_previous_step_began() -> None:
                      "vm1": ("timeout", None, "no RESUME from vm1 within 5s")}
 
 
+async def test_a_queued_run_sees_the_events_since_its_own_trigger() -> None:
+    """The second STOP's run waits in the queue while the first runs; the RESUME that ends the first
+    came after the second STOP, so the second run's wait finds it at once."""
+    reg, _ = flaky_registry()
+    rules = """
+        rules:
+          - name: t
+            on: STOP
+            mode: queued
+            actions:
+              - await_event: {event: RESUME, timeout: 5}
+        """
+    evs = [line("RESUME", t=999), line("STOP", t=1000), line("STOP", t=1000.5), line("RESUME", t=1001)]
+    r = await play(rules, evs, registry=reg)
+    got = [(s["status"], s["result"]) for s in r.of("step") if s["action"] == "await_event"]
+    assert got == [("ok", "RESUME@1001"), ("ok", "RESUME@1001")]
+
+
 def test_engine_keeps_the_bus_it_is_given() -> None:
     """An empty Bus is falsy (it has a length): the engine must still use the one passed in, limits and all."""
     from reactor.engine.bus import Bus
