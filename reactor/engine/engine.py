@@ -36,6 +36,7 @@ from reactor.errors import (
 )
 from reactor.model.catalog import Catalog, default_catalog
 from reactor.model.event import Event
+from reactor.model.runstate import EVENTS as RUNSTATE_EVENTS
 from reactor.model.runstate import RunState
 from reactor.rules.arguments import redact
 from reactor.rules.matcher import Matcher
@@ -570,7 +571,7 @@ class Engine:
         if event.problems:
             self.stats["events_invalid"] += 1
         vm = self.vm_for(event.vm)
-        if isinstance(vm, StaticVM):
+        if event.name in RUNSTATE_EVENTS and isinstance(vm, StaticVM):
             vm.runstate = vm.runstate.after(event.name, event.data)
         if self.runs_in_flight:
             # kept for wait_for, which sees the events after the run's trigger (from its second step on:
