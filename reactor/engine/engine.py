@@ -241,20 +241,20 @@ class Run:
         spec = step.action
         started = eng.clock.now()
         t0 = time.perf_counter()
-        names: dict[str, Any] = {}
-        if step.when is not None or step.args.static is None:
+        args = step.args.static
+        if step.when is not None or args is None:
             names = names_for(self._event, self._vm, self._rule.name, started, self._vars)
-        if step.when is not None:
+            if step.when is not None:
+                try:
+                    if not step.when.test(names):
+                        eng.record_step(self, step, None, "skipped", None, None, started, 0.0, label)
+                        return None
+                except TemplateError as err:
+                    return self._failed(step, None, f"when: {err}", started, t0, label=label)
             try:
-                if not step.when.test(names):
-                    eng.record_step(self, step, None, "skipped", None, None, started, 0.0, label)
-                    return None
+                args = step.args.build(names)
             except TemplateError as err:
-                return self._failed(step, None, f"when: {err}", started, t0, label=label)
-        try:
-            args = step.args.build(names)
-        except TemplateError as err:
-            return self._failed(step, None, str(err), started, t0, label=label)
+                return self._failed(step, None, str(err), started, t0, label=label)
         shown = step.args.shown if step.args.static is not None else redact(spec, args)
         if eng.dry_run and spec.mutating(args):
             eng.record_step(self, step, shown, "dry-run", None, None, started, 0.0, label)
@@ -266,8 +266,13 @@ class Run:
             timeout = default_timeout
         for attempt in range(1, attempts + 1):
             try:
-                if spec.inline and timeout is None:
-                    result = await _inline(spec.run, self, args)
+                if spec.inline and timeout is None:   # awaited here: no task, no coroutine in between
+                    try:
+                        result = await spec.run(self, args)
+                    except (asyncio.CancelledError, Exception):
+                        raise
+                    except BaseException as err:   # SystemExit and friends fail the step, as in _isolated
+                        raise _raised(err) from err
                 else:
                     result = await _isolated(spec.run, self, args, timeout, eng.stats,
                                              f"reactor[{self._vm.name}].run[{self._rule.name}]#{self.id}.{step.index}")
@@ -326,14 +331,9 @@ def abandoned_actions() -> list[asyncio.Task[Any]]:
     return [t for t in _abandoned if not t.done()]
 
 
-async def _inline(fn: Callable[[Any, Any], Awaitable[object]], ctx: Any, args: Any) -> object:
-    """Await an inline action directly (no task); SystemExit and friends fail the step, as in _isolated."""
-    try:
-        return await fn(ctx, args)
-    except (asyncio.CancelledError, Exception):
-        raise
-    except BaseException as err:
-        raise ActionError(f"action raised {type(err).__name__}: {err}") from err
+def _raised(err: BaseException) -> ActionError:
+    """The step failure for an action that raised SystemExit, KeyboardInterrupt or GeneratorExit."""
+    return ActionError(f"action raised {type(err).__name__}: {err}")
 
 
 async def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
@@ -386,7 +386,7 @@ async def _isolated(fn: Callable[[Any, Any], Awaitable[object]], ctx: Any, args:
         except (asyncio.CancelledError, Exception):
             raise
         except BaseException as err:
-            raise ActionError(f"action raised {type(err).__name__}: {err}") from err
+            raise _raised(err) from err
 
     task = asyncio.create_task(call(), name=name)
     task.add_done_callback(_retrieve)
@@ -773,6 +773,8 @@ class Engine:
         self.runs_in_flight -= 1
         if not self.runs_in_flight and self._idle is not None:
             self._idle.set()
+        if not self._active and not self._queued:   # a run that ended inline, nothing else in progress
+            return
         key = (run.rule, run.vm.name)
         active = self._active.get(key)
         if active is not None:
