@@ -10,12 +10,13 @@ import argparse
 import datetime as _dt
 import gc
 import logging
+import math
 import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -131,7 +132,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _fmt_time(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    """``ts`` as UTC ``YYYY-MM-DD HH:MM:SS.mmm`` (as ``datetime`` rounds it to microseconds, then cut)."""
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)   # half to even, as datetime.fromtimestamp
+    sec = int(whole)
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    if frac < 0 or not 0 <= sec < _MAX_GMTIME:
+        return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if sec != _last_second[0]:   # replay and history print thousands per second: one strftime per second
+        _last_second[:] = [sec, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))]
+    return f"{_last_second[1]}.{us // 1000:03d}"
+
+
+#: The second ``_fmt_time`` formatted last, and its text.
+_last_second: list[Any] = [None, ""]
+#: Seconds past which ``time.gmtime`` may not give a four-digit year (10000-01-01).
+_MAX_GMTIME: Final = 253_402_300_800
 
 
 def _print_record(rec: dict[str, Any], as_json: bool) -> None:

@@ -212,3 +212,24 @@ def test_help_documents_the_exit_codes(tmp_path: Path) -> None:
     for code in ("0  every event", "1  bad input", "2  usage", "3  the input was good but a run failed",
                  "4  journal rows dropped"):
         assert code in p.stdout, p.stdout
+
+
+def test_the_printed_times_are_utc_to_the_millisecond(tmp_path: Path) -> None:
+    """Times as ``datetime`` gives them (cut to milliseconds), also where a second, a day and a year end."""
+    stamps = [(1_700_000_000, 0), (1_700_000_000, 999), (1_700_000_000, 999_999), (1_700_006_399, 123_456),
+              (1_704_067_199, 999_500), (1_704_067_200, 1)]
+    events = [{"event": "STOP", "data": {}, "timestamp": {"seconds": s, "microseconds": us}, "vm": "web1"}
+              for s, us in stamps]
+    setup(tmp_path, """\
+        rules:
+          - name: paused
+            on: STOP
+            mode: parallel
+            actions:
+              - log: "{{ vm.name }} paused"
+        """, events=events)
+    p = run("replay", "events.jsonl", "--rules", "rules", cwd=tmp_path)
+    assert p.returncode == 0, p
+    printed = [line.split(" MATCH ")[0] for line in p.stdout.splitlines() if " MATCH " in line]
+    assert printed == ["2023-11-14 22:13:20.000", "2023-11-14 22:13:20.000", "2023-11-14 22:13:20.999",
+                       "2023-11-14 23:59:59.123", "2023-12-31 23:59:59.999", "2024-01-01 00:00:00.000"]
