@@ -36,7 +36,8 @@ Writing never slows the engine down and never crashes it:
   rows.  The first drop of an episode is logged (an error), and the total when
   the journal writes again.  A producer that can wait (``reactor replay``)
   calls :meth:`Journal.wait_for_room` once :attr:`Journal.pending` reaches
-  :attr:`Journal.high_water` (half the bound): backpressure comes before loss.
+  :attr:`Journal.high_water` (half the bound, at most two batches): backpressure comes
+  before loss.
 * A row that SQLite refuses for its content (a string with lone surrogates, an
   integer too large) does not poison the batch: the batch is written again with
   every text field sanitised; if that fails too the batch is dropped and counted.
@@ -400,8 +401,9 @@ class Journal:
 
     @property
     def high_water(self) -> int:
-        """Pending rows at which a producer that can wait should call :meth:`wait_for_room`."""
-        return max(self.max_pending // 2, 1)
+        """Pending rows at which a producer that can wait should call :meth:`wait_for_room`: half the bound,
+        at most two batches (what waits beyond that only holds memory: the writer takes it all at once)."""
+        return max(min(self.max_pending // 2, 2 * self.batch_rows), 1)
 
     @property
     def stats(self) -> JournalStats:
@@ -814,7 +816,7 @@ class Journal:
         return await asyncio.to_thread(self._flush_once)
 
     async def wait_for_room(self, *, stall: float = 60.0) -> bool:
-        """Backpressure: wait until the flusher has brought the pending rows down to a quarter of the bound.
+        """Backpressure: wait until the flusher has brought the pending rows down to half the high-water mark.
 
         For producers that can wait (replay).  True once there is room; False
         when the journal wrote nothing for ``stall`` seconds (a stalled or full
@@ -823,13 +825,13 @@ class Journal:
         journal writes again (a stalled journal costs the producer ``stall``
         seconds once, not per call).
         """
-        if not self._limit or self.pending <= self.max_pending // 4:
+        if not self._limit or self.pending <= self.high_water // 2:
             return True
         if self._stalled_at >= 0 and self._written == self._stalled_at:
             return False
         self._stalled_at = -1
         loop = asyncio.get_running_loop()
-        low = self.max_pending // 4
+        low = self.high_water // 2
         written = self._written
         deadline = loop.time() + stall
         while self._limit and self.pending > low:
