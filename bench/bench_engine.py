@@ -23,7 +23,9 @@ itself to CPU 0 like ``taskset -c 0``):
 * the same for a naive baseline in the same run: orjson decode ->
   ``asyncio.Queue`` -> a loop testing every rule with dict compares -> an
   awaited no-op coroutine; and reactor/baseline ratios;
-* the throughput ratio 10,000 rules / 10 rules;
+* the throughput ratio 10,000 rules / 10 rules, from those rows and from
+  interleaved pairs of runs (``stage_scaling``: a shared machine's drift
+  between rows measured minutes apart cancels out in a pair);
 * with ``--memory`` (only): RSS after 100,000, 500,000 and 1,000,000 events (a
   child process, 1,000 rules, journal on);
 * where an event's time goes: JSON decode, ``make_event`` and matching timed
@@ -717,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
             if (lo, stream_name) in by and (hi, stream_name) in by and lo != hi:
                 scaling[f"{stream_name}.{j}"] = by[(hi, stream_name)][j] / by[(lo, stream_name)][j]
     results["scaling"] = {"from": lo, "to": hi, "ratios": scaling}
+    if lo != hi:
+        results["scaling"]["paired"] = stage_scaling(lo, hi, n_events, runs, registry)
 
     # stage costs at 1,000 rules (or the middle rule count), match stream
     mid = 1000 if 1000 in counts else counts[len(counts) // 2]
@@ -736,6 +740,31 @@ def main(argv: list[str] | None = None) -> int:
 
     _print(results, args.json)
     return 0
+
+
+def stage_scaling(lo: int, hi: int, n_events: int, runs: int, registry: Registry) -> dict[str, float]:
+    """The throughput ratio ``hi`` rules / ``lo`` rules from interleaved runs: ``runs`` pairs (a run at
+    ``lo`` then one at ``hi``, the same stream shape) per stream and journal setting, and the median of
+    the pairs' CPU-time ratios.  A shared machine's speed drifts over minutes, and the rows above measure
+    each rule count minutes apart; a pair's two runs are seconds apart."""
+    gc.unfreeze()
+    sets = {}
+    for n in (lo, hi):
+        specs = make_rules(n)
+        sets[n] = (load_rules_text([("bench.yaml", rules_yaml(specs))], registry=registry), specs)
+    tune_gc()
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        for stream_name, share in (("match", 1.0), ("quiet", 0.1)):
+            streams = {n: make_stream(specs, n_events, match_share=share) for n, (_, specs) in sets.items()}
+            for jname, jdir in (("off", None), ("on", Path(tmp))):
+                ratios = []
+                for _ in range(runs):
+                    cpu = {n: _reactor_run(sets[n][0], streams[n], jdir)()[1] for n in (lo, hi)}
+                    ratios.append(cpu[lo] / cpu[hi])   # events are the same number: throughput ratio
+                out[f"{stream_name}.journal_{jname}_cpu"] = statistics.median(ratios)
+    gc.unfreeze()
+    return out
 
 
 def _print(results: dict[str, Any], as_json: bool) -> None:
@@ -802,6 +831,11 @@ def print_rows(res: dict[str, Any]) -> None:
         print(
             f"throughput (CPU) at {sc['to']} rules / at {sc['from']} rules: "
             + ", ".join(f"{k} {v:.2f}" for k, v in sc["ratios"].items())
+        )
+    if sc.get("paired"):
+        print(
+            f"  the same from interleaved pairs of runs (median of {res['runs']} pairs; the target's figure): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in sc["paired"].items())
         )
     if "stages_us_per_event" in res:
         st = dict(res["stages_us_per_event"])
