@@ -347,13 +347,13 @@ class Expression:
 
     def __init__(self, source: str, fn: Callable[..., Any] | None,
                  fast: Callable[[Mapping[str, Any]], Any] | None = None,
-                 literals: dict[str, tuple[Any, ...]] | None = None) -> None:
+                 literals: Mapping[str, tuple[Any, ...]] | None = None) -> None:
         if fn is None and fast is None:
             raise ValueError("an Expression needs Jinja's compiled code or the fast path")
         self.source = source
         self._fn = fn
         self._fast = fast
-        self._literals = literals
+        self._literals = dict(literals or {})
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:
         Limits.budget = MAX_ITERATIONS
@@ -372,19 +372,9 @@ class Expression:
         """The ``event.data.KEY == LITERAL`` and ``event.data.KEY in [LITERALS]`` tests this expression
         requires (its top-level ``and`` conjuncts): with KEY present and not one of those values, the
         expression is false.  For the matcher's index; empty when there is nothing to index.  Found
-        when compiled (every engine built on the rules asks again: a reload, each replay)."""
-        if self._literals is not None:
-            return dict(self._literals)
-        src = self.source.strip()
-        if src.startswith("{{") and src.endswith("}}"):
-            src = src[2:-2]
-        try:
-            tree = jinja2.parser.Parser(ENV, src, state="variable").parse_expression()
-        except jinja2.TemplateSyntaxError:
-            return {}
-        out: dict[str, tuple[Any, ...]] = {}
-        _conjunct_literals(tree, out)
-        return out
+        by :func:`compile_expression` from the tree it parsed (every engine built on the rules asks
+        again: a reload, each replay)."""
+        return dict(self._literals)
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -446,13 +436,12 @@ def compile_expression(text: str, pos: Position, what: str = "expression") -> Ex
     if src.startswith("{{") and src.endswith("}}"):
         src = src[2:-2]
     fast: _Fast | None = None
-    literals: dict[str, tuple[Any, ...]] | None = None
+    literals: dict[str, tuple[Any, ...]] = {}
     try:
         parser = jinja2.parser.Parser(ENV, src, state="variable")
         tree = parser.parse_expression()
         if parser.stream.eos:
             fast = _fast(tree)
-            literals = {}
             _conjunct_literals(tree, literals)
     except jinja2.TemplateSyntaxError:
         fast = None
