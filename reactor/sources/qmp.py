@@ -769,7 +769,7 @@ class VMConnection:
                 try:
                     await self._connect(proto)
                 except Exception as err:  # the boundary: one connection attempt
-                    await self._drop(proto)
+                    await proto.aclose()
                     self._problem(f"cannot connect to {self._where()}: {_summary(err)}")
                     self._set_state(VMState.DISCONNECTED)
                     if not self.reconnect:
@@ -795,7 +795,7 @@ class VMConnection:
                 )
                 if self._used is not None:
                     self.check_rule_usage(self._used, self._used_commands)
-                reason = await self._watch(proto)
+                reason = await proto.wait_closed()
                 self._problem(f"connection to {self._where()} lost: {reason}")
                 self._set_state(VMState.DISCONNECTED)
                 self._emit("REACTOR_VM_DISCONNECTED", {"reason": reason})
@@ -807,7 +807,7 @@ class VMConnection:
             was_connected = self._state is VMState.CONNECTED
             self._proto = None
             if proto_left is not None:
-                await self._drop(proto_left)
+                await proto_left.aclose()
             if was_connected:
                 self._emit("REACTOR_VM_DISCONNECTED", {"reason": "stopped"})
             self._set_state(VMState.STOPPED)
@@ -854,13 +854,6 @@ class VMConnection:
             self.log = logging.getLogger(f"{__name__}.{name}")
             if self._run_task is not None:
                 self._run_task.set_name(f"reactor[{name}].supervisor")
-
-    async def _watch(self, proto: _Session) -> str:
-        """Wait until the session ends; return why."""
-        return await proto.wait_closed()
-
-    async def _drop(self, proto: _Session) -> None:
-        await proto.aclose()
 
     async def _backoff(self, delay: float) -> None:
         """Sleep ``delay`` (jittered to 50-100%); wake early when a unix socket file is replaced."""
@@ -920,7 +913,7 @@ class VMConnection:
             await asyncio.wait({task})
         elif task is None:
             if self._proto is not None:
-                await self._drop(self._proto)
+                await self._proto.aclose()
                 self._proto = None
             self._set_state(VMState.STOPPED)
 
