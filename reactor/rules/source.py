@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -150,6 +150,10 @@ def close_match(word: str, candidates: Iterable[str]) -> str | None:
     return found[0] if found else None
 
 
+_STR: Final = "tag:yaml.org,2002:str"
+_MERGE: Final = "tag:yaml.org,2002:merge"
+
+
 class _Builder:
     def __init__(self, path: str, error: type[SourceError], text: str) -> None:
         self.path = path
@@ -164,15 +168,25 @@ class _Builder:
     def build(self, node: yaml.Node) -> Node:
         if isinstance(node, yaml.MappingNode):
             entries: dict[str, Entry] = {}
-            # merge keys (<<) are rare in rules; flatten them the way PyYAML does
-            self.constructor.flatten_mapping(node)
-            for knode, vnode in node.value:
+            # merge keys (<<) are rare in rules; flatten them the way PyYAML does (its walk costs a
+            # Python loop per mapping, so only where the composer resolved a key as a merge key)
+            merged = 0   # how many pairs flatten_mapping put first, from the merged mappings
+            if any(k.tag == _MERGE for k, _ in node.value):
+                own = sum(1 for k, _ in node.value if k.tag != _MERGE)
+                self.constructor.flatten_mapping(node)
+                merged = len(node.value) - own
+            from_merge: set[str] = set()
+            for i, (knode, vnode) in enumerate(node.value):
                 kpos = self.pos(knode)
                 if not isinstance(knode, yaml.ScalarNode):
                     raise self.error(kpos, "a mapping key must be a plain string")
                 # keys are taken as written: YAML 1.1 would make `on:` the boolean True
                 key = str(knode.value)
-                if key in entries:
+                if i < merged:   # merged pairs: the last one counts (PyYAML orders them so)
+                    from_merge.add(key)
+                elif key in from_merge:   # a key written in the mapping overrides a merged one
+                    from_merge.discard(key)
+                elif key in entries:
                     first = entries[key].key_pos
                     raise self.error(kpos, f"duplicate key {key!r} (first at line {first.line})")
                 entries[key] = Entry(key, kpos, self.build(vnode))
@@ -180,7 +194,9 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             return SeqNode(self.pos(node), [self.build(n) for n in node.value])
         assert isinstance(node, yaml.ScalarNode)
-        value = self.constructor.construct_object(node)
+        # a string is the node's own text (what SafeConstructor's construct_yaml_str returns); other tags
+        # (int, bool, null, float, timestamp...) go through the constructor
+        value = node.value if node.tag == _STR else self.constructor.construct_object(node)
         pos = self.pos(node)
         text_pos = None
         if node.style in ("|", ">"):

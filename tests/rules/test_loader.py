@@ -709,6 +709,31 @@ def test_on_key_is_not_yaml_boolean_and_list_and_star() -> None:
     assert b.on is None  # "*": paths are not checked
 
 
+def test_yaml_merge_keys_anchors_and_scalar_types_load_as_written() -> None:
+    rs = _load("""
+        rules:
+          - &base
+            name: base
+            on: BLOCK_IO_ERROR
+            mode: queued
+            match: {action: stop, nospace: false}
+            actions:
+              - log: !!str 42
+              - log: "yes"
+          - <<: *base
+            name: derived
+            mode: parallel
+        """)
+    base, derived = rs.rules
+    assert (base.name, base.mode) == ("base", "queued")
+    assert (derived.name, derived.mode) == ("derived", "parallel")   # written keys win over merged ones
+    for rule in rs.rules:   # the rest is merged
+        assert rule.on == frozenset({"BLOCK_IO_ERROR"})
+        assert rule.match is not None and rule.match({"action": "stop", "nospace": False})
+        assert not rule.match({"action": "stop", "nospace": True})
+        assert [s.args.static.message for s in rule.steps] == ["42", "yes"]   # strings, not 42 and True
+
+
 def test_on_may_name_an_event_a_rule_emits_and_match_its_data() -> None:
     rs = _load("""
         rules:
