@@ -8,7 +8,9 @@ errors; YAML syntax errors carry the parser's own position.
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
@@ -154,16 +156,51 @@ _STR: Final = "tag:yaml.org,2002:str"
 _MERGE: Final = "tag:yaml.org,2002:merge"
 
 
-class _Builder:
-    def __init__(self, path: str, error: type[SourceError], text: str) -> None:
+#: Where YAML 1.1 (PyYAML and libyaml alike) ends a line and an editor does not: NEL, LS, PS.
+_YAML_ONLY_BREAKS: Final = ("\x85", "\u2028", "\u2029")
+#: Where an editor ends a line.
+_EDITOR_BREAK: Final = re.compile(r"\r\n|\r|\n")
+
+
+class _Lines:
+    """Positions as an editor shows them (lines end at ``\\n``, ``\\r\\n`` or ``\\r``).
+
+    The parser's own line numbers run ahead of an editor's after each NEL, LS
+    or PS in the text, which YAML 1.1 takes for line breaks; where the text
+    has one, a position is worked out from the mark's character index instead.
+    """
+
+    __slots__ = ("lines", "path", "starts")
+
+    def __init__(self, path: str, text: str) -> None:
         self.path = path
-        self.lines = text.splitlines()
+        if any(c in text for c in _YAML_ONLY_BREAKS):
+            self.starts: list[int] | None = [0, *(m.end() for m in _EDITOR_BREAK.finditer(text))]
+            self.lines = _EDITOR_BREAK.split(text)
+        else:   # the usual text: the parser's lines are the editor's (splitlines splits at nothing else YAML allows)
+            self.starts = None
+            self.lines = text.splitlines()
+
+    def at(self, mark: Any) -> Position:
+        if self.starts is None:
+            return Position(self.path, mark.line + 1, mark.column + 1)
+        line = bisect.bisect_right(self.starts, mark.index)
+        return Position(self.path, line, mark.index - self.starts[line - 1] + 1)
+
+
+class _Builder:
+    def __init__(self, lines: _Lines, error: type[SourceError]) -> None:
+        self.path = lines.path
+        self.lines = lines.lines
+        self.at = lines.at if lines.starts is not None else None
         self.error = error
         self.constructor = yaml.constructor.SafeConstructor()
 
     def pos(self, node: yaml.Node) -> Position:
         m = node.start_mark
-        return Position(self.path, m.line + 1, m.column + 1)
+        if self.at is None:   # _Lines.at, without its call per node
+            return Position(self.path, m.line + 1, m.column + 1)
+        return self.at(m)
 
     def build(self, node: yaml.Node) -> Node:
         if isinstance(node, yaml.MappingNode):
@@ -212,11 +249,12 @@ def parse(text: str, path: str, error: type[SourceError] = SourceError) -> Node 
     Raises ``error`` (a :class:`SourceError` subclass) with the position of
     the first YAML problem.
     """
+    lines = _Lines(path, text)
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
-        pos = Position(path, mark.line + 1, mark.column + 1) if mark else Position(path, 1, 1)
+        pos = lines.at(mark) if mark else Position(path, 1, 1)
         problem = err.problem or err.context or "invalid YAML"
         ctx = f" ({err.context})" if err.context and err.problem else ""
         raise error(pos, f"YAML syntax error: {problem}{ctx}") from err
@@ -225,8 +263,8 @@ def parse(text: str, path: str, error: type[SourceError] = SourceError) -> Node 
     if root is None:
         return None
     try:
-        return _Builder(path, error, text).build(root)
+        return _Builder(lines, error).build(root)
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
-        pos = Position(path, mark.line + 1, mark.column + 1) if mark else Position(path, 1, 1)
+        pos = lines.at(mark) if mark else Position(path, 1, 1)
         raise error(pos, f"YAML error: {err.problem}") from err

@@ -734,6 +734,21 @@ def test_yaml_merge_keys_anchors_and_scalar_types_load_as_written() -> None:
         assert [s.args.static.message for s in rule.steps] == ["42", "yes"]   # strings, not 42 and True
 
 
+@pytest.mark.parametrize("brk", ["\x85", "\u2028", "\u2029"])
+def test_positions_are_an_editors_where_yaml_alone_breaks_lines(brk: str) -> None:
+    # YAML 1.1 ends a line at NEL, LS and PS too; an editor (and the file's line count) does not
+    text = (f"rules:\n  - name: disk-full\n    on: BLOCK_IO_ERROR\n"
+            f"    actions:\n      - log: {{message: \"a{brk}b{brk}c\"}}\n      - nosuchaction: {{}}\n")
+    with pytest.raises(LoadError) as info:
+        load_rules_text([("r.yaml", text)])
+    (err,) = info.value.errors
+    assert err.position is not None and (err.position.line, err.position.col) == (6, 9), str(err)
+    with pytest.raises(LoadError) as info:   # a YAML syntax error after them, at the end of the text
+        load_rules_text([("r.yaml", f"a: 1{brk}{brk}\nb: [")])
+    (err,) = info.value.errors
+    assert err.position is not None and err.position.line == 2, str(err)
+
+
 def test_on_may_name_an_event_a_rule_emits_and_match_its_data() -> None:
     rs = _load("""
         rules:
