@@ -2,11 +2,13 @@
 
 The engine calls :meth:`Correlator.check` for a rule with a correlation once
 its ``match`` and ``if`` held (``after`` → ``count`` → ``unless``, then the
-engine goes on with ``threshold``, ``throttle`` and ``mode``), and
-:meth:`Correlator.observe` for every event whose name some rule's
-``after``/``unless`` names (:attr:`Correlator.names`; other events pay one set
-lookup).  An event is only ever compared with events before it: the trigger
-never counts as its own ``after`` event nor cancels its own pending match.
+engine goes on with ``threshold``, ``throttle`` and ``mode``),
+:meth:`Correlator.cancel` before the rules for every event some rule's
+``unless`` names (:attr:`Correlator.cancelling`), and :meth:`Correlator.observe`
+after them for every event some rule's ``after`` names (:attr:`Correlator.names`;
+other events pay a set lookup each).  An event is only ever compared with events
+before it: the trigger never counts as its own ``after`` event nor cancels its
+own pending match.
 
 Windows are half-open, in the engine clock's time (event time in replay): an
 event exactly ``within`` before the trigger is not ``after`` it, a count entry
@@ -125,8 +127,11 @@ class Correlator:
         self._rules: dict[str, Rule] = {}
         self._sigs: dict[str, str] = {}
         self._watch: dict[str, list[tuple[Rule, Correlation]]] = {}
-        #: Event names some rule's after/unless names (plus REACTOR_VM_CONNECTED while late matches wait).
+        #: Event names some rule's ``after`` names (plus REACTOR_VM_CONNECTED while late matches wait): for
+        #: :meth:`observe`, after the rules.
         self.names: frozenset[str] = frozenset()
+        #: Event names some rule's ``unless`` names: for :meth:`cancel`, before the rules.
+        self.cancelling: frozenset[str] = frozenset()
         self._after: dict[str, dict[str, tuple[float, Event]]] = {}
         self._counts: dict[str, dict[str, deque[tuple[float, Event]]]] = {}
         self._pending: dict[str, dict[str, Pending]] = {}
@@ -158,7 +163,9 @@ class Correlator:
         self._refresh_names()
 
     def _refresh_names(self) -> None:
-        self.names = frozenset(self._watch) | (frozenset([_CONNECTED]) if self._late else frozenset())
+        after = frozenset(n for n, lst in self._watch.items() if any(c.form == "after" for _, c in lst))
+        self.names = after | (frozenset([_CONNECTED]) if self._late else frozenset())
+        self.cancelling = frozenset(n for n, lst in self._watch.items() if any(c.form == "unless" for _, c in lst))
 
     def _drop(self, rule: str, why: str) -> None:
         dropped = 0
@@ -298,22 +305,34 @@ class Correlator:
         return False
 
     # -- the other events -------------------------------------------------------------------
-    def observe(self, event: Event, vm: VMHandle) -> None:
-        """An event some ``after``/``unless`` names: remember it, or cancel pending matches it satisfies."""
+    def cancel(self, event: Event, vm: VMHandle) -> None:
+        """An event some ``unless`` names, before the rules see it: cancel the pending matches it satisfies.
+
+        Before the rules, so that a trigger never cancels its own pending match, and an event that is both
+        a rule's trigger and its ``unless`` event cancels the match pending before it and is then held in
+        its place (``on: STOP`` with ``unless: {event: STOP}``: the last STOP of a burst runs).
+        """
         try:
-            self._observe(event, vm)
+            self._observe(event, vm, "unless")
         except Exception:   # a bug: this event's correlations are lost (logged), never the engine
             log.exception("correlation failed for %s from %s", event.name, event.vm)
 
-    def _observe(self, event: Event, vm: VMHandle) -> None:
+    def observe(self, event: Event, vm: VMHandle) -> None:
+        """An event some ``after`` names, after the rules saw it (never its own ``after``): remember it."""
+        try:
+            self._observe(event, vm, "after")
+        except Exception:   # a bug: this event's correlations are lost (logged), never the engine
+            log.exception("correlation failed for %s from %s", event.name, event.vm)
+
+    def _observe(self, event: Event, vm: VMHandle, form: str) -> None:
         now = self._engine.clock.now()
-        if event.name == _CONNECTED and self._late:
+        if form == "after" and event.name == _CONNECTED and self._late:
             for p in self._late.pop(event.vm, []):
                 self._run(p, now)
             self._refresh_names()
         for rule, c in self._watch.get(event.name, ()):
-            if c.form == "unless" and not self._pending.get(rule.name):
-                continue   # nothing pending: nothing to cancel
+            if c.form != form or (form == "unless" and not self._pending.get(rule.name)):
+                continue   # the other form, or nothing pending: nothing to cancel
             if rule.vms is not None and not rule.vms.matches(event.vm, vm.labels):
                 continue
             if c.match is not None and not c.match(event.data):

@@ -596,6 +596,8 @@ class Engine:
         event_id: int | None = None
         if journal is not None and journal.record_events == "all":
             event_id = self._journal_event(event)
+        if event.name in self.correlation.cancelling:   # unless events (before the rules: never their own)
+            self.correlation.cancel(event, vm)
         names: dict[str, Any] | None = None
         for rule in self.matcher.candidates(event):
             if rule.vms is not None and not rule.vms.matches(event.vm, vm.labels):
@@ -633,7 +635,7 @@ class Engine:
                     continue
                 preset = {**(preset or {}), "threshold": crossing.as_vars()}
             self._fire(rule, event, vm, event_id, seq, preset)
-        if event.name in self.correlation.names:   # after/unless events (after the rules: never its own)
+        if event.name in self.correlation.names:   # after events (after the rules: never its own)
             self.correlation.observe(event, vm)
 
     def _admit(self, rule: Rule, event: Event, vm: VMHandle, event_id: int | None, seq: int,

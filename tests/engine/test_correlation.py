@@ -229,6 +229,34 @@ async def test_unless_second_trigger_while_pending_is_dropped_then_a_new_one_may
     assert messages(records) == ["paused since 1025.0"]
 
 
+async def test_an_unless_event_that_is_also_the_trigger_cancels_the_one_before_and_is_held_itself() -> None:
+    rules = """
+rules:
+  - name: last-stop-of-a-burst
+    on: STOP
+    unless: {event: STOP, within: 10s}
+    actions:
+      - log: "since {{ vars.pending_since }}"
+  - name: io-then-quiet
+    on: BLOCK_IO_ERROR
+    count: {min: 2, within: 1m}
+    unless: {event: BLOCK_IO_ERROR, within: 10s}
+    actions: [{log: quiet}]
+"""
+    lines = [line("STOP", "vm1", 1000), line("STOP", "vm1", 1005),   # the second cancels the first, is held
+             line("STOP", "vm1", 1030),                               # alone: runs 10 s later
+             io("vm1", 1050), io("vm1", 1051),                        # the 2nd of a count is held: runs at 1061
+             io("vm1", 1070), io("vm1", 1071)]                        # again; runs at the end (1081)
+    engine, records = await play(rules, lines)
+    assert [(r["rule"], r["time"]) for r in records if r["type"] == "match"] == [
+        ("last-stop-of-a-burst", 1015.0), ("last-stop-of-a-burst", 1040.0),
+        ("io-then-quiet", 1061.0), ("io-then-quiet", 1081.0)]
+    assert messages(records) == ["since 1005.0", "since 1030.0", "quiet", "quiet"]
+    cancelled = [(r["rule"], r["time"]) for r in records if r["type"] == "cancelled"]
+    assert cancelled == [("last-stop-of-a-burst", 1005.0)], "a trigger never cancels its own pending match"
+    assert outcomes(engine, "io-then-quiet").get("cancelled", 0) == 0
+
+
 async def test_pending_at_end_of_input_run_in_deadline_order() -> None:
     rules = UNLESS + """
   - name: short-hold
