@@ -465,6 +465,8 @@ class Engine:
         self._run_ids = itertools.count(1)
         self.seq = 0
         self.runs_in_flight = 0
+        #: Runs blocked in :meth:`wait_for` on an event that has not come (nor timed out) yet.
+        self.waiting = 0
         self.stats: Counter[str] = Counter()
         self.run_outcomes: Counter[tuple[str, str]] = Counter()
         self.step_durations: dict[str, list[float]] = {}
@@ -586,7 +588,8 @@ class Engine:
         waiters = self._waiters.get(event.vm)
         if waiters:
             for w in list(waiters):
-                w.offer(event)
+                if w.offer(event):
+                    self.waiting -= 1
         for cb in self._subscribers:
             try:
                 cb(event)
@@ -807,16 +810,23 @@ class Engine:
         fut: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         waiter = _Waiter(names, vm, match, fut)
         self._waiters.setdefault(vm, []).append(waiter)
-        sleeper = asyncio.ensure_future(self.clock.sleep(timeout))
+        # counted as blocked until its event or its timeout resolves it, both synchronously (replay's
+        # settle counts it with the clock's sleepers: a run just given its event is not blocked any more)
+        self.waiting += 1
+
+        def expire() -> None:
+            if not fut.done():
+                self.waiting -= 1
+                fut.set_exception(EventTimeout(f"no {'/'.join(sorted(names))} from {vm} within {timeout:g}s"))
+
+        timer = self.clock.call_at(self.clock.now() + timeout, expire)
         try:
-            pending: set[asyncio.Future[Any]] = {fut, sleeper}
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if fut in done:
-                return fut.result()
-            raise EventTimeout(f"no {'/'.join(sorted(names))} from {vm} within {timeout:g}s")
+            return await fut
         finally:
-            sleeper.cancel()
-            fut.cancel()
+            timer.cancel()
+            if not fut.done():   # the run was cancelled while it waited
+                self.waiting -= 1
+                fut.cancel()
             lst = self._waiters.get(vm)
             if lst is not None:
                 with contextlib.suppress(ValueError):

@@ -260,10 +260,10 @@ async def _settle(engine: Engine, clock: VirtualClock) -> None:
         if engine.drain_bus():
             spins = 0
             continue
-        if engine.runs_in_flight <= clock.sleepers():
+        if engine.runs_in_flight <= clock.sleepers() + engine.waiting:
             # one more turn so freshly scheduled callbacks land, then re-check
             await asyncio.sleep(0)
-            if engine.runs_in_flight <= clock.sleepers() and not len(engine.bus):
+            if engine.runs_in_flight <= clock.sleepers() + engine.waiting and not len(engine.bus):
                 return
         spins += 1
         if spins > 200:
@@ -273,7 +273,8 @@ async def _settle(engine: Engine, clock: VirtualClock) -> None:
 async def _advance(engine: Engine, clock: VirtualClock, until: float) -> None:
     while clock.wake_due(until):
         await _settle(engine, clock)
-    clock.set(until)
+    if until != math.inf:   # the end of the input: what still runs goes on at the last time, not at infinity
+        clock.set(until)
 
 
 async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClock, *,

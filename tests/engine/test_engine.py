@@ -700,6 +700,24 @@ async def test_wait_for_counts_events_since_the_previous_step_began() -> None:
                      "vm1": ("timeout", None, "no RESUME from vm1 within 5s")}
 
 
+async def test_the_step_after_a_wait_for_runs_when_its_event_comes_even_as_the_last_line() -> None:
+    rules = """
+        rules:
+          - name: t
+            on: STOP
+            actions:
+              - wait_for: {event: RESUME, timeout: 30s}
+              - log: "resumed at {{ now.timestamp() }}"
+        """
+    for tail in ([], [line("STOP", t=1200, vm="other")]):   # the RESUME last, or an unrelated event after it
+        r = await play(rules, [line("STOP", t=1000), line("RESUME", t=1001), *tail])
+        got = [(s["vm"], s["action"], s["status"], s["time"]) for s in r.of("step")]
+        assert got[:2] == [("vm0", "wait_for", "ok", 1000.0), ("vm0", "log", "ok", 1001.0)], got
+        assert r.of("step")[1]["result"] == "resumed at 1001.0"
+        if tail:   # other's wait times out at 1230, on the virtual clock, after the end of the input
+            assert got[2:] == [("other", "wait_for", "failed", 1200.0)], got
+
+
 async def test_a_queued_run_sees_the_events_since_its_own_trigger() -> None:
     """The second STOP's run waits in the queue while the first runs; the RESUME that ends the first
     came after the second STOP, so the second run's wait finds it at once."""
