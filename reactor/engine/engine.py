@@ -734,6 +734,7 @@ class Engine:
             run_id = next(self._run_ids)
         run = Run(self, rule, event, vm, run_id, event_id, seq, preset)
         self.runs_in_flight += 1
+        self.stats["runs"] += 1
         if self.output is not None:
             self._output({"type": "match", "rule": rule.name, "vm": event.vm, "event": event.name,
                           "run": run_id, "time": now, "data": dict(event.data)})

@@ -64,8 +64,11 @@ YIELD_EVERY = 256
 class ReplayResult:
     events: int = 0
     errors: list[str] = field(default_factory=list)
-    #: runs by their final status (ok, failed, dry-run, cancelled...)
+    #: matches by their outcome: the final status of the runs (ok, failed, dry-run, cancelled...) and what
+    #: happened to the matches that did not run (throttled, dropped, counted, pending, no_after...)
     runs: dict[str, int] = field(default_factory=dict)
+    #: runs that started (the matches that ran; not those throttled, dropped, counted, held or cancelled)
+    started: int = 0
     #: messages the steps published that no broker acknowledged by the end
     undelivered: list[str] = field(default_factory=list)
 
@@ -339,4 +342,5 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
     for (_rule, status), n in engine.run_outcomes.items():
         runs[status] = runs.get(status, 0) + n
     result.runs = runs
+    result.started = engine.stats["runs"]
     return result
