@@ -311,6 +311,10 @@ async def replay(lines: Iterable[str | bytes], engine: Engine, clock: VirtualClo
             if not isinstance(vm, str) or (host is not None and not isinstance(host, str)):
                 result.errors.append(f"{source}:{lineno}: 'vm' and 'host' must be strings")
                 continue
+            if "timestamp" not in obj:   # the virtual clock is the events' time: now() would jump it years ahead
+                result.errors.append(f"{source}:{lineno}: a replayed event needs its 'timestamp'"
+                                     " ({\"seconds\": ..., \"microseconds\": ...})")
+                continue
             try:
                 event = make(obj, vm=vm, host=host)
             except EventError as err:

@@ -192,6 +192,12 @@ def test_bad_lines_exit_1_even_when_runs_fail(tmp_path: Path) -> None:
     p = run("replay", "events.jsonl", "--rules", "rules", cwd=tmp_path)
     assert p.returncode == 1, p
     assert "events.jsonl:3: not JSON" in p.stderr
+    with (tmp_path / "events.jsonl").open("a") as f:   # no time: it would move the virtual clock to now
+        f.write('{"event": "STOP", "data": {}, "vm": "web1"}\n')
+    p = run("replay", "events.jsonl", "--rules", "rules", "--json", cwd=tmp_path)
+    assert p.returncode == 1, p
+    assert "events.jsonl:4: a replayed event needs its 'timestamp'" in p.stderr
+    assert [json.loads(ln)["time"] for ln in p.stdout.splitlines() if '"match"' in ln] == [1_700_000_000.0], p.stdout
     p = run("replay", "missing.jsonl", "--rules", "rules", cwd=tmp_path)
     assert p.returncode == 1 and "missing.jsonl" in p.stderr
 
