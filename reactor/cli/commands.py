@@ -322,6 +322,13 @@ def cmd_history(args: argparse.Namespace) -> int:
     except LoadError as err:
         _print_errors(err)
         return 1
+    since = None
+    if args.since:
+        try:
+            since = time.time() - parse_duration(args.since)
+        except ValueError as err:
+            print(f"--since: {err}", file=sys.stderr)
+            return 2
     path = _journal_path(args, config)
     if not path.exists():
         if args.journal:
@@ -332,15 +339,10 @@ def cmd_history(args: argparse.Namespace) -> int:
         else:
             how = (f" (the journal of {args.config}'s state_dir; has the daemon run with this config?"
                    " Another journal: --journal PATH)")
-        print(f"no journal at {path}{how}", file=sys.stderr)
-        return 1
-    since = None
-    if args.since:
-        try:
-            since = time.time() - parse_duration(args.since)
-        except ValueError as err:
-            print(f"--since: {err}", file=sys.stderr)
-            return 2
+        print(f"no journal at {path}{how}: nothing recorded yet", file=sys.stderr)
+        # nothing recorded yet is the normal state before a first run (a script polling history --json gets
+        # no lines and 0); a journal file named with --journal that is not there is a mistake
+        return 1 if args.journal else 0
     try:
         j = _open_journal(path)
     except ReactorError as err:
