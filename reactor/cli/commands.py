@@ -467,8 +467,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except LoadError as err:
         _print_errors(err)
         return 1
-    _setup_logging(max(args.verbose, {"debug": 2, "info": 1, "warning": 0, "error": -1}[config.log.level]),
-                   config.log.format)
+    level = {"debug": 2, "info": 1, "warning": 0, "error": -1}[config.log.level]
+    _setup_logging(-1 if args.quiet else max(args.verbose, level), config.log.format)
     try:
         return run_daemon(config, dry_run=args.dry_run, watch=not args.no_watch)
     except LoadError as err:
@@ -567,26 +567,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reactor", description="React to QEMU QMP events with YAML rules.")
     p.add_argument("--version", action=_Version, nargs=0, help="print the version and the QEMU catalogs, then exit")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only (check: and no 'ok' line)")
+    # the same options after the command (`reactor run -v`); SUPPRESS keeps a subparser from resetting the
+    # value given before it (`reactor -v run`)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output (-vv for debug)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="errors only (check: and no 'ok' line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("run", help="run the daemon in the foreground")
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    s = command("run", help="run the daemon in the foreground")
     s.add_argument("-c", "--config", required=True)
     s.add_argument("--dry-run", action="store_true", help="connect and match, but send no mutating command")
     s.add_argument("--no-watch", action="store_true",
                    help="do not reload when rule files change (SIGHUP still reloads)")
-    s.add_argument("-v", "--verbose", action="count", default=0)
     s.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("check", help="load and validate rules (and the config)")
+    s = command("check", help="load and validate rules (and the config)")
     s.add_argument("rules_dirs", nargs="*", metavar="RULES_DIR")
     s.add_argument("-c", "--config")
-    s.add_argument("-q", "--quiet", action="store_true")
     s.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout, valid or not: "
                         "{ok, errors: [{file, line, column, message, hint}], rules, files}")
     s.set_defaults(fn=cmd_check)
 
-    s = sub.add_parser("replay", help="feed recorded events through the rules on a virtual clock",
+    s = command("replay", help="feed recorded events through the rules on a virtual clock",
                        description="Feed recorded events through the rules on a virtual clock. The steps run "
                                    "for real (webhook, and mqtt to the brokers of -c CONFIG); qmp steps fail "
                                    "(no VM), so use --dry-run to see what would run.",
@@ -604,12 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 60)")
     s.set_defaults(fn=cmd_replay)
 
-    s = sub.add_parser("events", help="the typed QMP event catalog")
+    s = command("events", help="the typed QMP event catalog")
     s.add_argument("name", nargs="?")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_events)
 
-    s = sub.add_parser("history", help="what the journal recorded")
+    s = command("history", help="what the journal recorded")
     s.add_argument("--vm", help="only runs for this VM")
     s.add_argument("--rule", help="only runs of this rule")
     s.add_argument("--event", metavar="NAME", help="only runs started by this event")
@@ -621,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--journal", metavar="PATH", help="the journal file (default: STATE_DIR/journal.db)")
     s.set_defaults(fn=cmd_history)
 
-    s = sub.add_parser("explain", help="why each rule listening to an event would run or not")
+    s = command("explain", help="why each rule listening to an event would run or not")
     s.add_argument("event", metavar="EVENT.json", help="a QMP event object, or JSON lines of them ('-': stdin)")
     s.add_argument("--rules", metavar="DIR", action="append", help="rules directory or file (repeatable)")
     s.add_argument("-c", "--config", help="rules, VM labels and the journal from this config")
@@ -631,20 +640,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per event")
     s.set_defaults(fn=cmd_explain)
 
-    s = sub.add_parser("schema", help="print the JSON Schema of rule files or of the config")
+    s = command("schema", help="print the JSON Schema of rule files or of the config")
     s.add_argument("which", choices=["rules", "config"])
     s.add_argument("-c", "--config", help="include the actions of this config's plugins")
     s.add_argument("-o", "--output", metavar="PATH")
     s.set_defaults(fn=cmd_schema)
 
-    s = sub.add_parser("fleet", help="fleet mode: hosts' presence and VMs' last state, from the broker")
+    s = command("fleet", help="fleet mode: hosts' presence and VMs' last state, from the broker")
     s.add_argument("what", choices=["status"])
     s.add_argument("-c", "--config", required=True)
     s.add_argument("--wait", type=float, default=1.0, help="seconds to collect retained messages (default 1)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_fleet)
 
-    s = sub.add_parser("plugins", help="the actions available, where they come from, their arguments")
+    s = command("plugins", help="the actions available, where they come from, their arguments")
     s.add_argument("-c", "--config")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_plugins)
@@ -663,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "run":
-        _setup_logging(args.verbose)
+        _setup_logging(-1 if args.quiet else args.verbose)
     try:
         code: int = args.fn(args)
     except KeyboardInterrupt:

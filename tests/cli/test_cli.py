@@ -15,6 +15,7 @@ from fakeqmp import FakeQMP
 from reload_fixtures import RULE_A, ok_runs, running, until, write_config
 
 from reactor.cli import main
+from reactor.cli.commands import build_parser
 from reactor.daemon.config import JournalConfig
 from reactor.ops.journal import Journal
 from reactor.ops.retention import Retention, live_size
@@ -200,3 +201,16 @@ def test_start_up_errors_are_one_line(tmp_path: Path, key: str) -> None:
         "state_dir": f"reactor: state_dir {tmp_path}/rules/a.yaml/state: not a directory",
     }[key]
     assert proc.stderr.splitlines() == [expected], proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "verbose", "quiet"), [
+    (["-v", "run", "-c", "r.yaml"], 1, False),     # before the command: not reset by the command's own -v
+    (["run", "-vv", "-c", "r.yaml"], 2, False),
+    (["-q", "check"], 0, True),
+    (["check", "-q", "rules"], 0, True),
+    (["events", "STOP", "-v"], 1, False),          # every command takes -v and -q
+    (["history", "-q"], 0, True),
+])
+def test_v_and_q_go_before_or_after_any_command(argv: list[str], verbose: int, quiet: bool) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.verbose, args.quiet) == (verbose, quiet)
