@@ -110,9 +110,21 @@ def error_json(err: SourceError | ReactorError) -> dict[str, Any]:
             "column": pos.col if pos else None, "message": message, "hint": hint}
 
 
+def _brokers_of(config: Config, rules: RuleSet) -> None:
+    """LoadError when an mqtt step of ``rules`` names a broker ``config`` does not configure."""
+    from reactor.integrations.mqtt import broker_errors
+
+    errors, _ = broker_errors(rules.rules, list(config.mqtt or {}),
+                              none=f"the config {config.path} has no mqtt: section")
+    if errors:
+        raise LoadError(list(errors))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config, rules = _load(args, args.rules_dirs)
+        if config is not None:
+            _brokers_of(config, rules)
     except LoadError as err:
         if args.json:
             print(_json({"ok": False, "errors": [error_json(e) for e in err.errors]}))

@@ -45,7 +45,6 @@ from reactor.engine.engine import Engine
 from reactor.errors import EventError, ReactorError, ReplayRefused
 from reactor.model.event import Event
 from reactor.rules.rule import RuleSet, Step
-from reactor.rules.source import close_match
 
 __all__ = ["YIELD_EVERY", "ReplayRefused", "ReplayResult", "ReplayServices", "replay"]
 
@@ -164,30 +163,16 @@ class ReplayServices:
             self.resources[cls] = res
 
     async def _start_mqtt(self, rules: RuleSet) -> Resource:
-        from reactor.integrations.mqtt import MqttHub
+        from reactor.integrations.mqtt import MqttHub, broker_errors
 
         brokers: dict[str, Any] = dict(getattr(self._config, "mqtt", None) or {})
-        used: set[str] = set()
-        for rule in rules.rules:
-            for step in rule.steps:
-                if MqttHub not in step.action.resources or (self._dry_run and _skipped_in_dry_run(step)):
-                    continue
-                if not brokers:
-                    how = "no config was given (-c CONFIG)" if self._config is None else \
-                        f"the config {self._config.path} has no mqtt: section"
-                    raise ReplayRefused(f"{_where(rule.name, step)} publishes to an MQTT broker, but {how}; "
-                                        "configure a (test) broker, or replay with --dry-run")
-                name = step.args.fields.get("broker")   # a literal, or a template rendered per run
-                if name is not None and not isinstance(name, str):
-                    used.update(brokers)   # a templated broker name: any of them
-                elif name is None:
-                    used.add(next(iter(brokers)))
-                elif name not in brokers:
-                    hint = close_match(name, list(brokers))
-                    extra = f" (did you mean {hint!r}?)" if hint else f" (configured: {', '.join(brokers)})"
-                    raise ReplayRefused(f"{_where(rule.name, step)}: unknown broker {name!r}{extra}")
-                else:
-                    used.add(name)
+        how = "no config was given (-c CONFIG)" if self._config is None else \
+            f"the config {self._config.path} has no mqtt: section"
+        errors, used = broker_errors(rules.rules, brokers,
+                                     none=f"{how}; configure a (test) broker, or replay with --dry-run",
+                                     skip=_skipped_in_dry_run if self._dry_run else None)
+        if errors:
+            raise ReplayRefused(str(errors[0]))
         # replay publishes only what steps publish: no event mirror, no MQTT source, no presence topic
         quiet = {n: dataclasses.replace(b, publish_events=None, subscribe=()) for n, b in brokers.items() if n in used}
         hub = MqttHub(self, brokers=quiet)

@@ -37,20 +37,23 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import orjson
 
 from reactor.actions.action import DaemonContext, Resource
-from reactor.errors import ConfigError, EventError, MqttError, Position, ReactorError
+from reactor.errors import ConfigError, EventError, MqttError, Position, ReactorError, RuleError
 from reactor.integrations.mqttclient import MqttClient, MqttLinkError, MqttRefused, Will
 from reactor.model.catalog import default_catalog
 from reactor.model.event import Event
 from reactor.model.runstate import EVENTS as _STATE_EVENTS
 from reactor.model.runstate import RunState
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match
+
+if TYPE_CHECKING:
+    from reactor.rules.rule import Rule, Step
 
 __all__ = [
     "DROP_EVENT",
@@ -67,10 +70,42 @@ __all__ = [
     "Secret",
     "SubscribeTopic",
     "TlsConfig",
+    "broker_errors",
     "parse_brokers",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def broker_errors(rules: Iterable[Rule], brokers: Collection[str], *, none: str,
+                  skip: Callable[[Step], bool] | None = None) -> tuple[list[RuleError], set[str]]:
+    """The steps of ``rules`` (nested ones too) that publish to a broker ``brokers`` does not name, as errors at
+    the step; and the brokers they use (a templated ``broker:`` may use any).  ``none`` says why there is no
+    broker at all (``the config X has no mqtt: section``); ``skip`` leaves steps out (replay's dry run)."""
+    errors: list[RuleError] = []
+    used: set[str] = set()
+    for rule in rules:
+        for top in rule.steps:
+            for step in top.walk():
+                if MqttHub not in step.action.resources or (skip is not None and skip(step)):
+                    continue
+                where = f"rule {rule.name!r} step {step.index} ({step.name})"
+                if not brokers:
+                    errors.append(RuleError(step.pos, f"{where} publishes to an MQTT broker, but {none}"))
+                    continue
+                name = step.args.fields.get("broker")   # a literal, or a template rendered per run
+                if name is None:
+                    used.add(next(iter(brokers)))
+                elif not isinstance(name, str):
+                    used.update(brokers)
+                elif name in brokers:
+                    used.add(name)
+                else:
+                    hint = close_match(name, list(brokers))
+                    extra = f" (did you mean {hint!r}?)" if hint else f" (configured: {', '.join(brokers)})"
+                    errors.append(RuleError(step.pos, f"{where}: unknown broker {name!r}{extra}"))
+    return errors, used
+
 
 #: Most messages handed to the client and not yet acknowledged, per broker.
 SEND_WINDOW = 1000

@@ -214,3 +214,19 @@ def test_start_up_errors_are_one_line(tmp_path: Path, key: str) -> None:
 def test_v_and_q_go_before_or_after_any_command(argv: list[str], verbose: int, quiet: bool) -> None:
     args = build_parser().parse_args(argv)
     assert (args.verbose, args.quiet) == (verbose, quiet)
+
+
+def test_check_with_a_config_refuses_mqtt_steps_naming_a_broker_it_does_not_configure(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "a.yaml").write_text(
+        "rules:\n  - name: tell\n    on: STOP\n    actions:\n      - mqtt: {topic: x, broker: mian}\n")
+    (tmp_path / "reactor.yaml").write_text("rules: rules/\nmqtt:\n  main: {host: 127.0.0.1, port: 1883}\n")
+    assert main(["check", "-c", str(tmp_path / "reactor.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'rules' / 'a.yaml'}:5:9: rule 'tell' step 0 (mqtt): unknown broker 'mian'" \
+           " (did you mean 'main'?)" in err, err
+    (tmp_path / "reactor.yaml").write_text("rules: rules/\n")
+    assert main(["check", "-c", str(tmp_path / "reactor.yaml")]) == 1
+    assert "publishes to an MQTT broker, but the config" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "rules")]) == 0   # without a config there are no brokers to compare with
