@@ -87,10 +87,14 @@ class _Loader:
     # -- files ------------------------------------------------------------------------------
 
     def parse_file(self, text: str, path: str) -> _FileRules:
+        problems: list[SourceError] = []   # keys left out (duplicates): reported with every other error
         try:
-            root = parse(text, path, RuleError)
+            root = parse(text, path, RuleError, problems=problems)
         except SourceError as err:
-            self.errors.append(err if isinstance(err, RuleError) else RuleError(err.position, err.message))
+            problems.append(err)
+            root = None
+        self.errors.extend(e if isinstance(e, RuleError) else RuleError(e.position, e.message) for e in problems)
+        if problems and root is None:
             return _FileRules(path, [])
         if root is None:
             log.warning("%s: empty rules file", path)
@@ -108,6 +112,7 @@ class _Loader:
                 self.err(root.pos, "missing 'rules:' (a list of rules)")
             return _FileRules(path, [])
         if isinstance(rules, ScalarNode) and rules.value is None:
+            log.warning("%s: 'rules:' is empty", path)
             return _FileRules(path, [])
         if not isinstance(rules, SeqNode):
             self.err(rules.pos, f"'rules' must be a list of rules, got {rules.kind}")

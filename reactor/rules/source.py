@@ -189,12 +189,19 @@ class _Lines:
 
 
 class _Builder:
-    def __init__(self, lines: _Lines, error: type[SourceError]) -> None:
+    def __init__(self, lines: _Lines, error: type[SourceError], problems: list[SourceError] | None) -> None:
         self.path = lines.path
         self.lines = lines.lines
         self.at = lines.at if lines.starts is not None else None
         self.error = error
+        self.problems = problems
         self.constructor = yaml.constructor.SafeConstructor()
+
+    def problem(self, pos: Position, msg: str) -> None:
+        """A mapping key that cannot be taken: kept in ``problems`` (the pair is left out) or raised."""
+        if self.problems is None:
+            raise self.error(pos, msg)
+        self.problems.append(self.error(pos, msg))
 
     def pos(self, node: yaml.Node) -> Position:
         m = node.start_mark
@@ -216,16 +223,18 @@ class _Builder:
             for i, (knode, vnode) in enumerate(node.value):
                 kpos = self.pos(knode)
                 if not isinstance(knode, yaml.ScalarNode):
-                    raise self.error(kpos, "a mapping key must be a plain string")
+                    self.problem(kpos, "a mapping key must be a plain string")
+                    continue
                 # keys are taken as written: YAML 1.1 would make `on:` the boolean True
                 key = str(knode.value)
                 if i < merged:   # merged pairs: the last one counts (PyYAML orders them so)
                     from_merge.add(key)
                 elif key in from_merge:   # a key written in the mapping overrides a merged one
                     from_merge.discard(key)
-                elif key in entries:
+                elif key in entries:   # the first one is kept
                     first = entries[key].key_pos
-                    raise self.error(kpos, f"duplicate key {key!r} (first at line {first.line})")
+                    self.problem(kpos, f"duplicate key {key!r} (first at line {first.line})")
+                    continue
                 entries[key] = Entry(key, kpos, self.build(vnode))
             return MapNode(self.pos(node), entries)
         if isinstance(node, yaml.SequenceNode):
@@ -243,11 +252,14 @@ class _Builder:
         return ScalarNode(pos, value, node.tag, text_pos)
 
 
-def parse(text: str, path: str, error: type[SourceError] = SourceError) -> Node | None:
+def parse(text: str, path: str, error: type[SourceError] = SourceError, *,
+          problems: list[SourceError] | None = None) -> Node | None:
     """Parse one YAML document; None for an empty document.
 
     Raises ``error`` (a :class:`SourceError` subclass) with the position of
-    the first YAML problem.
+    the first YAML problem.  With ``problems``, keys that cannot be taken (a
+    duplicate, a key that is not a string) go there instead, each left out of
+    the tree, so that the caller reports them with the rest of its errors.
     """
     lines = _Lines(path, text)
     try:
@@ -263,7 +275,7 @@ def parse(text: str, path: str, error: type[SourceError] = SourceError) -> Node 
     if root is None:
         return None
     try:
-        return _Builder(lines, error).build(root)
+        return _Builder(lines, error, problems).build(root)
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
         pos = lines.at(mark) if mark else Position(path, 1, 1)

@@ -749,6 +749,26 @@ def test_positions_are_an_editors_where_yaml_alone_breaks_lines(brk: str) -> Non
     assert err.position is not None and err.position.line == 2, str(err)
 
 
+def test_a_duplicate_key_is_reported_with_every_other_error_of_the_file() -> None:
+    with pytest.raises(LoadError) as info:
+        _load("""
+            rules:
+              - name: a
+                on: STOPP
+                actions: [{log: x}]
+              - name: b
+                on: STOP
+                on: RESUME
+                match: {action: stop, action: report}
+                actions: [{log: x}]
+            """)
+    got = [(e.position.line, e.position.col, e.message) for e in info.value.errors if e.position]
+    assert got == [(3, 9, "unknown event 'STOPP' (did you mean 'STOP'?)"),
+                   (7, 5, "duplicate key 'on' (first at line 6)"),
+                   (8, 13, "STOP has no field 'action'; its fields: none"),   # the first 'on' is the one kept
+                   (8, 27, "duplicate key 'action' (first at line 8)")], got
+
+
 def test_on_may_name_an_event_a_rule_emits_and_match_its_data() -> None:
     rs = _load("""
         rules:
