@@ -9,6 +9,7 @@
      │    └── PluginProblem         one plugin problem (a plugin file, or the plugin's name)
      ├── LoadError                  several SourceErrors at once: nothing was loaded
      │    └── PluginLoadError       plugins could not be loaded (also a PluginError)
+     ├── ArgumentErrors             an action's check found problems in a step's arguments (also a ValueError)
      ├── CatalogError               the event catalog itself is broken
      ├── EventError                 data that is not a QMP event (replay, MQTT, QMP)
      ├── ActionError                a step failed at run time
@@ -44,10 +45,13 @@ Every error keeps its cause (``raise ... from err``).  Source errors print as
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ActionError",
+    "ArgumentErrors",
     "CatalogError",
     "ConfigError",
     "EventError",
@@ -63,6 +67,7 @@ __all__ = [
     "PluginError",
     "PluginLoadError",
     "PluginProblem",
+    "ProblemKey",
     "Position",
     "QMPCommandError",
     "QMPConnectionError",
@@ -130,6 +135,41 @@ class LoadError(ReactorError):
         self.errors = errors
         n = len(errors)
         super().__init__(f"{n} error{'s' if n != 1 else ''}:\n" + "\n".join(str(e) for e in errors))
+
+
+#: What a problem of :class:`ArgumentErrors` is about: an argument (``"timeout"``), a path into one
+#: (``"event[1]"``, ``"match.operation"``), several arguments (a tuple: the first one the step writes
+#: locates the problem), or None (the step as a whole).
+ProblemKey = str | tuple[str, ...] | None
+
+
+class ArgumentErrors(ReactorError, ValueError):
+    """Raised by an action's ``check`` to report several independent problems in one load.
+
+    ``problems`` are ``(key, message)`` pairs (see :data:`ProblemKey`); each becomes its own load error
+    at the position of the argument ``key`` names (when the step writes it), so a step with
+    ``attempts: 0`` and ``max_concurrent: 0`` gets both errors, each at its value::
+
+        def check(args: Args) -> None:
+            problems: list[tuple[ProblemKey, str]] = []
+            if args.attempts < 1:
+                problems.append(("attempts", f"attempts: {args.attempts} must be at least 1"))
+            if args.timeout <= 0:
+                problems.append(("timeout", "timeout must be positive"))
+            if problems:
+                raise ArgumentErrors(problems)
+
+    It is a :class:`ValueError` (its text is the messages joined by ``"; "``), so code that catches
+    ValueError from a check keeps working; a plain ``ValueError`` from a check is one problem, located
+    by a leading ``"name: "`` in its message.
+    """
+
+    def __init__(self, problems: Iterable[tuple[ProblemKey, str]]) -> None:
+        self.problems: tuple[tuple[ProblemKey, str], ...] = tuple((key, str(msg)) for key, msg in problems)
+        super().__init__("; ".join(msg for _, msg in self.problems) or "invalid arguments")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
 
 
 class CatalogError(ReactorError):

@@ -63,9 +63,11 @@ from reactor.actions.action import (
 )
 from reactor.errors import (
     ActionError,
+    ArgumentErrors,
     EventTimeout,
     JournalError,
     PluginError,
+    ProblemKey,
     QMPCommandError,
     QMPConnectionError,
     ReactorError,
@@ -85,6 +87,7 @@ __all__ = [
     "ActionContext",
     "ActionError",
     "ActionSpec",
+    "ArgumentErrors",
     "DaemonContext",
     "Duration",
     "Event",
@@ -93,6 +96,7 @@ __all__ = [
     "JournalHandle",
     "OutboxEntry",
     "PluginError",
+    "ProblemKey",
     "QMPCommandError",
     "QMPConnectionError",
     "ReactorError",

@@ -327,7 +327,8 @@ class ActionSpec:
     shorthand: str | None = None
     #: Whether a run with these (rendered) arguments changes anything; dry runs skip those.
     mutating: Callable[[Any], bool] = _always
-    #: Extra load-time validation of the (unrendered) arguments; raise ValueError.
+    #: Extra load-time validation of the (unrendered) arguments; raise ValueError (several problems at
+    #: once: :class:`ArgumentErrors`).
     check: Callable[[Any], None] | None = None
     #: Resource classes the action uses; started when a loaded rule uses the action.
     resources: tuple[type[Resource], ...] = ()

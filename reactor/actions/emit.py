@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reactor.actions.action import ActionContext, action
+from reactor.errors import ArgumentErrors
 
 __all__ = ["EMIT", "EVENT_NAME", "EmitArgs"]
 
@@ -25,9 +26,11 @@ def _check(args: EmitArgs) -> None:
     if "{{" in args.event:
         return
     if not EVENT_NAME.match(args.event):
-        raise ValueError(f"event name {args.event!r} must be upper case letters, digits and _ (like QMP's)")
+        raise ArgumentErrors([("event", f"event name {args.event!r} must be upper case letters, digits and _ "
+                                        "(like QMP's)")])
     if args.event.startswith("REACTOR_"):
-        raise ValueError(f"event name {args.event!r}: the REACTOR_ prefix is reserved for reactor's own events")
+        raise ArgumentErrors([("event", f"event name {args.event!r}: the REACTOR_ prefix is reserved for "
+                                        "reactor's own events")])
 
 
 @action("emit", shorthand="event", mutating=False, check=_check, inline=True)

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from reactor.actions.action import ActionContext, Duration, action
-from reactor.errors import ActionError, StepTimeout
+from reactor.errors import ActionError, ArgumentErrors, StepTimeout
 from reactor.rules.arguments import _SECRET_KEY, REDACTED
 from reactor.rules.template import to_jsonable
 
@@ -43,7 +43,7 @@ class ExecArgs:
 
 def _check(args: ExecArgs) -> None:
     if not args.argv:
-        raise ValueError("argv must name a program")
+        raise ArgumentErrors([("argv", "argv must name a program")])
 
 
 async def _read_bounded(stream: asyncio.StreamReader | None) -> bytes:

@@ -20,7 +20,7 @@ from typing import Any
 
 from reactor.actions.action import ActionContext, ActionSpec, VMHandle, action
 from reactor.actions.qmp import QmpPolicy, check_command, policy_refusal
-from reactor.errors import ActionError
+from reactor.errors import ActionError, ArgumentErrors
 
 __all__ = ["LIBVIRT_ACTIONS", "LIBVIRT_QMP", "LIBVIRT_SNAPSHOT", "LibvirtQmpArgs", "LibvirtSnapshotArgs"]
 
@@ -35,7 +35,10 @@ class LibvirtQmpArgs:
 
 
 def _check_qmp(args: LibvirtQmpArgs) -> None:
-    check_command(args.execute, args.allow_destructive, "libvirt_qmp")
+    try:
+        check_command(args.execute, args.allow_destructive, "libvirt_qmp")
+    except ValueError as err:
+        raise ArgumentErrors([("execute", str(err))]) from err
 
 
 def _target(ctx: ActionContext, name: str | None) -> VMHandle:
@@ -77,7 +80,7 @@ class LibvirtSnapshotArgs:
 def _check_snapshot(args: Any) -> None:
     keep = getattr(args, "keep", None)
     if isinstance(keep, int) and keep < 1:
-        raise ValueError(f"keep: {keep} must be at least 1")
+        raise ArgumentErrors([("keep", f"keep: {keep} must be at least 1")])
 
 
 async def _libvirt_snapshot(ctx: ActionContext, args: LibvirtSnapshotArgs) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from reactor.actions.action import ActionContext, ActionSpec, action
+from reactor.errors import ArgumentErrors, ProblemKey
 from reactor.integrations.mqtt import MqttError, MqttHub
 
 __all__ = ["MQTT", "MqttArgs"]
@@ -36,12 +37,15 @@ class MqttArgs:
 
 
 def _check(args: Any) -> None:
+    problems: list[tuple[ProblemKey, str]] = []
     qos = getattr(args, "qos", 0)
     if isinstance(qos, int) and qos not in (0, 1, 2):
-        raise ValueError(f"qos: {qos} is not one of 0, 1, 2")
+        problems.append(("qos", f"qos: {qos} is not one of 0, 1, 2"))
     topic = getattr(args, "topic", "")
     if isinstance(topic, str) and "{{" not in topic and ("+" in topic or "#" in topic or not topic):
-        raise ValueError(f"topic: {topic!r} is not a valid topic to publish to")
+        problems.append(("topic", f"topic: {topic!r} is not a valid topic to publish to"))
+    if problems:
+        raise ArgumentErrors(problems)
 
 
 def encode_payload(payload: Any, ctx: ActionContext) -> bytes:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reactor.actions.action import ActionContext, Duration, Resource, action
-from reactor.errors import ActionError
+from reactor.errors import ActionError, ArgumentErrors, ProblemKey
 
 __all__ = [
     "COMMAND_NAME",
@@ -123,9 +123,15 @@ def policy_refusal(ctx: ActionContext, command: str) -> str | None:
 
 def _check(args: QmpArgs) -> None:
     # Called at load for literal arguments and again after every render of templated ones.
-    check_command(args.execute, args.allow_destructive)
+    problems: list[tuple[ProblemKey, str]] = []
+    try:
+        check_command(args.execute, args.allow_destructive)
+    except ValueError as err:
+        problems.append(("execute", str(err)))
     if args.timeout <= 0:
-        raise ValueError("timeout must be positive")
+        problems.append(("timeout", "timeout must be positive"))
+    if problems:
+        raise ArgumentErrors(problems)
 
 
 def _mutating(args: QmpArgs) -> bool:

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reactor.actions.action import ActionContext, DaemonContext, Duration, Resource, Steps, action
-from reactor.errors import ActionError, QMPCommandError, QMPConnectionError
+from reactor.errors import ActionError, ArgumentErrors, ProblemKey, QMPCommandError, QMPConnectionError
 from reactor.model.duration import format_duration
 from reactor.model.event import Event
 from reactor.ops.journal import ResumeRecord
@@ -116,15 +116,19 @@ class ResumeArgs:
 
 
 def _check(args: ResumeArgs) -> None:
+    problems: list[tuple[ProblemKey, str]] = []
     if args.attempts < 1:
-        raise ValueError(f"attempts: {args.attempts} must be at least 1")
+        problems.append(("attempts", f"attempts: {args.attempts} must be at least 1"))
     if args.max_concurrent < 1:
-        raise ValueError(f"max_concurrent: {args.max_concurrent} must be at least 1")
+        problems.append(("max_concurrent", f"max_concurrent: {args.max_concurrent} must be at least 1"))
     if args.within <= 0:
-        raise ValueError("within: must be greater than zero")
+        problems.append(("within", "within: must be greater than zero"))
     if args.max_backoff < args.backoff:
-        raise ValueError(f"max_backoff: {format_duration(args.max_backoff)} is less than backoff "
-                         f"({format_duration(args.backoff)})")
+        problems.append((("max_backoff", "backoff"),
+                         f"max_backoff: {format_duration(args.max_backoff)} is less than backoff "
+                         f"({format_duration(args.backoff)})"))
+    if problems:
+        raise ArgumentErrors(problems)
 
 
 # --- the coordinator ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from reactor.actions.action import ActionContext, Duration, VMHandle, action
-from reactor.errors import ActionError
+from reactor.errors import ActionError, ArgumentErrors, ProblemKey
 from reactor.model.event import Event
 
 __all__ = ["DEFAULT_TIMEOUT", "PREFIX", "SNAPSHOT", "SnapshotArgs", "snapshot_tag"]
@@ -65,18 +65,21 @@ class SnapshotArgs:
 
 
 def _check(args: SnapshotArgs) -> None:
+    problems: list[tuple[ProblemKey, str]] = []
     if args.name is not None and "{{" not in args.name and not _SERIES.match(args.name):
-        raise ValueError(f"name {args.name!r}: letters, digits, '.', '_' and '-' only")
+        problems.append(("name", f"name {args.name!r}: letters, digits, '.', '_' and '-' only"))
     if args.keep is not None and args.keep < 1:
-        raise ValueError("keep must be at least 1")
+        problems.append(("keep", "keep must be at least 1"))
     if args.mode == "external":
         if args.dir is None:
-            raise ValueError("mode external needs dir: the directory for the overlay images")
+            problems.append((("dir", "mode"), "mode external needs dir: the directory for the overlay images"))
         if args.keep is not None:
-            raise ValueError("keep applies to internal snapshots only (external overlays are part of the "
-                             "disk's backing chain; reactor never removes them)")
+            problems.append((("keep", "mode"), "keep applies to internal snapshots only (external overlays "
+                             "are part of the disk's backing chain; reactor never removes them)"))
     if args.timeout <= 0:
-        raise ValueError("timeout must be positive")
+        problems.append(("timeout", "timeout must be positive"))
+    if problems:
+        raise ArgumentErrors(problems)
 
 
 def snapshot_tag(series: str, now: float) -> str:

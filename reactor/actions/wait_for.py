@@ -21,7 +21,7 @@ from typing import Any
 
 from reactor.actions.action import ActionContext, Duration, action
 from reactor.actions.emit import EVENT_NAME
-from reactor.errors import ActionError
+from reactor.errors import ActionError, ArgumentErrors, ProblemKey
 from reactor.model.event import Event
 from reactor.rules.matcher import explain_match
 
@@ -45,14 +45,18 @@ def _names(args: WaitForArgs) -> list[str]:
 
 
 def _check(args: WaitForArgs) -> None:
+    problems: list[tuple[ProblemKey, str]] = []
     names = _names(args)
     if not names:
-        raise ValueError("event must name at least one event")
-    for name in names:
+        problems.append(("event", "event must name at least one event"))
+    for i, name in enumerate(names):
         if "{{" not in name and not EVENT_NAME.match(name):
-            raise ValueError(f"event name {name!r} must be upper case letters, digits and _")
+            where = "event" if isinstance(args.event, str) else f"event[{i}]"
+            problems.append((where, f"event name {name!r} must be upper case letters, digits and _"))
     if args.timeout <= 0:
-        raise ValueError("timeout must be positive")
+        problems.append(("timeout", "timeout must be positive"))
+    if problems:
+        raise ArgumentErrors(problems)
 
 
 def _as_data(event: Event) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import orjson
 
 from reactor.actions.action import ActionContext, ActionSpec, Duration, action
+from reactor.errors import ArgumentErrors, ProblemKey
 from reactor.integrations.webhook import HttpSession, WebhookError, retry_delay, should_retry, sign
 
 __all__ = ["WEBHOOK", "WebhookArgs"]
@@ -55,14 +56,17 @@ class WebhookArgs:
 
 
 def _check(args: Any) -> None:
+    problems: list[tuple[ProblemKey, str]] = []
     url = getattr(args, "url", "")
     if isinstance(url, str) and "{{" not in url and not url.startswith(("http://", "https://")):
-        raise ValueError(f"url: {url!r} is not an http:// or https:// URL")
+        problems.append(("url", f"url: {url!r} is not an http:// or https:// URL"))
     if getattr(args, "secret", None) is not None and getattr(args, "secret_file", None) is not None:
-        raise ValueError("give either secret or secret_file, not both")
+        problems.append((("secret_file", "secret"), "give either secret or secret_file, not both"))
     retries = getattr(args, "retries", 0)
     if isinstance(retries, int) and not 0 <= retries <= 20:
-        raise ValueError(f"retries: {retries} is not between 0 and 20")
+        problems.append(("retries", f"retries: {retries} is not between 0 and 20"))
+    if problems:
+        raise ArgumentErrors(problems)
 
 
 def _body(ctx: ActionContext, args: WebhookArgs) -> tuple[bytes | None, str | None]:

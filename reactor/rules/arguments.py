@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
 from reactor.actions.action import ActionSpec, Duration, Steps
-from reactor.errors import Position, RuleError, TemplateError
+from reactor.errors import ArgumentErrors, Position, ProblemKey, RuleError, TemplateError
 from reactor.model.duration import parse_duration
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match, kind_of
 from reactor.rules.template import Template, compile_template, is_template
@@ -350,7 +350,7 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
             try:
                 spec.check(static)
             except ValueError as err:
-                errors.append(RuleError(_node_at(node, str(err)), f"{spec.name}: {err}"))
+                errors.extend(_check_errors(spec, err, node))
                 return None
     return Arguments(spec, out, static, node.plain())
 
@@ -368,7 +368,63 @@ def _check_the_rest(spec: ActionSpec, good: dict[str, Any], node: Node, errors: 
     try:
         spec.check(partial)
     except ValueError as err:
-        errors.append(RuleError(_node_at(node, str(err)), f"{spec.name}: {err}"))
+        # a problem about an argument that failed (so is at its default here) is not the rule's
+        failed = frozenset(_written(spec, node)) - set(good)
+        errors.extend(_check_errors(spec, err, node, failed))
+
+
+def _written(spec: ActionSpec, node: Node) -> dict[str, Node]:
+    """The arguments the step writes, by name."""
+    if isinstance(node, MapNode):
+        return dict(node.items())
+    if isinstance(node, ScalarNode) and node.value is None:
+        return {}
+    return {spec.shorthand: node} if spec.shorthand is not None else {}
+
+
+_PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _keys(key: ProblemKey) -> tuple[str, ...]:
+    return () if key is None else (key,) if isinstance(key, str) else tuple(key)
+
+
+def _argument(path: str) -> str:
+    """The argument a problem key's path starts with (``event`` of ``event[1]``)."""
+    m = _PATH_PART.match(path)
+    return (m.group(2) or "") if m else ""
+
+
+def _problem_at(spec: ActionSpec, node: Node, key: ProblemKey, msg: str) -> Position:
+    """Where a problem of an :class:`ArgumentErrors` is: the value its (first written) key names."""
+    written = _written(spec, node)
+    for path in _keys(key):
+        parts = _PATH_PART.findall(path)
+        if not parts or not parts[0][1] or parts[0][1] not in written:
+            continue
+        name = parts[0][1]
+        sub = written[name]
+        for index, part in parts[1:]:
+            nxt = (sub.items[int(index)] if index and isinstance(sub, SeqNode) and int(index) < len(sub.items)
+                   else sub.get(part) if part and isinstance(sub, MapNode) else None)
+            if nxt is None:
+                return sub.pos
+            sub = nxt
+        if len(parts) == 1 and msg.startswith(f"{name}: "):
+            return _node_at(sub, msg[len(name) + 2:])   # "match: x: ..." still finds key x
+        return sub.pos
+    return _node_at(node, msg)
+
+
+def _check_errors(spec: ActionSpec, err: ValueError, node: Node,
+                  skip: frozenset[str] = frozenset()) -> list[RuleError]:
+    """The load errors of what an action's ``check`` raised: one per problem of an
+    :class:`ArgumentErrors` (but those about an argument in ``skip``), else one."""
+    if not isinstance(err, ArgumentErrors) or not err.problems:
+        return [RuleError(_node_at(node, str(err)), f"{spec.name}: {err}")]
+    return [RuleError(_problem_at(spec, node, key, msg), f"{spec.name}: {msg}")
+            for key, msg in err.problems
+            if not any(_argument(path) in skip for path in _keys(key))]
 
 
 def redact(spec: ActionSpec, args: Any) -> Any:
