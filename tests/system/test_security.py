@@ -349,7 +349,7 @@ def test_a_literal_destructive_command_is_a_load_error_with_position_and_the_opt
     errors = [str(e) for e in info.value.errors]
     assert errors[0].startswith("rules/bye.yaml:5:14: qmp: quit is destructive")
     assert "allow_destructive: true" in errors[0]
-    assert errors[1].startswith("rules/bye.yaml:6:14: qmp: human-monitor-command is destructive")
+    assert errors[1].startswith("rules/bye.yaml:6:24: qmp: human-monitor-command is destructive")
     opted = text.replace("qmp: quit", "qmp: {execute: quit, allow_destructive: true}").replace(
         "command-line: info}", "command-line: info}, allow_destructive: true")
     assert [r.name for r in load_rules_text([("rules/bye.yaml", opted)]).rules] == ["bye"]
