@@ -76,12 +76,13 @@ def _load(args: argparse.Namespace, rule_dirs: Sequence[str]) -> tuple[Config | 
     from reactor.rules.loader import load_rules
 
     config = load_config(args.config) if getattr(args, "config", None) else None
-    dirs: list[str | Path] = list(rule_dirs)
-    if not dirs and config is not None:
-        dirs = list(config.rules)
-    if not dirs:
-        dirs = ["rules"]
-    rules = load_rules(dirs, registry=_registry(config))
+    if config is not None and not rule_dirs:   # the config's rules: missing paths at the config's positions
+        from reactor.daemon.reload import load_config_rules
+
+        return config, load_config_rules(config)[1]
+    rules = load_rules(list(rule_dirs) or ["rules"], registry=_registry(config))
+    if config is not None:
+        _brokers_of(config, rules)
     return config, rules
 
 
@@ -123,8 +124,6 @@ def _brokers_of(config: Config, rules: RuleSet) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config, rules = _load(args, args.rules_dirs)
-        if config is not None:
-            _brokers_of(config, rules)
     except LoadError as err:
         if args.json:
             print(_json({"ok": False, "errors": [error_json(e) for e in err.errors]}))

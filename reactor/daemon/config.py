@@ -1,8 +1,12 @@
 """The daemon's configuration file (``reactor run -c CONFIG``).
 
 Unknown keys are errors with ``PATH:LINE:COL`` and a "did you mean"; a
-relative path is relative to the config file; ``${NAME}`` in a string is
-replaced by that environment variable (an unset one is an error).
+relative path is relative to the config file (without ``rules:``, the rules
+are ``rules/`` next to it); ``${NAME}`` in a string is replaced by that
+environment variable (an unset one is an error), and a value that is one
+``${NAME}`` and nothing else, for a key that wants an integer, a number or a
+boolean, is read as one (``port: ${MQTT_PORT}``).  Addresses (``http.listen``,
+``vms[].qmp`` as ``HOST:PORT``) are checked here: ports 1-65535.
 """
 
 from __future__ import annotations
@@ -13,17 +17,23 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from reactor.errors import ConfigError, LoadError, Position, SourceError
 from reactor.model.duration import parse_duration
-from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match, parse
+from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match, kind_of, parse
 
 __all__ = ["Config", "DiscoverConfig", "HttpConfig", "JournalConfig", "LogConfig", "VMConfig", "load_config",
            "parse_config"]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _COMMAND_GLOB = re.compile(r"^[a-z0-9_*?\[\]!-]+$")
+_PORT = re.compile(r"[0-9]+")
+_INT = re.compile(r"[-+]?[0-9]+")
+_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+T = TypeVar("T")
 
 TOP_KEYS = ("rules", "plugins", "state_dir", "host", "vms", "discover", "listen", "mqtt", "http", "log", "journal",
             "sources", "qmp", "bus", "libvirt", "fleet")
@@ -85,6 +95,8 @@ class BusConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     path: Path | None
+    #: never empty: without ``rules:`` it is ``rules/`` next to the config file (``rules`` in the current
+    #: directory when there is no file)
     rules: tuple[Path, ...] = ()
     plugins: tuple[Path, ...] = ()
     state_dir: Path = Path("state")
@@ -100,17 +112,35 @@ class Config:
     bus: BusConfig = field(default_factory=BusConfig)
     #: raw nodes of sections parsed elsewhere (``sources``), by name
     sections: Mapping[str, Any] = field(default_factory=dict)
+    #: where each ``rules:``/``plugins:`` path was written in the config file (not a setting: not compared)
+    origins: Mapping[tuple[str, Path], Position] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.rules:
+            base = self.path.resolve().parent if self.path is not None else Path()
+            object.__setattr__(self, "rules", (base / "rules",))
 
     def section(self, name: str) -> Any:
         if name == "mqtt":
             return self.mqtt
         return self.sections.get(name)
 
+    def missing(self, key: Literal["rules", "plugins"]) -> list[SourceError]:
+        """An error at the config's own ``PATH:LINE:COL`` for each ``rules:``/``plugins:`` path that is not there.
+
+        Only for paths written in the config (the default ``rules/`` is left to the rule loader).
+        """
+        return _missing(key, self.rules if key == "rules" else self.plugins, self.origins)
+
 
 class _Parser:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.errors: list[SourceError] = []
+        #: (key, path) -> where the path was written (``Config.origins``)
+        self.origins: dict[tuple[str, Path], Position] = {}
+        #: scalars whose whole text was one ``${NAME}``, by position: (node, NAME)
+        self.env: dict[Position, tuple[ScalarNode, str]] = {}
 
     def err(self, pos: Position, msg: str) -> None:
         self.errors.append(ConfigError(pos, msg))
@@ -156,6 +186,7 @@ class _Parser:
             p = self.path(i, what)
             if p is not None:
                 out.append(p)
+                self.origins.setdefault((what, p), i.pos)
         return tuple(out)
 
     def labels(self, node: Node | None, what: str) -> dict[str, str]:
@@ -185,13 +216,77 @@ class _Parser:
         return tuple(out)
 
     def address(self, node: Node | None, what: str) -> str | None:
+        """A unix socket path (made absolute) or ``HOST:PORT``: a value without ``/`` but with ``:`` is meant
+        as ``HOST:PORT`` and must be one (``./name:x`` is a file so named)."""
         s = self.string(node, what)
-        if s is None:
+        if s is None or node is None:
             return None
-        if _is_tcp(s):
-            return s
-        p = Path(os.path.expanduser(s))
-        return str(p if p.is_absolute() else self.base / p)
+        if "/" in s or ":" not in s:
+            p = Path(os.path.expanduser(s))
+            return str(p if p.is_absolute() else self.base / p)
+        problem = _host_port_problem(s)
+        if problem is not None:
+            if not problem.startswith("port "):
+                problem += f", nor a path (write ./{s} for a socket file of that name)"
+            self.err(node.pos, f"{what}: {problem}")
+            return None
+        return s
+
+    def host_port(self, node: Node | None, what: str, default: str) -> str:
+        """``HOST:PORT`` (``[::1]:PORT``), port 1-65535; ``default`` when absent or wrong (the error is recorded)."""
+        s = self.string(node, what)
+        if s is None or node is None:
+            return default
+        problem = _host_port_problem(s)
+        if problem is not None:
+            self.err(node.pos, f"{what}: {problem}")
+            return default
+        return s
+
+    # -- ${NAME} values ---------------------------------------------------------------------
+    def from_env(self, node: Node) -> str:
+        """`` (from ${NAME})`` when the node's whole value came from an environment variable, else ''."""
+        ref = self.env.get(node.pos)
+        return f" (from ${{{ref[1]}}})" if ref is not None and ref[0] is node else ""
+
+    def typed(self, node: Node, want: type) -> Any:
+        """The node's value; one that was a whole ``${NAME}`` is read as ``want`` (int, float, bool) when its
+        text is one."""
+        value = node.plain()
+        ref = self.env.get(node.pos)
+        if ref is None or ref[0] is not node or not isinstance(value, str):
+            return value
+        t = _typed(value)
+        if t is None or isinstance(t, bool) != (want is bool) or (want is int and not isinstance(t, int)):
+            return value
+        return t
+
+    def section(self, fn: Callable[[Node], T], node: Node) -> T:
+        """``fn(node)`` for a section parsed elsewhere (``mqtt``, ``fleet``...): a whole ``${NAME}`` value it
+        rejects as a string ("expected an integer, got string") is typed from its text (an integer, a number,
+        a boolean) and ``fn`` runs again; an error at such a value says which variable it came from."""
+        undo: dict[Position, tuple[str, SourceError]] = {}
+        while True:
+            try:
+                return fn(node)
+            except SourceError as err:
+                ref = self.env.get(err.position) if err.position is not None else None
+                if ref is None:
+                    raise
+                sn, name = ref
+                where = f" (from ${{{name}}})"
+                if isinstance(sn.value, str) and sn.pos not in undo and "got string" in err.message:
+                    t = _typed(sn.value)
+                    if t is not None:
+                        undo[sn.pos] = (sn.value, err)
+                        sn.value = t
+                        continue
+                    where = f" (the value of ${{{name}}} does not read as one)"
+                elif sn.pos in undo and f"got {kind_of(sn.value)}" in err.message:
+                    # typed, it is rejected too: its text is not of the type the key wants
+                    sn.value, err = undo[sn.pos]
+                    where = f" (the value of ${{{name}}} does not read as one)"
+                raise ConfigError(err.position, err.message + where) from err
 
     def vms(self, node: Node | None) -> tuple[VMConfig, ...]:
         if node is None or (isinstance(node, ScalarNode) and node.value is None):
@@ -265,17 +360,17 @@ class _Parser:
         if node is None:
             return None
         try:
-            return parse_duration(node.plain())
+            return parse_duration(self.typed(node, float))
         except ValueError as err:
-            self.err(node.pos, f"{what}: {err}")
+            self.err(node.pos, f"{what}: {err}{self.from_env(node)}")
             return None
 
     def positive_int(self, node: Node | None, what: str, default: int) -> int:
         if node is None:
             return default
-        v = node.plain()
+        v = self.typed(node, int)
         if type(v) is not int or v < 1:
-            self.err(node.pos, f"{what}: expected a positive integer, got {v!r}")
+            self.err(node.pos, f"{what}: expected a positive integer, got {v!r}{self.from_env(node)}")
             return default
         return v
 
@@ -293,15 +388,54 @@ class _Parser:
         return int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit]
 
 
-def _is_tcp(s: str) -> bool:
+def _missing(key: str, paths: tuple[Path, ...], origins: Mapping[tuple[str, Path], Position]) -> list[SourceError]:
+    out: list[SourceError] = []
+    for p in paths:
+        pos = origins.get((key, p))
+        if pos is None:
+            continue
+        if key == "rules" and not p.exists():
+            out.append(ConfigError(pos, f"rules: no such rules file or directory: {p}"))
+        elif key == "plugins" and not p.is_dir():
+            out.append(ConfigError(pos, f"plugins: no such directory: {p}" if not p.exists()
+                                   else f"plugins: not a directory: {p}"))
+    return out
+
+
+def _host_port_problem(s: str) -> str | None:
+    """What is wrong with ``HOST:PORT`` (``[::1]:PORT``, port 1-65535), or None."""
     host, sep, port = s.rpartition(":")
-    return bool(sep and host and port.isdigit() and "/" not in s)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host.strip() or not _PORT.fullmatch(port):
+        return f"{s!r} is not HOST:PORT (like 127.0.0.1:9187 or [::1]:9187)"
+    if not 1 <= int(port) <= 65535:
+        return f"port {port} is not between 1 and 65535"
+    return None
 
 
-def _substitute(node: Node, errors: list[SourceError], env: Mapping[str, str]) -> None:
-    """Replace ``${NAME}`` in every string scalar, in place."""
+def _typed(text: str) -> int | float | bool | None:
+    """The integer, number or boolean ``text`` spells (as YAML would read it unquoted), or None."""
+    t = text.strip()
+    if _INT.fullmatch(t):
+        return int(t)
+    if t.lower() in _BOOLS:
+        return _BOOLS[t.lower()]
+    if _FLOAT.fullmatch(t):
+        return float(t)
+    return None
+
+
+def _substitute(node: Node, errors: list[SourceError], env: Mapping[str, str],
+                whole: dict[Position, tuple[ScalarNode, str]]) -> None:
+    """Replace ``${NAME}`` in every string scalar, in place; a scalar that was one ``${NAME}`` and nothing
+    else goes into ``whole`` (a key expecting an integer, a number or a boolean reads its text as one)."""
     if isinstance(node, ScalarNode):
         if isinstance(node.value, str) and "${" in node.value:
+            only = _ENV.fullmatch(node.value)
+            if only is not None and only.group(1) in env:
+                whole[node.pos] = (node, only.group(1))
+
             def repl(m: re.Match[str]) -> str:
                 name = m.group(1)
                 if name not in env:
@@ -311,10 +445,10 @@ def _substitute(node: Node, errors: list[SourceError], env: Mapping[str, str]) -
             node.value = _ENV.sub(repl, node.value)
     elif isinstance(node, SeqNode):
         for i in node.items:
-            _substitute(i, errors, env)
+            _substitute(i, errors, env, whole)
     elif isinstance(node, MapNode):
         for _, v in node.items():
-            _substitute(v, errors, env)
+            _substitute(v, errors, env, whole)
 
 
 def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None = None,
@@ -331,9 +465,9 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
         root = MapNode(Position(str(path), 1, 1), {})
     if not isinstance(root, MapNode):
         raise LoadError([ConfigError(root.pos, f"the config must be a mapping, got {root.kind}")])
-    _substitute(root, p.errors, os.environ if env is None else env)
+    _substitute(root, p.errors, os.environ if env is None else env, p.env)
     p.keys(root, TOP_KEYS, "")
-    rules = p.paths(root.get("rules"), "rules")
+    rules = p.paths(root.get("rules"), "rules") or (base / "rules",)
     plugins = p.paths(root.get("plugins"), "plugins")
     state_dir = p.path(root.get("state_dir"), "state_dir") or base / "state"
     host = p.string(root.get("host"), "host") or socket.gethostname()
@@ -341,7 +475,7 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
     hn = p.mapping(root.get("http"), "http")
     if hn is not None:
         p.keys(hn, ("listen", "token"), "http: ")
-        http = HttpConfig(listen=p.string(hn.get("listen"), "http.listen") or "127.0.0.1:9187",
+        http = HttpConfig(listen=p.host_port(hn.get("listen"), "http.listen", "127.0.0.1:9187"),
                           token=p.string(hn.get("token"), "http.token"))
     logc = LogConfig()
     ln = p.mapping(root.get("log"), "log")
@@ -384,7 +518,7 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
         from reactor.integrations.mqtt import parse_brokers
 
         try:
-            mqtt = parse_brokers(mn)
+            mqtt = p.section(parse_brokers, mn)
         except SourceError as err:
             p.errors.append(err)
     extra: dict[str, Any] = {}
@@ -393,7 +527,7 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
         from reactor.sources.libvirt.config import parse_libvirt
 
         try:
-            extra["libvirt"] = parse_libvirt(ln_)
+            extra["libvirt"] = p.section(parse_libvirt, ln_)
         except SourceError as err:
             p.errors.append(err)
     fn_ = root.get("fleet")
@@ -401,7 +535,7 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
         from reactor.integrations.remote import parse_fleet
 
         try:
-            extra["fleet"] = parse_fleet(fn_)
+            extra["fleet"] = p.section(parse_fleet, fn_)
         except SourceError as err:
             p.errors.append(err)
         if not mqtt:
@@ -414,7 +548,7 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
         sn = root.get(name)
         if sn is not None:
             try:
-                extra[name] = fn(sn)
+                extra[name] = p.section(fn, sn)
             except SourceError as err:
                 p.errors.append(err)
     sn = root.get("sources")
@@ -423,13 +557,16 @@ def parse_config(text: str, path: str | Path, *, env: Mapping[str, str] | None =
         from reactor.sources import parse_sources
 
         try:
-            extra["sources"] = parse_sources(sn, registry=load_plugins(plugins).sources)
+            missing = _missing("plugins", plugins, p.origins)   # the sources need the plugins loaded now
+            p.errors.extend(missing)
+            registry = load_plugins([d for d in plugins if d.is_dir()]).sources
+            extra["sources"] = p.section(lambda n: parse_sources(n, registry=registry), sn)
         except SourceError as err:
             p.errors.append(err)
     cfg = Config(
         path=path, rules=rules, plugins=plugins, state_dir=state_dir, host=host,
         vms=p.vms(root.get("vms")), discover=p.discover(root.get("discover")), listen=p.listen(root.get("listen")),
-        mqtt=mqtt, http=http, log=logc, journal=jc, qmp=qc, bus=bc, sections=extra,
+        mqtt=mqtt, http=http, log=logc, journal=jc, qmp=qc, bus=bc, sections=extra, origins=p.origins,
     )
     if cfg.http is not None and cfg.http.token is None and not _loopback(cfg.http.listen):
         p.err(root.key_pos("http"), f"http.listen {cfg.http.listen!r} is not a loopback address: "

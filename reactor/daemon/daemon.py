@@ -27,18 +27,17 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any, cast
 
 from reactor.actions.action import Resource, VMHandle
 from reactor.daemon.config import Config
-from reactor.daemon.plugins import load_registry
 from reactor.daemon.reload import (
     Candidate,
     FileWatcher,
     ReloadResult,
     config_changes,
     fingerprint,
+    load_config_rules,
     prepare,
     watched_paths,
 )
@@ -51,7 +50,6 @@ from reactor.ops.journal import Journal
 from reactor.ops.looplag import LoopLag
 from reactor.ops.notify import Notifier
 from reactor.ops.retention import Retention
-from reactor.rules.loader import load_rules
 from reactor.rules.rule import RuleSet, Step
 from reactor.sources.fleet import Fleet
 from reactor.sources.libvirt.hub import LibvirtHub  # libvirt-python itself is imported only when it connects
@@ -142,8 +140,7 @@ class Daemon:
         # taken before anything is read: a file edited between this load and the watcher's
         # start is a change the watcher sees
         self._loaded_files = fingerprint(watched_paths(config)) if watch else None
-        self.registry = load_registry(config.plugins)
-        self.rules = load_rules(config.rules or [Path("rules")], catalog=self.catalog, registry=self.registry)
+        self.registry, self.rules = load_config_rules(config, self.catalog)
         self._journal: Journal | None = None
         self.engine: Engine | None = None
         self.fleet: Fleet | None = None
@@ -419,7 +416,7 @@ class Daemon:
         if self.engine is not None:
             self.engine.set_rules(cand.rules)
         self._config = dataclasses.replace(
-            old, rules=new.rules, plugins=new.plugins, vms=new.vms, journal=new.journal,
+            old, rules=new.rules, plugins=new.plugins, origins=new.origins, vms=new.vms, journal=new.journal,
             log=dataclasses.replace(old.log, level=new.log.level))
         if self._journal is not None:
             self._journal.record_events = new.journal.events

@@ -39,12 +39,13 @@ from reactor.actions.registry import Registry
 from reactor.daemon.config import Config, load_config
 from reactor.daemon.plugins import load_registry
 from reactor.errors import ConfigError, LoadError, PluginError
+from reactor.integrations.mqtt import broker_errors
 from reactor.model.catalog import Catalog
 from reactor.rules.loader import load_rules
 from reactor.rules.rule import RuleSet
 
 __all__ = ["Candidate", "ConfigChanges", "FileWatcher", "ReloadResult", "config_changes", "fingerprint",
-           "prepare", "watched_paths"]
+           "load_config_rules", "prepare", "watched_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ class ConfigChanges:
 
 def watched_paths(config: Config) -> list[Path]:
     """The rules and plugins directories (or files), and the config file."""
-    out = list(config.rules or (Path("rules"),)) + list(config.plugins)
+    out = list(config.rules) + list(config.plugins)
     if config.path is not None:
         out.append(config.path)
     return out
@@ -123,16 +124,42 @@ def prepare(config: Config, catalog: Catalog, *, reread_config: bool = True) -> 
     if reread_config and config.path is not None:
         config = load_config(config.path)
     try:
-        registry = load_registry(config.plugins)
+        registry, rules = load_config_rules(config, catalog)
     except PluginError as err:
         raise LoadError([ConfigError(None, str(err))]) from err
-    rules = load_rules(config.rules or [Path("rules")], catalog=catalog, registry=registry)
     return Candidate(config=config, registry=registry, rules=rules)
+
+
+def load_config_rules(config: Config, catalog: Catalog | None = None) -> tuple[Registry, RuleSet]:
+    """The plugins (``config.plugins``) into a registry, then the rules (``config.rules``) with it.
+
+    A ``rules:`` or ``plugins:`` path the config names that is not there is an error at its
+    ``PATH:LINE:COL`` in the config file (with the errors of the rule files that are there).
+    Raises :class:`LoadError` (:class:`~reactor.errors.PluginLoadError` when a plugin fails).
+    """
+    missing = config.missing("plugins")
+    if missing:   # the rules would only add "unknown action" for that plugin's actions
+        raise LoadError(missing)
+    registry = load_registry(config.plugins)
+    missing = config.missing("rules")
+    # the loader reports the rest (the default rules/ next to the config, if that is not there)
+    present = [p for p in config.rules if p.exists() or ("rules", p) not in config.origins]
+    try:
+        rules = load_rules(present, catalog=catalog, registry=registry)
+    except LoadError as err:
+        raise LoadError(missing + list(err.errors)) from err
+    brokers, _ = broker_errors(rules.rules, list(config.mqtt),
+                               none=f"the config {config.path or ''} has no mqtt: section".replace("  ", " "))
+    if missing or brokers:
+        raise LoadError(missing + list(brokers))
+    return registry, rules
 
 
 def _flat(config: Config) -> dict[str, object]:
     out: dict[str, object] = {}
     for f in dataclasses.fields(config):
+        if not f.compare:   # origins: where things were written, not a setting
+            continue
         value = getattr(config, f.name)
         if f.name in ("log", "journal", "qmp", "bus", "http") and dataclasses.is_dataclass(value):
             for sub in dataclasses.fields(value):

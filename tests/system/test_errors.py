@@ -154,6 +154,7 @@ def test_the_plugin_api_gives_the_journal_as_a_protocol(tmp_path: Path) -> None:
 
 
 def test_a_daemon_without_a_journal_raises_a_journal_error(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()   # the rules of a config without rules: (none here)
     daemon = Daemon(parse_config("vms: []\n", tmp_path / "reactor.yaml"), watch=False)
     with pytest.raises(errors.JournalError):
         daemon.journal  # noqa: B018
@@ -195,6 +196,7 @@ def test_reactor_raises_only_reactor_errors() -> None:
 
 
 async def test_wrong_state_is_a_state_error(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()   # the rules of a config without rules: (none here)
     daemon = Daemon(parse_config("vms: []\n", tmp_path / "reactor.yaml"), watch=False)
 
     async def nothing() -> None:
