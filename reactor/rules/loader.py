@@ -57,7 +57,10 @@ def find_rule_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[RuleE
             files.append(path)
         else:
             errors.append(RuleError(Position(str(path), 1, 1), "no such rules file or directory"))
-    return files, errors
+    unique: dict[Path, Path] = {}   # a file reached twice (a directory given twice...) is read once
+    for f in files:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values()), errors
 
 
 class _FileRules:
@@ -637,7 +640,8 @@ def load_rules_text(
             if r is not None:
                 rules.append(r)
     if loader.errors:
-        raise LoadError(sorted(loader.errors, key=_order(files)))
+        unique = {(str(e.position), e.message): e for e in loader.errors}   # one problem found twice, once
+        raise LoadError(sorted(unique.values(), key=_order(files)))
     return RuleSet(rules=tuple(rules), sources=tuple(p for p, _ in files), emitted=frozenset(emitted))
 
 

@@ -279,9 +279,9 @@ def is_template(value: object) -> bool:
 
 
 def _syntax_error(err: jinja2.TemplateSyntaxError, text: str, pos: Position, what: str) -> RuleError:
+    # the text's line; its column is where the text starts (a block scalar's lines all start there)
     line = pos.line + max((err.lineno or 1) - 1, 0)
-    col = pos.col if line == pos.line else 1
-    return RuleError(Position(pos.path, line, col), f"{what} syntax error: {err.message}")
+    return RuleError(Position(pos.path, line, pos.col), f"{what} syntax error: {err.message}")
 
 
 def _render_error(err: Exception, what: str) -> TemplateError:

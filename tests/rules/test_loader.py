@@ -834,3 +834,15 @@ def test_vms_forms() -> None:
     assert a.vms is not None and a.vms.names == ("web-*",) and not a.vms.labels
     assert b.vms is not None and b.vms.names == ("db-1", "db-?")
     assert dict(b.vms.labels) == {"env": "prod", "tier": "1", "ha": "true"}
+
+
+def test_a_directory_given_twice_is_read_once_and_a_problem_found_twice_is_reported_once(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text("rules:\n  - name: a\n    on: STOP\n    actions: [{log: x}]\n")
+    assert [r.name for r in load_rules([tmp_path, tmp_path, tmp_path / "r.yaml"]).rules] == ["a"]
+    (tmp_path / "r.yaml").write_text(   # the per path is checked for `on`'s event and for `after`'s: the same one
+        "rules:\n  - name: b\n    on: BLOCK_IO_ERROR\n"
+        "    after: {event: BLOCK_IO_ERROR, within: 1m, per: [data.nope]}\n    actions: [{log: x}]\n")
+    with pytest.raises(LoadError) as info:
+        load_rules([tmp_path])
+    assert [str(e) for e in info.value.errors] == [
+        f"{tmp_path / 'r.yaml'}:4:54: after.per: BLOCK_IO_ERROR has no field 'nope' (did you mean 'data.nospace'?)"]

@@ -9,8 +9,9 @@ import pytest
 
 from reactor.engine.engine import StaticVM
 from reactor.engine.view import names_for
-from reactor.errors import Position, RuleError, TemplateError
+from reactor.errors import LoadError, Position, RuleError, TemplateError
 from reactor.model.catalog import default_catalog
+from reactor.rules.loader import load_rules_text
 from reactor.rules.template import compile_expression, compile_template, is_template
 
 HERE = Position("t.yaml", 3, 7)
@@ -115,8 +116,17 @@ def test_template_syntax_errors_at_the_node_position() -> None:
     assert str(info.value).startswith("t.yaml:3:7: template syntax error: unexpected end of template")
     with pytest.raises(RuleError) as info:
         compile_template("first line\nsecond {{ x | nosuchfilter }}", HERE)
-    assert info.value.position == Position("t.yaml", 4, 1)
+    assert info.value.position == Position("t.yaml", 4, 7)   # a later line starts where the text does
     assert "No filter named 'nosuchfilter'" in info.value.message
+
+
+def test_a_template_error_in_a_block_scalar_is_at_its_line_and_where_its_text_starts() -> None:
+    text = ("rules:\n  - name: a\n    on: STOP\n    actions:\n      - log:\n          message: |\n"
+            "            line one {{ event.name }}\n            line two {{ event.data. }}\n")
+    with pytest.raises(LoadError) as info:
+        load_rules_text([("r.yaml", text)])
+    (err,) = info.value.errors
+    assert err.position == Position("r.yaml", 8, 13), str(err)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
