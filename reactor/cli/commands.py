@@ -438,7 +438,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     try:
         for event in events:
             verdicts = explain(event, rules, labels=labels(event.vm) if labels else None, status=args.status,
-                               journal=journal)
+                               journal=journal, now=event.timestamp if args.at == "event" else None)
             if args.json:
                 print(_json({"event": event.name, "vm": event.vm, "problems": list(event.problems),
                              "rules": [v.to_json() for v in verdicts]}))
@@ -648,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vm", metavar="NAME", help="the VM the event comes from (default: its 'vm' member, or vm0)")
     s.add_argument("--status", default="running", help="the VM's run state before the event (default running)")
     s.add_argument("--journal", metavar="PATH", help="throttle and mode state from this journal")
+    s.add_argument("--at", choices=("now", "event"), default="now",
+                   help="the time windows and deadlines are taken at: now (default: a running daemon's journal) "
+                        "or the event's own timestamp (a journal `reactor replay --journal` wrote)")
     s.add_argument("--json", action="store_true", help="one JSON object per event")
     s.set_defaults(fn=cmd_explain)
 

@@ -127,3 +127,26 @@ def test_explain_bad_input(setup: tuple[Path, Path], tmp_path: Path, capsys: pyt
     (rules / "broken.yaml").write_text("rules:\n  - name: x\n    on: STPO\n    actions: [{log: x}]\n")
     assert main(["explain", str(bad), "--rules", str(rules)]) == 1
     assert f"{rules}/broken.yaml:3:9: unknown event 'STPO'" in capsys.readouterr().err
+
+
+def test_explain_at_the_events_time_reads_a_journal_a_replay_wrote(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "r.yaml").write_text("rules:\n  - name: third-io\n    on: BLOCK_IO_ERROR\n"
+                                  "    count: {min: 3, within: 1m}\n    actions: [{log: x}]\n")
+
+    def io(t: int) -> str:
+        return json.dumps({"event": "BLOCK_IO_ERROR", "vm": "web-1", "timestamp": {"seconds": t, "microseconds": 0},
+                           "data": {"device": "d", "operation": "write", "action": "stop", "reason": "x"}})
+
+    (tmp_path / "incident.jsonl").write_text(io(1_700_000_000) + "\n" + io(1_700_000_010) + "\n")
+    journal = tmp_path / "j.db"
+    assert main(["replay", str(tmp_path / "incident.jsonl"), "--rules", str(rules), "--journal", str(journal)]) == 0
+    (tmp_path / "next.json").write_text(io(1_700_000_015))
+    capsys.readouterr()
+    args = ["explain", str(tmp_path / "next.json"), "--rules", str(rules), "--journal", str(journal)]
+    assert main([*args, "--at", "event"]) == 0
+    assert "this would be match 3 of 3 for 'web-1'" in capsys.readouterr().out
+    assert main(args) == 0   # now, years later: both counted matches are out of the window
+    assert "this would be match 1 of 3 for 'web-1'" in capsys.readouterr().out
