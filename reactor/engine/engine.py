@@ -668,8 +668,12 @@ class Engine:
         active = self._active.get(key)
         if active:
             mode = rule.mode
-            if mode == "single" or (mode == "parallel" and len(active) >= rule.max_parallel):
-                self._not_run(rule, event, event_id, "dropped", f"mode {mode}: a run is in progress")
+            if mode == "single":
+                self._not_run(rule, event, event_id, "dropped", "mode single: a run is in progress")
+                return
+            if mode == "parallel" and len(active) >= rule.max_parallel:
+                self._not_run(rule, event, event_id, "dropped",
+                              f"mode parallel: {len(active)} runs in progress already (max_parallel)")
                 return
             if mode == "queued":
                 q = self._queued.setdefault(key, deque())

@@ -200,6 +200,7 @@ async def test_mode_parallel_bounded() -> None:
     r = await play(SLOW.format(mode="parallel"), stops(1000, 1001, 1002, 1015))
     assert [m["time"] for m in r.of("match")] == [1000, 1001, 1015]
     assert [d["time"] for d in r.of("dropped")] == [1002]
+    assert r.of("dropped")[0]["reason"] == "mode parallel: 2 runs in progress already (max_parallel)"
     assert [(a, t) for a, s, t in r.steps() if a == "log"] == [("log", 1010), ("log", 1011), ("log", 1025)]
 
 
