@@ -13,7 +13,7 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal, Union, get_args, get_origin
 
 from reactor.actions.action import ActionSpec, Duration, Steps
@@ -196,17 +196,17 @@ def _render(value: Any, names: Mapping[str, Any]) -> Any:
     return value
 
 
-def _compile_tree(node: Node) -> tuple[Any, bool]:
+def _compile_tree(node: Node, names: Collection[str] | None) -> tuple[Any, bool]:
     """(value with Templates in place of template strings, has_templates)."""
     if isinstance(node, ScalarNode):
         if is_template(node.value):
-            return compile_template(node.value, node.text_pos), True
+            return compile_template(node.value, node.text_pos, names=names), True
         return node.value, False
     if isinstance(node, SeqNode):
-        items = [_compile_tree(n) for n in node.items]
+        items = [_compile_tree(n, names) for n in node.items]
         return [v for v, _ in items], any(t for _, t in items)
     assert isinstance(node, MapNode)
-    entries = {k: _compile_tree(v) for k, v in node.items()}
+    entries = {k: _compile_tree(v, names) for k, v in node.items()}
     return {k: v for k, (v, _) in entries.items()}, any(t for _, t in entries.values())
 
 
@@ -275,11 +275,12 @@ def _steps_hint(hint: Any) -> bool:
 
 
 def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: list[RuleError], *,
-                      steps: StepsCompiler | None = None) -> Arguments | None:
+                      steps: StepsCompiler | None = None, names: Collection[str] | None = None) -> Arguments | None:
     """Compile the value under action key ``spec.name``; append problems to ``errors``.
 
     Fields typed :class:`~reactor.actions.action.Steps` are compiled by ``steps`` (the loader's step
-    compiler), so nested steps are checked like a rule's.
+    compiler), so nested steps are checked like a rule's.  With ``names``, a template reading another
+    name is an error.
     """
     n_before = len(errors)
     fields = {f.name: f for f in dataclasses.fields(spec.args)}
@@ -320,7 +321,7 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
                 out[key] = compiled
             continue
         try:
-            value, templated = _compile_tree(sub)
+            value, templated = _compile_tree(sub, names)
         except RuleError as err:
             errors.append(err)
             continue

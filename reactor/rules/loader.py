@@ -26,7 +26,7 @@ from reactor.rules.command import check_command_call
 from reactor.rules.matcher import check_event_names, compile_event_match, compile_match
 from reactor.rules.rule import Correlation, Predicate, Retry, Rule, RuleSet, Step, Threshold, Throttle, VMSelector
 from reactor.rules.source import MapNode, Node, ScalarNode, SeqNode, close_match, parse
-from reactor.rules.template import Expression, compile_expression
+from reactor.rules.template import RULE_NAMES, Expression, compile_expression
 
 __all__ = ["CORRELATION_KEYS", "RULE_KEYS", "STEP_KEYS", "find_rule_files", "load_rules", "load_rules_text"]
 
@@ -284,7 +284,7 @@ class _Loader:
             self.err(sub.pos, f"'{key}' must be an expression string, got {sub.kind}")
             return None
         try:
-            return compile_expression(sub.value, sub.text_pos, f"'{key}'")
+            return compile_expression(sub.value, sub.text_pos, f"'{key}'", names=RULE_NAMES)
         except RuleError as err:
             self.errors.append(err)
             return None
@@ -534,7 +534,8 @@ class _Loader:
         key, spec = specs[0]
         value = node.get(key)
         assert value is not None
-        args = compile_arguments(spec, value, node.key_pos(key), self.errors, steps=self.nested_steps)
+        args = compile_arguments(spec, value, node.key_pos(key), self.errors, steps=self.nested_steps,
+                                 names=RULE_NAMES)
         if args is not None:
             self.references(spec, value, node.key_pos(key))
         timeout = None

@@ -17,12 +17,13 @@ expression's native value (a number stays a number), as in Home Assistant.
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import functools
 import math
 import operator
 import re
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import jinja2
@@ -37,7 +38,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from reactor.errors import Position, RuleError, TemplateError
 
-__all__ = ["Expression", "Limits", "Template", "compile_expression", "compile_template", "is_template", "to_jsonable"]
+__all__ = ["RULE_NAMES", "Expression", "Limits", "Template", "compile_expression", "compile_template", "is_template",
+           "to_jsonable"]
 
 #: Bounds for one render.
 MAX_OUTPUT = 1 << 20          # characters in a rendered string
@@ -430,8 +432,27 @@ def _conjunct_literals(node: jinja2.nodes.Node, out: dict[str, tuple[Any, ...]])
     out[key] = values
 
 
-def compile_expression(text: str, pos: Position, what: str = "expression") -> Expression:
-    """Compile ``text`` (Jinja2 expression syntax); RuleError at ``pos`` on a syntax error."""
+#: The names a rule's ``if``, ``when`` and step templates are rendered with (RULES.md; ``vars``: what earlier
+#: steps registered, and what correlations and thresholds give).
+RULE_NAMES: frozenset[str] = frozenset(["event", "vm", "rule", "now", "vars"])
+#: Names Jinja itself provides inside a template: its globals, and those of loops and macros.
+_JINJA_NAMES: frozenset[str] = frozenset([*ENV.globals, "loop", "caller", "varargs", "kwargs", "self"])
+
+
+def _check_names(tree: jinja2.nodes.Node, names: Collection[str], pos: Position, what: str) -> None:
+    """RuleError at ``pos`` for the first name ``tree`` reads that is neither in ``names`` nor set in it."""
+    set_here = {n.name for n in tree.find_all(jinja2.nodes.Name) if n.ctx in ("store", "param")}
+    for n in tree.find_all(jinja2.nodes.Name):
+        if n.ctx == "load" and n.name not in names and n.name not in _JINJA_NAMES and n.name not in set_here:
+            hint = difflib.get_close_matches(n.name, sorted(names), n=1, cutoff=0.6)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise RuleError(pos, f"{what}: unknown name {n.name!r}{extra}; the names are {', '.join(sorted(names))}")
+
+
+def compile_expression(text: str, pos: Position, what: str = "expression", *,
+                       names: Collection[str] | None = None) -> Expression:
+    """Compile ``text`` (Jinja2 expression syntax); RuleError at ``pos`` on a syntax error, and (with
+    ``names``) on a name that is not one of them."""
     src = text.strip()
     if src.startswith("{{") and src.endswith("}}"):
         src = src[2:-2]
@@ -441,6 +462,8 @@ def compile_expression(text: str, pos: Position, what: str = "expression") -> Ex
         parser = jinja2.parser.Parser(ENV, src, state="variable")
         tree = parser.parse_expression()
         if parser.stream.eos:
+            if names is not None:
+                _check_names(tree, names, pos, what)
             fast = _fast(tree)
             _conjunct_literals(tree, literals)
     except jinja2.TemplateSyntaxError:
@@ -577,14 +600,22 @@ def _fast(node: jinja2.nodes.Node) -> _Fast | None:
     return None
 
 
-def compile_template(text: str, pos: Position) -> Template:
-    """Compile a template string; one bare ``{{ expr }}`` keeps its native type."""
+def compile_template(text: str, pos: Position, *, names: Collection[str] | None = None) -> Template:
+    """Compile a template string; one bare ``{{ expr }}`` keeps its native type.  With ``names``, a name
+    the template reads that is not one of them (nor set in it) is a RuleError at ``pos``."""
     m = _SINGLE.match(text)
     try:
         if m:
+            if names is not None:
+                _check_names(jinja2.parser.Parser(ENV, m.group("expr"), state="variable").parse_expression(),
+                             names, pos, "template")
             expr = ENV.compile_expression(m.group("expr"), undefined_to_none=False)
-            return Template(text, lambda names: expr(**names), native=True)
-        tmpl = ENV.from_string(text)
+            return Template(text, lambda values: expr(**values), native=True)
+        source: str | jinja2.nodes.Template = text
+        if names is not None:
+            source = ENV.parse(text)
+            _check_names(source, names, pos, "template")
+        tmpl = ENV.from_string(source)
     except jinja2.TemplateSyntaxError as err:
         raise _syntax_error(err, text, pos, "template") from err
     return Template(text, tmpl.render, native=False)

@@ -846,3 +846,32 @@ def test_a_directory_given_twice_is_read_once_and_a_problem_found_twice_is_repor
         load_rules([tmp_path])
     assert [str(e) for e in info.value.errors] == [
         f"{tmp_path / 'r.yaml'}:4:54: after.per: BLOCK_IO_ERROR has no field 'nope' (did you mean 'data.nospace'?)"]
+
+
+def test_a_misspelt_name_in_an_if_a_when_or_a_template_is_a_load_error_with_a_hint() -> None:
+    with pytest.raises(LoadError) as info:
+        _load("""
+            rules:
+              - name: a
+                on: STOP
+                if: "evnt.name == 'STOP'"
+                actions:
+                  - log: "{{ vm.name }} {{ vnm.labels }}"
+                  - log: {message: "{{ event.name }}"}
+                    when: "var.x"
+            """)
+    got = [(e.position.line, e.position.col, e.message) for e in info.value.errors if e.position]
+    assert got == [
+        (4, 9, "'if': unknown name 'evnt' (did you mean 'event'?); the names are event, now, rule, vars, vm"),
+        (6, 14, "template: unknown name 'vnm' (did you mean 'vm'?); the names are event, now, rule, vars, vm"),
+        (8, 15, "'when': unknown name 'var' (did you mean 'vars'?); the names are event, now, rule, vars, vm")], got
+    # names a template sets itself, loop variables and Jinja's own globals are fine
+    rs = _load("""
+        rules:
+          - name: b
+            on: STOP
+            actions:
+              - log: "{% set n = 3 %}{% for i in range(n) %}{{ i }}{{ loop.index }}{% endfor %} {{ now }}"
+              - log: "{{ vars.x | default(rule.name) }}"
+        """)
+    assert [r.name for r in rs.rules] == ["b"]
