@@ -603,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--config")
     s.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout, valid or not: "
-                        "{ok, errors: [{file, line, column, message, hint}], rules, files}")
+                        "{ok, errors: [{file, line, column, message, hint}]}, and when valid rules and files")
     s.set_defaults(fn=cmd_check)
 
     s = command("replay", help="feed recorded events through the rules on a virtual clock",

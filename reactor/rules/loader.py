@@ -241,6 +241,9 @@ class _Loader:
         if node is None or (isinstance(node, ScalarNode) and node.value is None):
             return None
         if isinstance(node, MapNode):
+            if not node.entries:   # as `vms: []` is: a selector that says nothing is a mistake, not "every VM"
+                self.err(node.pos, "vms: an empty mapping selects nothing; give names and/or labels, or leave "
+                                   "vms out for every VM")
             for key in node.entries:
                 if key not in ("names", "labels"):
                     hint = close_match(key, ["names", "labels"])

@@ -432,6 +432,14 @@ INVALID: list[tuple[str, str, list[tuple[int, int, str]]]] = [
             vms: []
             actions: [{log: x}]
         """, [(4, 10, "vms: an empty list matches no VM")]),
+    ("vms-empty-mapping", """
+        rules:
+          - name: a
+            on: STOP
+            vms: {}
+            actions: [{log: x}]
+        """, [(4, 10, "vms: an empty mapping selects nothing; give names and/or labels, or leave vms out for "
+                     "every VM")]),
     ("vms-names-empty-list", """
         rules:
           - name: a
