@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reactor.actions.action import ActionContext, ActionSpec, VMHandle, action
-from reactor.actions.qmp import QmpPolicy, check_command, policy_refusal
+from reactor.actions.qmp import QmpPolicy, command_problem, policy_refusal
 from reactor.errors import ActionError, ArgumentErrors
 
 __all__ = ["LIBVIRT_ACTIONS", "LIBVIRT_QMP", "LIBVIRT_SNAPSHOT", "LibvirtQmpArgs", "LibvirtSnapshotArgs"]
@@ -35,10 +35,9 @@ class LibvirtQmpArgs:
 
 
 def _check_qmp(args: LibvirtQmpArgs) -> None:
-    try:
-        check_command(args.execute, args.allow_destructive, "libvirt_qmp")
-    except ValueError as err:
-        raise ArgumentErrors([("execute", str(err))]) from err
+    refused = command_problem(args.execute, args.allow_destructive, "libvirt_qmp")
+    if refused is not None:
+        raise ArgumentErrors([("execute", refused)])
 
 
 def _target(ctx: ActionContext, name: str | None) -> VMHandle:

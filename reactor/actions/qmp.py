@@ -53,7 +53,7 @@ __all__ = [
     "CommandPolicy",
     "QmpArgs",
     "QmpPolicy",
-    "check_command",
+    "command_problem",
     "policy_refusal",
     "is_read_only",
 ]
@@ -103,17 +103,16 @@ class QmpArgs:
     allow_destructive: bool = False
 
 
-def check_command(command: str, allow_destructive: bool, action: str = "qmp") -> None:
-    """The load-time checks of a command name (also after each render): ValueError when refused."""
+def command_problem(command: str, allow_destructive: bool, action: str = "qmp") -> str | None:
+    """What the load-time checks of a command name (also after each render) refuse it for, or None."""
     if not COMMAND_NAME.match(command):
-        raise ValueError(f"{command[:80]!r} is not a QMP command name (lower case, digits, - and _)")
+        return f"{command[:80]!r} is not a QMP command name (lower case, digits, - and _)"
     if command == "qmp_capabilities":
-        raise ValueError("qmp_capabilities is negotiated by reactor itself")
+        return "qmp_capabilities is negotiated by reactor itself"
     if command in DESTRUCTIVE and not allow_destructive:
-        raise ValueError(
-            f"{command} is destructive and refused by default; if this rule really means it, "
-            f"opt in with `{action}: {{execute: {command}, allow_destructive: true}}`"
-        )
+        return (f"{command} is destructive and refused by default; if this rule really means it, "
+                f"opt in with `{action}: {{execute: {command}, allow_destructive: true}}`")
+    return None
 
 
 def policy_refusal(ctx: ActionContext, command: str) -> str | None:
@@ -124,10 +123,9 @@ def policy_refusal(ctx: ActionContext, command: str) -> str | None:
 def _check(args: QmpArgs) -> None:
     # Called at load for literal arguments and again after every render of templated ones.
     problems: list[tuple[ProblemKey, str]] = []
-    try:
-        check_command(args.execute, args.allow_destructive)
-    except ValueError as err:
-        problems.append(("execute", str(err)))
+    refused = command_problem(args.execute, args.allow_destructive)
+    if refused is not None:
+        problems.append(("execute", refused))
     if args.timeout <= 0:
         problems.append(("timeout", "timeout must be positive"))
     if problems:

@@ -284,14 +284,8 @@ def compile_arguments(spec: ActionSpec, node: Node, key_pos: Position, errors: l
     """
     n_before = len(errors)
     fields = {f.name: f for f in dataclasses.fields(spec.args)}
-    mapping: dict[str, Node]
-    if isinstance(node, MapNode):
-        mapping = dict(node.items())
-    elif isinstance(node, ScalarNode) and node.value is None:
-        mapping = {}
-    elif spec.shorthand is not None:
-        mapping = {spec.shorthand: node}
-    else:
+    mapping = _written(spec, node)
+    if mapping is None:
         errors.append(RuleError(node.pos, f"{spec.name}: expected a mapping of arguments, got {node.kind}"))
         return None
     out: dict[str, Any] = {}
@@ -370,17 +364,18 @@ def _check_the_rest(spec: ActionSpec, good: dict[str, Any], node: Node, errors: 
         spec.check(partial)
     except ValueError as err:
         # a problem about an argument that failed (so is at its default here) is not the rule's
-        failed = frozenset(_written(spec, node)) - set(good)
+        failed = frozenset(_written(spec, node) or ()) - set(good)
         errors.extend(_check_errors(spec, err, node, failed))
 
 
-def _written(spec: ActionSpec, node: Node) -> dict[str, Node]:
-    """The arguments the step writes, by name."""
+def _written(spec: ActionSpec, node: Node) -> dict[str, Node] | None:
+    """The arguments the step writes, by name (its scalar form under the shorthand); None when ``node``
+    is neither a mapping nor a form the action takes."""
     if isinstance(node, MapNode):
         return dict(node.items())
     if isinstance(node, ScalarNode) and node.value is None:
         return {}
-    return {spec.shorthand: node} if spec.shorthand is not None else {}
+    return {spec.shorthand: node} if spec.shorthand is not None else None
 
 
 _PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
@@ -398,7 +393,7 @@ def _argument(path: str) -> str:
 
 def _problem_at(spec: ActionSpec, node: Node, key: ProblemKey, msg: str) -> Position:
     """Where a problem of an :class:`ArgumentErrors` is: the value its (first written) key names."""
-    written = _written(spec, node)
+    written = _written(spec, node) or {}
     for path in _keys(key):
         parts = _PATH_PART.findall(path)
         if not parts or not parts[0][1] or parts[0][1] not in written:
