@@ -76,13 +76,16 @@ def _load(args: argparse.Namespace, rule_dirs: Sequence[str]) -> tuple[Config | 
     from reactor.rules.loader import load_rules
 
     config = load_config(args.config) if getattr(args, "config", None) else None
-    if config is not None and not rule_dirs:   # the config's rules: missing paths at the config's positions
-        from reactor.daemon.reload import load_config_rules
+    if config is None:
+        return None, load_rules(list(rule_dirs) or ["rules"], registry=_registry(None))
+    from reactor.daemon.reload import config_broker_errors, load_config_rules
 
+    if not rule_dirs:   # the config's rules: missing paths at the config's positions, brokers checked
         return config, load_config_rules(config)[1]
-    rules = load_rules(list(rule_dirs) or ["rules"], registry=_registry(config))
-    if config is not None:
-        _brokers_of(config, rules)
+    rules = load_rules(list(rule_dirs), registry=_registry(config))
+    brokers = config_broker_errors(config, rules)
+    if brokers:
+        raise LoadError(list(brokers))
     return config, rules
 
 
@@ -109,16 +112,6 @@ def error_json(err: SourceError | ReactorError) -> dict[str, Any]:
         message = message[: found.start()] + message[found.end():]
     return {"file": pos.path if pos else None, "line": pos.line if pos else None,
             "column": pos.col if pos else None, "message": message, "hint": hint}
-
-
-def _brokers_of(config: Config, rules: RuleSet) -> None:
-    """LoadError when an mqtt step of ``rules`` names a broker ``config`` does not configure."""
-    from reactor.integrations.mqtt import broker_errors
-
-    errors, _ = broker_errors(rules.rules, list(config.mqtt or {}),
-                              none=f"the config {config.path} has no mqtt: section")
-    if errors:
-        raise LoadError(list(errors))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -38,14 +38,14 @@ from pathlib import Path
 from reactor.actions.registry import Registry
 from reactor.daemon.config import Config, load_config
 from reactor.daemon.plugins import load_registry
-from reactor.errors import ConfigError, LoadError, PluginError
+from reactor.errors import ConfigError, LoadError, PluginError, RuleError
 from reactor.integrations.mqtt import broker_errors
 from reactor.model.catalog import Catalog
 from reactor.rules.loader import load_rules
 from reactor.rules.rule import RuleSet
 
-__all__ = ["Candidate", "ConfigChanges", "FileWatcher", "ReloadResult", "config_changes", "fingerprint",
-           "load_config_rules", "prepare", "watched_paths"]
+__all__ = ["Candidate", "ConfigChanges", "FileWatcher", "ReloadResult", "config_broker_errors", "config_changes",
+           "fingerprint", "load_config_rules", "prepare", "watched_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +148,17 @@ def load_config_rules(config: Config, catalog: Catalog | None = None) -> tuple[R
         rules = load_rules(present, catalog=catalog, registry=registry)
     except LoadError as err:
         raise LoadError(missing + list(err.errors)) from err
-    brokers, _ = broker_errors(rules.rules, list(config.mqtt),
-                               none=f"the config {config.path or ''} has no mqtt: section".replace("  ", " "))
+    brokers = config_broker_errors(config, rules)
     if missing or brokers:
         raise LoadError(missing + list(brokers))
     return registry, rules
+
+
+def config_broker_errors(config: Config, rules: RuleSet) -> list[RuleError]:
+    """The mqtt steps of ``rules`` that name a broker ``config`` does not configure (or any, when it has none)."""
+    which = f"the config {config.path}" if config.path is not None else "the config"
+    errors, _ = broker_errors(rules.rules, list(config.mqtt), none=f"{which} has no mqtt: section")
+    return errors
 
 
 def _flat(config: Config) -> dict[str, object]:
