@@ -17,7 +17,6 @@ expression's native value (a number stays a number), as in Home Assistant.
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
 import functools
 import math
 import operator
@@ -37,6 +36,7 @@ import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from reactor.errors import Position, RuleError, TemplateError
+from reactor.rules.source import close_match
 
 __all__ = ["RULE_NAMES", "Expression", "Limits", "Template", "compile_expression", "compile_template", "is_template",
            "to_jsonable"]
@@ -462,8 +462,8 @@ def _check_names(tree: jinja2.nodes.Node, names: Collection[str], pos: Position,
                 stack.extend(i for i in v if isinstance(i, node_t))
     for name in read:
         if name not in set_here:
-            hint = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            hint = close_match(name, sorted(names))
+            extra = f" (did you mean {hint!r}?)" if hint else ""
             raise RuleError(pos, f"{what}: unknown name {name!r}{extra}; the names are {', '.join(sorted(names))}")
 
 
